@@ -1,0 +1,146 @@
+"""One hookable attention function for every supported family.
+
+Attention probabilities in Qwen/Llama-style models are computed inside a function, not a
+module, so neither forward hooks nor pyvene can see them (and sdpa never materialises them).
+transformers 5 looks the function up by name in ``AttentionInterface``; we register wrapped
+versions of ``sdpa`` and ``eager`` under ``interventions-sdpa`` / ``interventions-eager``.
+The wrapper receives query, key and value *after* the model applied its projections, q/k
+norms and rotary embedding, so whatever we compute from them matches the model exactly.
+
+Per attention module, two optional attributes switch behaviour on:
+
+* ``module._interventions_probe(module, query, key, value, mask, kwargs)``: called after the
+  real attention runs (observation: sink scores, key/value norms). Never changes the output.
+* ``module._interventions_attention(module, query, key, value, mask, kwargs)``: replaces the
+  attention computation for that layer (used by the ``attention_mask`` intervention) and
+  returns ``(attn_output, None)`` in the layout the base function returns.
+
+Layers without these attributes run the base function unchanged, so they stay bit-identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
+
+BASE_IMPLEMENTATIONS = ("sdpa", "eager")
+PREFIX = "interventions-"
+
+
+def _wrap(base_name: str):
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        replace = getattr(module, "_interventions_attention", None)
+        if replace is not None:
+            out = replace(module, query, key, value, attention_mask, kwargs)
+        else:
+            base = AttentionInterface._global_mapping[base_name]
+            out = base(module, query, key, value, attention_mask, **kwargs)
+        probe = getattr(module, "_interventions_probe", None)
+        if probe is not None:
+            probe(module, query, key, value, attention_mask, kwargs)
+        return out
+
+    attention.__name__ = f"interventions_{base_name}_attention"
+    return attention
+
+
+for _name in BASE_IMPLEMENTATIONS:
+    AttentionInterface.register(PREFIX + _name, _wrap(_name))
+    # Without the matching mask entry transformers builds no causal/padding mask at all.
+    AttentionMaskInterface.register(PREFIX + _name, AttentionMaskInterface._global_mapping[_name])
+
+
+def make_hookable(model) -> str:
+    """Switch ``model`` to the wrapped version of its attention implementation (idempotent).
+
+    Returns the base implementation name (``sdpa`` or ``eager``).
+    """
+    current = model.config._attn_implementation
+    base = current[len(PREFIX):] if current.startswith(PREFIX) else current
+    if base not in BASE_IMPLEMENTATIONS:
+        raise ValueError(
+            f"attention implementation {base!r} cannot be hooked; use one of {', '.join(BASE_IMPLEMENTATIONS)}"
+        )
+    if not current.startswith(PREFIX):
+        model.set_attn_implementation(PREFIX + base)
+    return base
+
+
+def repeat_kv(key: torch.Tensor, groups: int) -> torch.Tensor:
+    """[B, Hkv, S, D] -> [B, Hkv*groups, S, D], the GQA expansion the models use."""
+    return key if groups == 1 else key.repeat_interleave(groups, dim=1)
+
+
+def _mask_block(attention_mask, t0: int, t1: int, q_len: int, k_len: int, device, sliding_window=None):
+    """Boolean keep-mask [B|1, 1, t1-t0, S] for query rows t0:t1 (True = may attend)."""
+    if attention_mask is None:
+        # sdpa passes no mask for a plain causal batch: query i sits at absolute k_len - q_len + i.
+        rows = torch.arange(t0, t1, device=device)[:, None] + (k_len - q_len)
+        cols = torch.arange(k_len, device=device)[None, :]
+        keep = cols <= rows
+        if sliding_window is not None:
+            keep &= cols > rows - sliding_window
+        return keep[None, None]
+    block = attention_mask[..., t0:t1, :k_len]
+    if block.dtype == torch.bool:
+        return block
+    return block > torch.finfo(block.dtype).min / 2  # eager: additive mask, min-value = masked
+
+
+def attention_probabilities(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    *,
+    block_size: int = 256,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    key_keep: torch.Tensor | None = None,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(t0, probs)`` for query blocks: probs is float32 [B, H, block, S].
+
+    Exactly the softmax the model computes (causal mask, GQA, scaling, softcap), computed a
+    block of queries at a time so no T x T matrix is ever held. ``key_keep`` ([S] bool) removes
+    keys for every query; a query left with no key keeps its row at zero.
+    """
+    bsz, heads, q_len, _ = query.shape
+    k_len = key.shape[2]
+    key_f = repeat_kv(key, heads // key.shape[1]).float()
+    for t0 in range(0, q_len, block_size):
+        t1 = min(q_len, t0 + block_size)
+        scores = torch.matmul(query[:, :, t0:t1].float(), key_f.transpose(-1, -2)) * scaling
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        keep = _mask_block(attention_mask, t0, t1, q_len, k_len, query.device, sliding_window)
+        if key_keep is not None:
+            keep = keep & key_keep[None, None, None, :]
+        scores = scores.masked_fill(~keep, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        yield t0, torch.nan_to_num(probs, nan=0.0)
+
+
+def attention_column_sums(query, key, attention_mask, scaling, **kwargs) -> torch.Tensor:
+    """Sum over queries of attention probabilities: float32 [B, H, S]."""
+    bsz, heads, _, _ = query.shape
+    sums = torch.zeros(bsz, heads, key.shape[2], dtype=torch.float32, device=query.device)
+    for _, probs in attention_probabilities(query, key, attention_mask, scaling, **kwargs):
+        sums += probs.sum(dim=-2)
+    return sums
+
+
+def sink_scores_from_column_sums(column_sums: torch.Tensor, q_len: int) -> torch.Tensor:
+    """Eq. 1 of the paper: score_k = (1/(T-k)) * sum_{t>=k} a[t,k], for a full causal sequence.
+
+    column_sums: [..., S] with S == T (no cache). Returns the same shape.
+    """
+    k_len = column_sums.shape[-1]
+    # Queries that can see key k: those at absolute positions >= k, i.e. (k_len - k) of them
+    # when the sequence was processed from position 0; with a cache prefix only the new ones.
+    first_query = k_len - q_len
+    k = torch.arange(k_len, device=column_sums.device, dtype=torch.float32)
+    counts = (k_len - torch.clamp(k, min=first_query)).clamp(min=1)
+    return column_sums / counts

@@ -1,0 +1,35 @@
+"""The ``intervene`` command line: a thin layer over the Python API (one file per verb)."""
+
+from __future__ import annotations
+
+import typer
+
+from . import testbed
+from .detect import detect_command
+
+app = typer.Typer(
+    name="intervene",
+    help="Causal interventions on attention sinks in decoder-only transformers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool):
+    if value:
+        from ..store import package_versions
+
+        v = package_versions()
+        typer.echo(" ".join(f"{k} {v[k]}" for k in ("interventions", "torch", "transformers", "pyvene", "python")))
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print versions of this tool, torch, transformers and pyvene.")):
+    """Causal interventions on attention sinks. Start with `intervene detect --help` or `intervene run --help`."""
+
+
+app.command("detect")(detect_command)
+app.add_typer(testbed.app, name="testbed")

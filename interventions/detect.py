@@ -1,0 +1,232 @@
+"""The ``intervene detect`` job: observe every trace, detect its sinks, write the tables.
+
+Output folder (``out``)::
+
+    sinks.jsonl          one row per sink (see :class:`interventions.detection.Sink`)
+    levels.csv           secondary-sink counts per level (l_start, lifetime)
+    tokens.csv           secondary-sink token frequencies (the paper's Table 1)
+    traces.csv           one row per trace: length, prompt tokens, onset layer, sink counts
+    profiles.parquet/    per (trace, layer, position) scalars, one Parquet part per trace
+    sink_scores/         per trace: float32 [layers, heads, positions] (safetensors)
+    parts/sinks/         per-trace sink rows (what sinks.jsonl is merged from; kept for --resume)
+    manifest.json        command, model identity, versions, thresholds, timings, traces completed
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .detection import DetectionConfig, Sink, detect_sinks, level_counts, onset_layer, token_frequencies
+from .errors import UserError
+from .models import LoadedModel, load_model
+from .observe import Observation, observe_tokens
+from .progress import track
+from .store import (Manifest, part_name, prepare_output_dir, check_output_dir, read_arrays, write_arrays_atomic,
+                    write_parquet_atomic, write_text_atomic)
+from .traces import Trace, load_traces
+
+
+@dataclass
+class DetectionResult:
+    """What ``detect`` found; every table is also on disk when ``out`` was given."""
+
+    sinks: pd.DataFrame
+    traces: pd.DataFrame
+    levels: pd.DataFrame
+    tokens: pd.DataFrame
+    out: Path | None = None
+    observations: dict[int, Observation] = field(default_factory=dict)
+    """Kept in memory only when ``out`` is None (notebook use)."""
+
+    def secondary(self) -> pd.DataFrame:
+        return self.sinks[self.sinks["kind"] == "secondary"]
+
+
+def decode_tokens(tokenizer, ids) -> list[str]:
+    return [tokenizer.decode([int(i)]) for i in ids]
+
+
+def check_trace_lengths(traces: list[Trace], loaded_or_dims) -> None:
+    dims = loaded_or_dims.dims if isinstance(loaded_or_dims, LoadedModel) else loaded_or_dims
+    limit = dims.get("max_positions") or 0
+    for tr in traces:
+        if limit and tr.length > limit:
+            raise UserError(f"trace {tr.index} has {tr.length} tokens but the model takes at most {limit}; "
+                            f"set max_tokens to {limit} or less", field="traces")
+
+
+def _settings_hash(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def detect(
+    model: str | LoadedModel,
+    traces: str | Path | list[Trace],
+    out: str | Path | None = None,
+    *,
+    chat_template: bool = False,
+    max_tokens: int | None = None,
+    limit: int | None = None,
+    dtype: str = "auto",
+    device: str = "cpu",
+    attn_implementation: str = "sdpa",
+    config: DetectionConfig = DetectionConfig(),
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    command: str = "interventions.detect(...)",
+    seed: int = 0,
+) -> DetectionResult:
+    """Detect primary and secondary sinks in every trace.
+
+    Args:
+        model: hub id, local folder, ``.gguf`` file, ``testbed:planted``, or a loaded model.
+        traces: JSONL file (``{"text"}`` or ``{"prompt", "output"}`` lines) or tokenized traces.
+        out: output folder; None keeps everything in memory (``result.observations``).
+        config: detection thresholds (:class:`DetectionConfig`).
+        overwrite / resume: replace an existing ``out`` / continue an interrupted run there.
+
+    Returns:
+        A :class:`DetectionResult` with the sinks, per-trace, level and token tables.
+
+    Example:
+        >>> from interventions import detect
+        >>> result = detect("testbed:planted", "traces.jsonl", "results/detect-demo")
+        >>> result.secondary()[["trace", "position", "token", "l_start", "lifetime"]]
+    """
+    if not 0 < config.cos_threshold < 1:
+        raise UserError(f"cos_threshold is {config.cos_threshold}; use a value in (0, 1)", field="cos_threshold")
+    if config.norm_ratio <= 0:
+        raise UserError(f"norm_ratio is {config.norm_ratio}; use a positive number", field="norm_ratio")
+    if max_tokens is not None and max_tokens < 2:
+        raise UserError(f"max_tokens is {max_tokens}; it must be at least 2 (a sink needs a later query)",
+                        field="max_tokens")
+    out_path = Path(out) if out is not None else None
+    if out_path is not None:
+        check_output_dir(out_path, overwrite=overwrite, resume=resume)
+    if isinstance(traces, (str, Path)):
+        from .traces import read_trace_records
+
+        read_trace_records(traces, limit=limit)  # fail on a bad file before the model loads
+    loaded = model if isinstance(model, LoadedModel) else load_model(
+        model, dtype=dtype, device=device, attn_implementation=attn_implementation)
+    trace_list = traces if isinstance(traces, list) else load_traces(
+        traces, loaded.tokenizer, limit=limit, max_tokens=max_tokens, chat_template=chat_template)
+    check_trace_lengths(trace_list, loaded)
+
+    settings = {"model": loaded.describe(), "detection": asdict(config), "chat_template": chat_template,
+                "max_tokens": max_tokens, "limit": limit, "traces": str(traces) if not isinstance(traces, list)
+                else f"{len(traces)} tokenized traces"}
+    manifest = None
+    done: set[int] = set()
+    if out_path is not None:
+        if resume and (out_path / "manifest.json").exists():
+            previous = Manifest.load(out_path / "manifest.json")
+            if previous.get("settings_hash") != _settings_hash(settings):
+                raise UserError(f"{out_path} was made with different settings (model, thresholds or traces); "
+                                "use a new --out or --overwrite", field="resume")
+            done = set(previous.get("traces_completed", []))
+        prepare_output_dir(out_path, overwrite=overwrite, resume=resume)
+        manifest = Manifest(out_path / "manifest.json", command=command, kind="detect", seed=seed,
+                            settings=settings, settings_hash=_settings_hash(settings),
+                            traces_total=len(trace_list))
+        manifest.data["traces_completed"] = sorted(done)
+        manifest.save()
+
+    rows: list[Sink] = []
+    trace_rows: list[dict] = []
+    observations: dict[int, Observation] = {}
+    try:
+        for tr in track(trace_list, description="observing traces", enabled=progress):
+            for w in tr.warnings:
+                from .progress import warn
+
+                warn(w)
+            if tr.index in done:
+                continue
+            t0 = time.perf_counter()
+            obs = observe_tokens(loaded, tr.token_ids)
+            tokens = decode_tokens(loaded.tokenizer, tr.token_ids)
+            sinks = detect_sinks(obs, trace=tr.index, tokens=tokens, config=config)
+            summary = {"trace": tr.index, "trace_id": tr.trace_id, "length": tr.length,
+                       "original_length": tr.original_length, "prompt_tokens": tr.prompt_tokens,
+                       "onset_layer": onset_layer(obs, config),
+                       "n_primary": sum(s.kind == "primary" for s in sinks),
+                       "n_secondary": sum(s.kind == "secondary" for s in sinks)}
+            if out_path is None:
+                observations[tr.index] = obs
+                rows += sinks
+                trace_rows.append(summary)
+                continue
+            write_parquet_atomic(out_path / "profiles.parquet" / part_name(tr.index), obs.profile_frame(tr.index))
+            write_arrays_atomic(out_path / "sink_scores" / part_name(tr.index, ".safetensors"),
+                                {"sink_score_lht": obs.sink_scores, "token_ids": obs.token_ids})
+            write_text_atomic(out_path / "parts" / "sinks" / part_name(tr.index, ".jsonl"),
+                              "".join(json.dumps(s.to_dict()) + "\n" for s in sinks))
+            write_text_atomic(out_path / "parts" / "traces" / part_name(tr.index, ".json"), json.dumps(summary))
+            manifest.trace_done(tr.index, time.perf_counter() - t0)
+    except BaseException as exc:
+        if manifest is not None:
+            manifest.finish("failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted",
+                            error=f"{type(exc).__name__}: {exc}")
+        raise
+
+    if out_path is not None:
+        rows, trace_rows = _read_parts(out_path)
+    result = _tables(rows, trace_rows, out_path, observations)
+    if out_path is not None:
+        _write_tables(result, out_path)
+        manifest.finish("complete", n_sinks={"primary": int((result.sinks.kind == "primary").sum()),
+                                             "secondary": int((result.sinks.kind == "secondary").sum())})
+    return result
+
+
+def _read_parts(out: Path) -> tuple[list[Sink], list[dict]]:
+    sinks = [Sink(**json.loads(line)) for f in sorted((out / "parts" / "sinks").glob("part-*.jsonl"))
+             for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+    traces = [json.loads(f.read_text(encoding="utf-8")) for f in sorted((out / "parts" / "traces").glob("*.json"))]
+    return sinks, traces
+
+
+SINK_COLUMNS = list(Sink.__dataclass_fields__)
+
+
+def _tables(sinks: list[Sink], trace_rows: list[dict], out, observations) -> DetectionResult:
+    sinks_df = pd.DataFrame([s.to_dict() for s in sinks], columns=SINK_COLUMNS)
+    levels = pd.DataFrame([(l, lt, n) for (l, lt), n in level_counts(sinks).items()],
+                          columns=["l_start", "lifetime", "count"])
+    tokens = pd.DataFrame(token_frequencies(sinks), columns=["token", "token_id", "count", "share"])
+    traces_df = pd.DataFrame(trace_rows).sort_values("trace").reset_index(drop=True) if trace_rows else pd.DataFrame()
+    return DetectionResult(sinks=sinks_df.sort_values(["trace", "position"]).reset_index(drop=True),
+                           traces=traces_df, levels=levels, tokens=tokens, out=out, observations=observations)
+
+
+def _write_tables(result: DetectionResult, out: Path) -> None:
+    write_text_atomic(out / "sinks.jsonl", "".join(json.dumps(r) + "\n" for r in
+                                                   json.loads(result.sinks.to_json(orient="records"))))
+    write_text_atomic(out / "levels.csv", result.levels.to_csv(index=False))
+    write_text_atomic(out / "tokens.csv", result.tokens.to_csv(index=False))
+    write_text_atomic(out / "traces.csv", result.traces.to_csv(index=False))
+
+
+def load_detection(out: str | Path) -> DetectionResult:
+    """Read a finished ``intervene detect`` folder back (sinks, traces, levels, tokens)."""
+    out = Path(out)
+    if not (out / "sinks.jsonl").exists():
+        raise UserError(f"{out} has no sinks.jsonl; is it an `intervene detect` output folder?", field="out")
+    sinks = pd.read_json(out / "sinks.jsonl", lines=True) if (out / "sinks.jsonl").stat().st_size else \
+        pd.DataFrame(columns=SINK_COLUMNS)
+    return DetectionResult(sinks=sinks, traces=pd.read_csv(out / "traces.csv"), levels=pd.read_csv(out / "levels.csv"),
+                           tokens=pd.read_csv(out / "tokens.csv", keep_default_na=False), out=out)
+
+
+def load_sink_scores(out: str | Path, trace: int) -> np.ndarray:
+    """float32 [layers, heads, positions] sink scores of one trace from a detect folder."""
+    return read_arrays(Path(out) / "sink_scores" / part_name(trace, ".safetensors"))["sink_score_lht"]

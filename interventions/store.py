@@ -1,0 +1,190 @@
+"""Run folders: atomic per-trace writes, the manifest, and the rules for reusing a folder.
+
+Every file is written to a temporary name in the same folder and renamed into place, so a
+crash leaves either the old file or the new one, never half of one. Per-trace results go to
+part files (``profiles.parquet/part-00003.parquet``): a folder of Parquet parts reads as one
+table (``pandas.read_parquet("profiles.parquet")``) and a crash loses at most the trace in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import UserError
+
+MANIFEST_VERSION = 1
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def to_jsonable(obj):
+    """numpy scalars/arrays, Paths and NaN -> plain JSON values (NaN -> None)."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return None if not np.isfinite(f) else f
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    write_text_atomic(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n")
+
+
+def write_parquet_atomic(path: Path, frame: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def write_arrays_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """safetensors, not pickle: safe to load from anyone's results folder."""
+    from safetensors.numpy import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
+
+
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))
+
+
+def part_name(trace: int, suffix: str = ".parquet") -> str:
+    return f"part-{trace:05d}{suffix}"
+
+
+def check_output_dir(path: Path, *, overwrite: bool = False, resume: bool = False) -> None:
+    """Refuse, before any work, to write where we should not (one line with the fix)."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} exists and is a file; choose another --out", field="out")
+    if path.exists() and any(path.iterdir()) and not (overwrite or resume):
+        raise UserError(f"{path} already holds results; pass --overwrite to replace them or --resume to continue",
+                        field="out")
+    probe = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK):
+        raise UserError(f"cannot write to {probe}; choose a writable --out", field="out")
+
+
+def prepare_output_dir(path: Path, *, overwrite: bool = False, resume: bool = False) -> Path:
+    check_output_dir(path, overwrite=overwrite, resume=resume)
+    if overwrite and path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of the packages that decide a result (read from metadata: no slow imports)."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("interventions", "torch", "transformers", "pyvene", "numpy", "scipy", "statsmodels",
+                 "pandas", "pyarrow", "safetensors", "accelerate", "gguf"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def tool_revision() -> dict:
+    """Commit of this tool's checkout and whether it had uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=5).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                    capture_output=True, text=True, timeout=5).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {"commit": commit, "dirty": dirty}
+
+
+class Manifest:
+    """The provenance record of one run, rewritten atomically as the run progresses."""
+
+    def __init__(self, path: Path, *, command: list[str] | str, kind: str, **fields):
+        self.path = path
+        self.started = time.perf_counter()
+        self.data: dict = {
+            "manifest_version": MANIFEST_VERSION,
+            "kind": kind,
+            "run_id": fields.pop("run_id", None) or new_run_id(),
+            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": command if isinstance(command, str) else " ".join(command),
+            "status": "running",
+            "versions": package_versions(),
+            "tool": tool_revision(),
+            "platform": {"system": platform.platform(), "executable": sys.executable},
+            "traces_completed": [],
+            "timings": {},
+            **fields,
+        }
+
+    @classmethod
+    def load(cls, path: Path) -> dict:
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def update(self, **fields) -> None:
+        self.data.update(fields)
+        self.save()
+
+    def trace_done(self, trace: int, seconds: float) -> None:
+        done = set(self.data["traces_completed"]) | {trace}
+        self.data["traces_completed"] = sorted(done)
+        self.data["timings"].setdefault("per_trace_s", {})[str(trace)] = round(seconds, 4)
+        self.save()
+
+    def finish(self, status: str = "complete", **fields) -> None:
+        self.data["timings"]["total_s"] = round(time.perf_counter() - self.started, 3)
+        self.data["finished_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.update(status=status, **fields)
+
+    def save(self) -> None:
+        write_json_atomic(self.path, self.data)
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
