@@ -20,6 +20,7 @@ Layers without these attributes run the base function unchanged, so they stay bi
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -30,14 +31,25 @@ BASE_IMPLEMENTATIONS = ("sdpa", "eager")
 PREFIX = "interventions-"
 
 
+def base_attention(module, base_name: str):
+    """The function the model would call without our wrapper.
+
+    ``sdpa`` is registered globally; ``eager`` is not: every HF model file defines its own
+    ``eager_attention_forward`` (some add attention sinks or softcapping), so take the one
+    from the module that defines this attention class.
+    """
+    if base_name == "eager":
+        return sys.modules[type(module).__module__].eager_attention_forward
+    return AttentionInterface._global_mapping[base_name]
+
+
 def _wrap(base_name: str):
     def attention(module, query, key, value, attention_mask, **kwargs):
         replace = getattr(module, "_interventions_attention", None)
         if replace is not None:
             out = replace(module, query, key, value, attention_mask, kwargs)
         else:
-            base = AttentionInterface._global_mapping[base_name]
-            out = base(module, query, key, value, attention_mask, **kwargs)
+            out = base_attention(module, base_name)(module, query, key, value, attention_mask, **kwargs)
         probe = getattr(module, "_interventions_probe", None)
         if probe is not None:
             probe(module, query, key, value, attention_mask, kwargs)
