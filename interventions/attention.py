@@ -9,11 +9,12 @@ norms and rotary embedding, so whatever we compute from them matches the model e
 
 Per attention module, two optional attributes switch behaviour on:
 
+* ``module._interventions_edit``: an :class:`AttentionEdit` (the ``attention_mask``
+  intervention). The layer's attention is then computed explicitly, a block of queries at a
+  time, with the edited probabilities.
 * ``module._interventions_probe(module, query, key, value, mask, kwargs)``: called after the
-  real attention runs (observation: sink scores, key/value norms). Never changes the output.
-* ``module._interventions_attention(module, query, key, value, mask, kwargs)``: replaces the
-  attention computation for that layer (used by the ``attention_mask`` intervention) and
-  returns ``(attn_output, None)`` in the layout the base function returns.
+  attention runs (observation: sink scores, key/value norms). Never changes the output; it
+  sees the same edit, so measured sink scores are those of the edited attention.
 
 Layers without these attributes run the base function unchanged, so they stay bit-identical.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from transformers import AttentionInterface
@@ -43,11 +45,25 @@ def base_attention(module, base_name: str):
     return AttentionInterface._global_mapping[base_name]
 
 
+@dataclass(frozen=True)
+class AttentionEdit:
+    """Remove keys from every query's attention in one layer.
+
+    The removed keys get probability exactly 0. With ``redirect_to`` None the softmax
+    renormalises over the remaining keys; otherwise the removed mass is added to key
+    ``redirect_to`` (e.g. 0, the primary sink) and the other probabilities are unchanged.
+    """
+
+    masked_keys: tuple[int, ...]
+    """Absolute key positions no query may attend to."""
+    redirect_to: int | None = None
+
+
 def _wrap(base_name: str):
     def attention(module, query, key, value, attention_mask, **kwargs):
-        replace = getattr(module, "_interventions_attention", None)
-        if replace is not None:
-            out = replace(module, query, key, value, attention_mask, kwargs)
+        edit = getattr(module, "_interventions_edit", None)
+        if edit is not None:
+            out = edited_attention(module, query, key, value, attention_mask, kwargs, edit)
         else:
             out = base_attention(module, base_name)(module, query, key, value, attention_mask, **kwargs)
         probe = getattr(module, "_interventions_probe", None)
@@ -111,28 +127,49 @@ def attention_probabilities(
     block_size: int = 256,
     sliding_window: int | None = None,
     softcap: float | None = None,
-    key_keep: torch.Tensor | None = None,
+    edit: AttentionEdit | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(t0, probs)`` for query blocks: probs is float32 [B, H, block, S].
 
     Exactly the softmax the model computes (causal mask, GQA, scaling, softcap), computed a
-    block of queries at a time so no T x T matrix is ever held. ``key_keep`` ([S] bool) removes
-    keys for every query; a query left with no key keeps its row at zero.
+    block of queries at a time so no T x T matrix is ever held, with ``edit`` applied.
     """
     bsz, heads, q_len, _ = query.shape
     k_len = key.shape[2]
     key_f = repeat_kv(key, heads // key.shape[1]).float()
+    removed = None
+    if edit is not None and edit.masked_keys:
+        removed = torch.zeros(k_len, dtype=torch.bool, device=query.device)
+        removed[[k for k in edit.masked_keys if k < k_len]] = True
     for t0 in range(0, q_len, block_size):
         t1 = min(q_len, t0 + block_size)
         scores = torch.matmul(query[:, :, t0:t1].float(), key_f.transpose(-1, -2)) * scaling
         if softcap is not None:
             scores = torch.tanh(scores / softcap) * softcap
         keep = _mask_block(attention_mask, t0, t1, q_len, k_len, query.device, sliding_window)
-        if key_keep is not None:
-            keep = keep & key_keep[None, None, None, :]
-        scores = scores.masked_fill(~keep, float("-inf"))
-        probs = torch.softmax(scores, dim=-1)
-        yield t0, torch.nan_to_num(probs, nan=0.0)
+        if removed is not None and edit.redirect_to is None:
+            keep = keep & ~removed[None, None, None, :]
+        probs = torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1)
+        probs = torch.nan_to_num(probs, nan=0.0)  # a query left with no key attends to nothing
+        if removed is not None and edit.redirect_to is not None:
+            moved = probs[..., removed].sum(dim=-1)
+            probs[..., removed] = 0.0
+            probs[..., edit.redirect_to] += moved
+        yield t0, probs
+
+
+def edited_attention(module, query, key, value, attention_mask, kwargs, edit: AttentionEdit):
+    """Attention output with ``edit`` applied, in the layout sdpa/eager return: [B, Q, H, D]."""
+    heads = query.shape[1]
+    value_f = repeat_kv(value, heads // value.shape[1]).float()
+    out = torch.empty(query.shape[0], heads, query.shape[2], value.shape[-1], dtype=torch.float32,
+                      device=query.device)
+    for t0, probs in attention_probabilities(
+        query, key, attention_mask, kwargs.get("scaling") or module.scaling,
+        sliding_window=kwargs.get("sliding_window"), softcap=kwargs.get("softcap"), edit=edit,
+    ):
+        out[:, :, t0:t0 + probs.shape[2]] = torch.matmul(probs, value_f)
+    return out.to(value.dtype).transpose(1, 2).contiguous(), None
 
 
 def attention_column_sums(query, key, attention_mask, scaling, **kwargs) -> torch.Tensor:

@@ -47,6 +47,10 @@ class Observation:
     """float32 [L, H, T]: Eq. 1 per layer, head and key position."""
     logits: torch.Tensor | None = None
     """[T, V] final logits when asked for (``keep_logits``), on the model's output device."""
+    column_sums: np.ndarray | None = None
+    """float32 [L, H, S]: attention summed over this forward's queries (``keep_column_sums``)."""
+    references: dict[str, torch.Tensor] | None = None
+    """Per-layer reference vectors seen in this forward: ``hidden`` and ``mlp_in``, each [L, D]."""
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -98,11 +102,24 @@ class Observer:
     """
 
     def __init__(self, loaded: LoadedModel, *, reference_position: int = 0, block_size: int = 256,
-                 sink_scores: bool = True):
+                 sink_scores: bool = True, keep_column_sums: bool = False,
+                 references: dict[str, torch.Tensor] | None = None):
+        """
+        Args:
+            reference_position: position of the primary sink whose states are the references.
+            block_size: queries per block for sink scores.
+            sink_scores: compute sink scores (the costliest part of observation).
+            keep_column_sums: also keep raw attention column sums (to combine a cached prefix
+                with a later suffix forward).
+            references: per-layer reference vectors (``hidden``, ``mlp_in``: [L, D]) to use when
+                the reference position is not part of this forward (a suffix run over a cache).
+        """
         self.loaded = loaded
         self.reference_position = reference_position
         self.block_size = block_size
         self.want_sink_scores = sink_scores
+        self.keep_column_sums = keep_column_sums
+        self.given_references = references
         self.layers = decoder_layers(loaded.model, loaded.adapter)
         self._root_handles: list = []
         self._inner_handles: list = []
@@ -113,6 +130,8 @@ class Observer:
     def reset(self) -> None:
         self._rows: dict[str, list] = {name: [None] * len(self.layers) for name in PROFILE_COLUMNS}
         self._scores: list = [None] * len(self.layers)
+        self._column_sums: list = [None] * len(self.layers)
+        self._references: dict[str, list] = {"hidden": [None] * len(self.layers), "mlp_in": [None] * len(self.layers)}
         self._pending: dict[int, dict[str, torch.Tensor]] = {}
 
     def __enter__(self) -> Observer:
@@ -168,15 +187,18 @@ class Observer:
 
     def _probe(self, idx: int):
         def probe(module, query, key, value, attention_mask, kwargs):
-            self._rows["key_norm"][idx] = _norm(key[0]).mean(0).cpu()
-            self._rows["value_norm"][idx] = _norm(value[0]).mean(0).cpu()
+            q_len = query.shape[2]  # with a cache, keys also hold earlier positions: keep this forward's
+            self._rows["key_norm"][idx] = _norm(key[0, :, -q_len:]).mean(0).cpu()
+            self._rows["value_norm"][idx] = _norm(value[0, :, -q_len:]).mean(0).cpu()
             if not self.want_sink_scores:
                 return
             sums = attention_column_sums(
                 query, key, attention_mask, kwargs.get("scaling") or module.scaling,
                 block_size=self.block_size, sliding_window=kwargs.get("sliding_window"),
-                softcap=kwargs.get("softcap"),
+                softcap=kwargs.get("softcap"), edit=getattr(module, "_interventions_edit", None),
             )
+            if self.keep_column_sums:
+                self._column_sums[idx] = sums[0].cpu()
             self._scores[idx] = sink_scores_from_column_sums(sums[0], query.shape[2]).cpu()
         return probe
 
@@ -184,7 +206,7 @@ class Observer:
         def hook(module, args, output):
             h = _first(output)[0]  # [T, D]
             pending = self._pending.pop(idx, {})
-            ref = h[self.reference_position]
+            ref = self._reference("hidden", idx, h)
             rows = self._rows
             rows["hidden_norm"][idx] = _norm(h).cpu()
             rows["hidden_cos"][idx] = _cos(h, ref).cpu()
@@ -194,8 +216,16 @@ class Observer:
             if "mlp_in" in pending:
                 x = pending["mlp_in"]
                 rows["mlp_in_norm"][idx] = _norm(x).cpu()
-                rows["mlp_in_cos"][idx] = _cos(x, x[self.reference_position]).cpu()
+                rows["mlp_in_cos"][idx] = _cos(x, self._reference("mlp_in", idx, x)).cpu()
         return hook
+
+    def _reference(self, name: str, idx: int, states: torch.Tensor) -> torch.Tensor:
+        if self.given_references is not None:
+            ref = self.given_references[name][idx].to(states.device)
+        else:
+            ref = states[self.reference_position]
+        self._references[name][idx] = ref.detach().clone()
+        return ref
 
     # -- results ---------------------------------------------------------------------------
     def collect(self, token_ids, logits: torch.Tensor | None = None) -> Observation:
@@ -209,12 +239,20 @@ class Observer:
                     arr[idx] = row.numpy()
             profiles[name] = arr
         heads = self.loaded.dims["heads"]
-        scores = np.full((L, heads, T), np.nan, dtype=np.float32)
+        # Sink scores span every key (cached prefix included), so they can be wider than T.
+        width = next((x.shape[-1] for x in self._scores if x is not None), T)
+        scores = np.full((L, heads, width), np.nan, dtype=np.float32)
         for idx, s in enumerate(self._scores):
             if s is not None:
                 scores[idx] = s.numpy()
+        column_sums = None
+        if self.keep_column_sums and all(c is not None for c in self._column_sums):
+            column_sums = torch.stack(self._column_sums).numpy()
+        references = None
+        if all(r is not None for rs in self._references.values() for r in rs):
+            references = {k: torch.stack([r.cpu() for r in v]) for k, v in self._references.items()}
         return Observation(token_ids=np.asarray(token_ids, dtype=np.int64), profiles=profiles, sink_scores=scores,
-                           logits=logits)
+                           logits=logits, column_sums=column_sums, references=references)
 
 
 @torch.inference_mode()
