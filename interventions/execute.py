@@ -32,9 +32,9 @@ class TraceExecutor:
         self.ids = torch.as_tensor(token_ids, dtype=torch.long, device=loaded.input_device)[None]
         self.reuse_prefix = reuse_prefix
         self.block_size = block_size
-        self._prefix: tuple[int, object, Observation] | None = None
+        self._prefixes: dict[int, tuple[object, Observation]] = {}
         self.clean_observation: Observation | None = None
-        self.forwards = {"full": 0, "prefix": 0, "suffix": 0, "suffix_tokens": 0}
+        self.forwards = {"full": 0, "prefix": 0, "suffix": 0, "tokens": 0, "naive_tokens": 0}
 
     @property
     def length(self) -> int:
@@ -51,6 +51,7 @@ class TraceExecutor:
     def intervened(self, edits: list[Edit]) -> Observation:
         """A forward with ``edits`` applied, as a full-length observation with logits."""
         plan = compile_edits(self.loaded, edits)
+        self.forwards["naive_tokens"] += self.length
         positions = [p for e in plan.module_edits + plan.attention_edits for p in e.positions]
         if not positions:
             return self.clean()
@@ -62,6 +63,7 @@ class TraceExecutor:
     # -- forwards ---------------------------------------------------------------------------
     def _full(self, plan) -> Observation:
         self.forwards["full"] += 1
+        self.forwards["tokens"] += self.length
         with Observer(self.loaded, block_size=self.block_size) as observer:
             if plan is None:
                 out = self.loaded.model(input_ids=self.ids, use_cache=False)
@@ -69,19 +71,25 @@ class TraceExecutor:
                 out = plan.forward(0, input_ids=self.ids, use_cache=False)
         return observer.collect(self.ids[0].tolist(), out.logits[0])
 
+    MAX_PREFIXES = 2
+    """Cached prefixes kept at once (targets and their controls usually start at two places)."""
+
     def _prefix_state(self, p0: int):
-        if self._prefix is None or self._prefix[0] != p0:
+        if p0 not in self._prefixes:
+            if len(self._prefixes) >= self.MAX_PREFIXES:
+                self._prefixes.pop(next(iter(self._prefixes)))
             self.forwards["prefix"] += 1
+            self.forwards["tokens"] += p0
             with Observer(self.loaded, block_size=self.block_size, keep_column_sums=True) as observer:
                 out = self.loaded.model(input_ids=self.ids[:, :p0], use_cache=True, logits_to_keep=1)
-            self._prefix = (p0, out.past_key_values, observer.collect(self.ids[0, :p0].tolist()))
-        return self._prefix
+            self._prefixes[p0] = (out.past_key_values, observer.collect(self.ids[0, :p0].tolist()))
+        return self._prefixes[p0]
 
     def _suffix(self, plan, p0: int) -> Observation:
-        _, cache, prefix = self._prefix_state(p0)
+        cache, prefix = self._prefix_state(p0)
         clean = self.clean()
         self.forwards["suffix"] += 1
-        self.forwards["suffix_tokens"] += self.length - p0
+        self.forwards["tokens"] += self.length - p0
         try:
             with Observer(self.loaded, block_size=self.block_size, keep_column_sums=True,
                           references=prefix.references) as observer:

@@ -173,6 +173,9 @@ def load_model(
         warnings.warn(f"trust_remote_code is on: code shipped with {model} will run", stacklevel=2)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own rich progress is the one to watch
 
     on_gpu = device != "cpu"
     if dtype == "auto":

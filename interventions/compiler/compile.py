@@ -47,7 +47,7 @@ def merge_edits(edits: list[Edit]) -> list[Edit]:
     """Edits of one kind at the same (site, layer) with the same parameters become one."""
     merged: dict[tuple, Edit] = {}
     for e in edits:
-        key = (e.kind, e.site, e.layer, e.factor, e.redirect_to, id(e.vector) if e.vector is not None else None)
+        key = (e.kind, e.site, e.layer, e.factor, e.redirect_to, e.vector.data_ptr() if e.vector is not None else None)
         if key in merged:
             merged[key] = Edit(e.kind, e.layer, merged[key].positions + e.positions, site=e.site, factor=e.factor,
                                vector=e.vector, redirect_to=e.redirect_to)
