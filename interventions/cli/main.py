@@ -6,6 +6,7 @@ import typer
 
 from . import testbed
 from .detect import detect_command
+from .run import run_command, schema_command, validate_command
 
 app = typer.Typer(
     name="intervene",
@@ -32,4 +33,7 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
 
 
 app.command("detect")(detect_command)
+app.command("run")(run_command)
+app.command("validate")(validate_command)
+app.command("schema")(schema_command)
 app.add_typer(testbed.app, name="testbed")

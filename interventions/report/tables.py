@@ -27,3 +27,38 @@ def print_detection(result) -> None:
         for row in result.tokens.head(10).itertuples():
             table.add_row(repr(row.token), str(row.token_id), str(row.count), f"{row.share:.1%}")
         console.print(table)
+
+
+def _fmt(value, pattern="{:.3f}") -> str:
+    try:
+        if value != value:  # NaN
+            return "-"
+        return pattern.format(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def print_run_summary(result) -> None:
+    """Per condition: targets, sinks present, mean lifetime, sink score, KL; controls beside."""
+    summary = result.summary
+    if summary.empty:
+        console.print("no targets were intervened on", highlight=False)
+        return
+    table = Table(title=f"{result.manifest.get('spec_name', '')}: clean vs intervened",
+                  caption="n: targets; sink%: share that are sinks (clean -> after); life: mean lifetime after; "
+                          "score: sink score at the intervened layer; c.*: matched controls")
+    table.add_column("condition", no_wrap=True)
+    for col in ("n", "sink%", "life", "score", "KL", "c.sink%", "c.life", "c.KL"):
+        table.add_column(col, justify="right", no_wrap=True)
+    targets = summary[~summary.is_control].set_index("condition")
+    controls = summary[summary.is_control].set_index("condition")
+    for cond, row in targets.iterrows():
+        ctrl = controls.loc[cond] if cond in controls.index else None
+        table.add_row(
+            cond, str(int(row.targets)), f"{_fmt(row.sinks_clean, '{:.0%}')}->{_fmt(row.sinks_after, '{:.0%}')}",
+            _fmt(row.mean_lifetime, "{:.1f}"), _fmt(row.mean_sink_score), _fmt(row.mean_kl, "{:.4f}"),
+            "-" if ctrl is None else _fmt(ctrl.sinks_after, "{:.0%}"),
+            "-" if ctrl is None else _fmt(ctrl.mean_lifetime, "{:.1f}"),
+            "-" if ctrl is None else _fmt(ctrl.mean_kl, "{:.4f}"),
+        )
+    console.print(table)
