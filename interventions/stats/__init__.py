@@ -1,0 +1,48 @@
+"""Statistics layer: pure functions from pandas DataFrames to JSON-ready results.
+
+- :mod:`.fits`: norm -> sink-score ratio, norm -> lifetime (plateaus), dose-response.
+- :mod:`.effects`: per-layer intervention effects with trace-level inference, compensation.
+- :mod:`.verdicts`: the verdict rule and the pre-declared hypotheses H1-H4.
+- :mod:`.jsonable`: :func:`to_jsonable` for writing ``stats.json``.
+
+Every random draw is seeded (``np.random.default_rng``), the trace is the unit of inference
+throughout, and too little data gives ``estimable: False`` with a reason, never an exception.
+"""
+
+from .effects import adjust_pvalues, compensation, mask_primary_change, masked_layer_rows, per_layer_effects
+from .fits import dose_response, fit_norm_lifetime, fit_norm_score, page_trend, spearman_permutation
+from .jsonable import to_jsonable
+from .verdicts import (
+    MARGINS,
+    VERDICT_RULE,
+    combine,
+    h1_zero_prevents,
+    h2_scaling_grows,
+    h3_swap_suppresses,
+    h4_mask_changes,
+    judge,
+    verdict,
+)
+
+__all__ = [
+    "MARGINS",
+    "VERDICT_RULE",
+    "adjust_pvalues",
+    "combine",
+    "compensation",
+    "dose_response",
+    "fit_norm_lifetime",
+    "fit_norm_score",
+    "h1_zero_prevents",
+    "h2_scaling_grows",
+    "h3_swap_suppresses",
+    "h4_mask_changes",
+    "judge",
+    "mask_primary_change",
+    "masked_layer_rows",
+    "page_trend",
+    "per_layer_effects",
+    "spearman_permutation",
+    "to_jsonable",
+    "verdict",
+]

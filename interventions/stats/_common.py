@@ -1,0 +1,74 @@
+"""Small helpers shared by the statistics modules: column checks, warning capture, units."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import pandas as pd
+
+LEVEL = 0.95
+"""Confidence level of every interval in this package unless a caller asks for another."""
+
+
+def require_columns(df: pd.DataFrame, columns: Iterable[str], *, what: str) -> None:
+    """Raise ``ValueError`` naming every column ``what`` needs that ``df`` lacks.
+
+    A missing column is a wiring bug in the caller, not a data problem, so it is an error;
+    too little data is never an error (functions report ``estimable: False`` instead).
+    """
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what}: missing column(s) {missing}; got {list(df.columns)}")
+
+
+@contextmanager
+def capture_warnings(notes: list[str]) -> Iterator[None]:
+    """Record every warning raised inside the block as a line in ``notes`` (deduplicated)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        line = f"{w.category.__name__}: {str(w.message).strip().splitlines()[0] if str(w.message).strip() else ''}"
+        if line not in notes:
+            notes.append(line)
+
+
+def warnings_to_notes(fn: Callable) -> Callable:
+    """Decorator: warnings escaping ``fn`` are appended to its result's ``notes`` instead of printed.
+
+    A dict result gets them in ``result["notes"]``; a DataFrame in ``result.attrs["notes"]``.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        caught: list[str] = []
+        with capture_warnings(caught):
+            out = fn(*args, **kwargs)
+        if caught and isinstance(out, dict):
+            notes = out.setdefault("notes", [])
+            notes.extend(n for n in caught if n not in notes)
+        elif caught and isinstance(out, pd.DataFrame):
+            out.attrs.setdefault("notes", []).extend(caught)
+        return out
+
+    return wrapper
+
+
+def as_bool(series: pd.Series) -> pd.Series:
+    """Booleans from a column that may hold bools, 0/1 or strings like ``"true"``."""
+    if series.dtype == bool:
+        return series
+    if series.dtype == object or pd.api.types.is_string_dtype(series):
+        lowered = series.astype(str).str.strip().str.lower()
+        return lowered.isin(["true", "1", "yes", "y", "t"])
+    return series.fillna(0).astype(float) != 0
+
+
+def trace_codes(traces: pd.Series) -> tuple[np.ndarray, int]:
+    """Integer codes 0..G-1 for the trace column, and G."""
+    codes, uniques = pd.factorize(traces, sort=True)
+    return codes.astype(np.int64), len(uniques)

@@ -1,0 +1,481 @@
+"""Observational fits of the paper's Sec. 5 claims: MLP-output norm -> sink score, lifetime,
+and the dose-response of lifetime to scaled MLP norms.
+
+Each function takes a pandas DataFrame, never raises on too little data (it returns
+``estimable: False`` and a ``reason``), seeds every random draw, collects statsmodels
+warnings into ``notes`` and returns JSON-ready dicts (see :func:`to_jsonable`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import statsmodels.api as sm
+from scipy import stats
+
+from ._common import LEVEL, as_bool, warnings_to_notes, capture_warnings, require_columns, trace_codes
+from ._isotonic import isotonic_blocks, isotonic_sse
+from ._regression import coef_summary, contrast_summary, gaussian_bic, glm_clustered, ols_clustered
+from ._segmented import fit_segmented
+from .jsonable import to_jsonable
+
+NORM_SCORE_COLUMNS = ["trace", "position", "layer", "mlp_out_norm", "sink_score", "primary_sink_score"]
+LIFETIME_COLUMNS = ["trace", "position", "mlp_out_norm", "lifetime", "censored"]
+DOSE_COLUMNS = ["trace", "position", "token", "is_control", "factor", "lifetime", "sink_score"]
+
+MIN_SINKS = 3
+"""Fewest distinct sinks (trace, position) for any slope to be reported."""
+
+
+# --------------------------------------------------------------------------------------------
+# 1. norm -> sink-score ratio
+# --------------------------------------------------------------------------------------------
+
+
+@warnings_to_notes
+def fit_norm_score(
+    df: pd.DataFrame, *, by_layer: bool = True, layer_effects: bool = True, mixed: bool = True,
+    level: float = LEVEL,
+) -> dict:
+    """Log-linear fit of the secondary/primary sink-score ratio on the l_start MLP-output norm.
+
+    ``slope`` is the change in log(sink_score / primary_sink_score) per unit change in
+    log(mlp_out_norm), i.e. the elasticity of the sink-score ratio with respect to the norm,
+    estimated by OLS over every (sink, layer) row with layer fixed effects and a CI that is
+    robust to correlation within a trace. ``mixed`` repeats the slope with a random intercept
+    per trace as a check; ``per_layer`` gives the slope within each layer and
+    ``steepest_layer`` the layer where it is largest.
+
+    Args:
+        df: one row per secondary sink x layer of its life, columns
+            ``trace, position, layer, mlp_out_norm, sink_score, primary_sink_score``.
+        by_layer: also fit each layer separately.
+        layer_effects: include one intercept per layer in the pooled fit (compares sinks
+            within a layer, so depth differences in the ratio do not masquerade as a norm effect).
+        mixed: run the MixedLM check (needs >= 3 traces).
+        level: confidence level.
+
+    Returns:
+        Dict with ``estimable, reason, slope, se, ci_low, ci_high, p, r2, r2_within,
+        n_rows, n_sinks, n_traces, se_type, model, mixed, per_layer, steepest_layer, notes``.
+    """
+    require_columns(df, NORM_SCORE_COLUMNS, what="fit_norm_score")
+    notes: list[str] = []
+    d = _log_ratio_rows(df, notes)
+    base = {"n_rows": int(len(d)), "n_sinks": _n_units(d), "n_traces": int(d["trace"].nunique()), "notes": notes}
+    reason = _norm_too_little(d)
+    if reason:
+        return to_jsonable({**base, "estimable": False, "reason": reason})
+    fe = layer_effects and d["layer"].nunique() > 1
+    X = _design(d, fe)
+    groups, _ = trace_codes(d["trace"])
+    res, se_type = ols_clustered(d["y"].to_numpy(), X, groups, notes)
+    out = {**base, "estimable": True, "reason": None, **_slope_fields(res, level), "se_type": se_type}
+    out["r2"] = float(res.rsquared)
+    out["r2_within"] = _within_r2(d, res) if fe else float(res.rsquared)
+    out["model"] = "log_ratio ~ log_norm" + (" + C(layer)" if fe else "")
+    out["mixed"] = _mixed_check(d, X, groups, level) if mixed else {"run": False, "note": "not requested"}
+    if by_layer:
+        out["per_layer"] = _per_layer_slopes(d, level, notes)
+        out.update(_steepest(out["per_layer"]))
+    return to_jsonable(out)
+
+
+def _log_ratio_rows(df: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """Rows with positive norm and scores, plus ``x = log norm`` and ``y = log ratio``."""
+    d = df[NORM_SCORE_COLUMNS].dropna()
+    ok = (d["mlp_out_norm"] > 0) & (d["sink_score"] > 0) & (d["primary_sink_score"] > 0)
+    if (~ok).any():
+        notes.append(f"dropped {int((~ok).sum())} row(s) with non-positive norm or score (log undefined)")
+    if len(d) < len(df):
+        notes.append(f"dropped {len(df) - len(d)} row(s) with missing values")
+    d = d[ok].copy()
+    d["x"] = np.log(d["mlp_out_norm"].astype(float))
+    d["y"] = np.log(d["sink_score"].astype(float) / d["primary_sink_score"].astype(float))
+    return d.reset_index(drop=True)
+
+
+def _n_units(d: pd.DataFrame) -> int:
+    return int(len(d[["trace", "position"]].drop_duplicates())) if len(d) else 0
+
+
+def _norm_too_little(d: pd.DataFrame) -> str | None:
+    n_sinks = _n_units(d)
+    if n_sinks < MIN_SINKS:
+        return f"{n_sinks} secondary sink(s); need >= {MIN_SINKS}"
+    if d["x"].nunique() < 2:
+        return "a single distinct mlp_out_norm; the slope is not identified"
+    return None
+
+
+def _design(d: pd.DataFrame, layer_effects: bool) -> np.ndarray:
+    """Columns: constant, log-norm, then one dummy per layer after the first (if requested)."""
+    cols = [np.ones(len(d)), d["x"].to_numpy()]
+    if layer_effects:
+        dummies = pd.get_dummies(d["layer"], drop_first=True, dtype=float)
+        cols.extend(dummies[c].to_numpy() for c in dummies.columns)
+    return np.column_stack(cols)
+
+
+def _slope_fields(res, level: float) -> dict:
+    s = coef_summary(res, 1, level=level)
+    return {"slope": s["estimate"], "se": s["se"], "ci_low": s["ci_low"], "ci_high": s["ci_high"], "p": s["p"],
+            "intercept": float(np.asarray(res.params)[0])}
+
+
+def _within_r2(d: pd.DataFrame, res) -> float:
+    """Share of the within-layer variance of the log ratio explained by the log norm."""
+    within = d["y"] - d.groupby("layer")["y"].transform("mean")
+    sst = float(np.sum(within**2))
+    return float(1.0 - res.ssr / sst) if sst > 0 else float("nan")
+
+
+def _mixed_check(d: pd.DataFrame, X: np.ndarray, groups: np.ndarray, level: float) -> dict:
+    """Slope from a linear mixed model with a random intercept per trace; failures become notes."""
+    n_traces = len(np.unique(groups))
+    if n_traces < 3:
+        return {"run": False, "note": f"{n_traces} trace(s); the mixed model needs >= 3"}
+    notes: list[str] = []
+    try:
+        with capture_warnings(notes):
+            res = sm.MixedLM(d["y"].to_numpy(), X, groups=groups).fit(reml=True)
+            s = coef_summary(res, 1, level=level)
+    except (np.linalg.LinAlgError, ValueError, IndexError) as exc:
+        return {"run": True, "converged": False, "note": f"{type(exc).__name__}: {exc}", "notes": notes}
+    return {"run": True, "converged": bool(getattr(res, "converged", True)), "slope": s["estimate"],
+            "se": s["se"], "ci_low": s["ci_low"], "ci_high": s["ci_high"], "p": s["p"],
+            "trace_variance": float(np.asarray(res.cov_re).ravel()[0]), "notes": notes}
+
+
+def _per_layer_slopes(d: pd.DataFrame, level: float, notes: list[str]) -> list[dict]:
+    """Slope of the log ratio on log norm within each layer (no pooling across layers)."""
+    rows = []
+    for layer, g in d.groupby("layer", sort=True):
+        row = {"layer": layer, "n_sinks": _n_units(g), "n_traces": int(g["trace"].nunique())}
+        reason = _norm_too_little(g)
+        if reason:
+            rows.append({**row, "estimable": False, "reason": reason})
+            continue
+        groups, _ = trace_codes(g["trace"])
+        res, se_type = ols_clustered(g["y"].to_numpy(), _design(g, False), groups, notes)
+        rows.append({**row, "estimable": True, **_slope_fields(res, level), "r2": float(res.rsquared),
+                     "se_type": se_type})
+    return rows
+
+
+def _steepest(per_layer: list[dict]) -> dict:
+    fitted = [r for r in per_layer if r.get("estimable") and np.isfinite(r["slope"])]
+    if not fitted:
+        return {"steepest_layer": None, "steepest_slope": None}
+    best = max(fitted, key=lambda r: r["slope"])
+    return {"steepest_layer": best["layer"], "steepest_slope": best["slope"],
+            "steepest_ci": [best["ci_low"], best["ci_high"]]}
+
+
+# --------------------------------------------------------------------------------------------
+# 2. norm -> lifetime
+# --------------------------------------------------------------------------------------------
+
+
+@warnings_to_notes
+def fit_norm_lifetime(
+    df: pd.DataFrame, *, n_perm: int = 9999, seed: int = 0, min_plateau_n: int = 3,
+    max_breakpoints: int = 2, min_segment_n: int = 3, level: float = LEVEL,
+) -> dict:
+    """Monotone and piecewise fits of sink lifetime (layers) on the log l_start MLP-output norm.
+
+    ``spearman`` is the rank correlation of lifetime with norm (does a larger norm mean a
+    longer life?) with a seeded permutation p-value. ``isotonic`` is the best non-decreasing
+    step function of log-norm; its constant blocks are the plateaus (sink levels).
+    ``segmented`` fits straight-line pieces with 0, 1 or 2 breakpoints, chosen by BIC, and
+    ``comparison`` puts the linear, segmented and isotonic fits on one BIC scale.
+    ``poisson`` is the change in log expected lifetime per unit log-norm (a count model check).
+
+    Args:
+        df: one row per secondary sink, columns ``trace, position, mlp_out_norm, lifetime,
+            censored`` (``censored``: the sink was still alive at the last layer).
+        n_perm: permutations for the Spearman p-value.
+        seed: seed of the permutation generator.
+        min_plateau_n: fewest sinks in an isotonic block for it to count as a plateau.
+        max_breakpoints: most breakpoints tried by the segmented fit.
+        min_segment_n: fewest sinks per segment.
+        level: confidence level.
+
+    Returns:
+        Dict with ``estimable, reason, n_sinks, n_traces, n_censored, n_distinct_lifetimes,
+        spearman, linear, plateaus_estimable, plateaus_reason, isotonic, segmented,
+        comparison, poisson, notes``.
+    """
+    require_columns(df, LIFETIME_COLUMNS, what="fit_norm_lifetime")
+    notes: list[str] = []
+    d = _lifetime_rows(df, notes)
+    out = {"n_sinks": int(len(d)), "n_traces": int(d["trace"].nunique()), "n_censored": int(d["censored"].sum()),
+           "n_distinct_lifetimes": int(d["lifetime"].nunique()), "notes": notes}
+    reason = _lifetime_too_little(d)
+    if reason:
+        return to_jsonable({**out, "estimable": False, "reason": reason, "plateaus_estimable": False,
+                            "plateaus_reason": reason})
+    x, y = d["x"].to_numpy(), d["lifetime"].to_numpy(float)
+    groups, _ = trace_codes(d["trace"])
+    out.update(estimable=True, reason=None)
+    out["spearman"] = spearman_permutation(x, y, n_perm=n_perm, rng=np.random.default_rng(seed))
+    out["linear"] = _linear_lifetime(x, y, groups, level, notes)
+    out.update(_plateau_fits(x, y, min_plateau_n, max_breakpoints, min_segment_n))
+    out["comparison"] = _bic_table(out)
+    out["poisson"] = _poisson_lifetime(d, groups, level, notes)
+    if out["n_censored"]:
+        notes.append(
+            f"{out['n_censored']} of {len(d)} lifetimes are right-censored (alive at the last layer): they "
+            "are lower bounds, so fits that include them understate growth at high norm; "
+            "poisson.uncensored_only gives the slope without them"
+        )
+    return to_jsonable(out)
+
+
+def _lifetime_rows(df: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    d = df[LIFETIME_COLUMNS].dropna(subset=["mlp_out_norm", "lifetime"]).copy()
+    d["censored"] = as_bool(d["censored"].fillna(False))
+    bad = d["mlp_out_norm"] <= 0
+    if bad.any():
+        notes.append(f"dropped {int(bad.sum())} row(s) with non-positive mlp_out_norm")
+    d = d[~bad]
+    dup = d.duplicated(["trace", "position"])
+    if dup.any():
+        notes.append(f"{int(dup.sum())} duplicate (trace, position) row(s) dropped; one row per sink expected")
+        d = d[~dup]
+    d["x"] = np.log(d["mlp_out_norm"].astype(float))
+    return d.reset_index(drop=True)
+
+
+def _lifetime_too_little(d: pd.DataFrame) -> str | None:
+    if len(d) < MIN_SINKS:
+        return f"{len(d)} sink(s); need >= {MIN_SINKS}"
+    if d["x"].nunique() < 2:
+        return "a single distinct mlp_out_norm; nothing to relate lifetime to"
+    if d["lifetime"].nunique() < 2:
+        return (f"every sink has the same lifetime ({d['lifetime'].iloc[0]:g} layers); "
+                "there is no lifetime variation for the norm to explain")
+    return None
+
+
+def spearman_permutation(x: np.ndarray, y: np.ndarray, *, n_perm: int, rng: np.random.Generator) -> dict:
+    """Spearman's rho with a two-sided permutation p-value (y permuted against x).
+
+    Permuting treats sinks as exchangeable; sinks from one trace are not independent, so
+    read the p-value as descriptive when few traces contribute many sinks.
+    """
+    if np.ptp(y) == 0 or np.ptp(x) == 0:
+        return {"rho": None, "p_perm": None, "p_asymptotic": None, "n_perm": n_perm,
+                "note": "constant lifetime or norm: rank correlation undefined"}
+    rx, ry = stats.rankdata(x), stats.rankdata(y)
+    zx, zy = (rx - rx.mean()) / rx.std(), (ry - ry.mean()) / ry.std()
+    rho = float(np.mean(zx * zy))
+    hits, done = 0, 0
+    while done < n_perm:
+        size = min(2000, n_perm - done)
+        idx = rng.permuted(np.tile(np.arange(zy.size), (size, 1)), axis=1)
+        null = zy[idx] @ zx / zy.size
+        hits += int(np.sum(np.abs(null) >= abs(rho) - 1e-12))
+        done += size
+    p_asym = float(stats.spearmanr(x, y).pvalue)
+    return {"rho": rho, "p_perm": (1 + hits) / (n_perm + 1), "p_asymptotic": p_asym, "n_perm": n_perm}
+
+
+def _linear_lifetime(x: np.ndarray, y: np.ndarray, groups: np.ndarray, level: float, notes: list[str]) -> dict:
+    """Straight-line lifetime ~ log-norm with trace-clustered CI and its Gaussian BIC."""
+    res, se_type = ols_clustered(y, sm.add_constant(x, has_constant="add"), groups, notes)
+    s = coef_summary(res, 1, level=level)
+    sst = float(np.sum((y - y.mean()) ** 2))
+    return {"slope": s["estimate"], "ci_low": s["ci_low"], "ci_high": s["ci_high"], "p": s["p"],
+            "intercept": float(res.params[0]), "r2": float(1.0 - res.ssr / sst), "se_type": se_type,
+            "bic": gaussian_bic(float(res.ssr), y.size, 3, sst)}
+
+
+def _plateau_fits(x: np.ndarray, y: np.ndarray, min_plateau_n: int, max_bp: int, min_seg: int) -> dict:
+    """Isotonic plateaus and segmented fit, or a plain statement that plateaus are not estimable."""
+    n_levels = len(np.unique(y))
+    if n_levels < 3:
+        reason = (f"lifetimes take {n_levels} distinct value(s); plateaus need >= 3 "
+                  "(two values are one step, not plateaus separated by regimes)")
+        return {"plateaus_estimable": False, "plateaus_reason": reason, "isotonic": None, "segmented": None}
+    blocks = isotonic_blocks(x, y)
+    plateaus = [b for b in blocks if b["n"] >= min_plateau_n]
+    boundaries = [(a["x_high"] + b["x_low"]) / 2 for a, b in zip(blocks[:-1], blocks[1:])]
+    sst = float(np.sum((y - y.mean()) ** 2))
+    iso = {"blocks": blocks, "plateaus": plateaus, "boundaries_log_norm": boundaries,
+           "levels": [b["level"] for b in blocks], "min_plateau_n": min_plateau_n,
+           "bic": gaussian_bic(isotonic_sse(x, y, blocks), y.size, len(blocks) + 1, sst),
+           "bic_note": "isotonic df = number of blocks (Meyer & Woodroofe 2000) + 1 for the variance"}
+    seg = fit_segmented(x, y, max_breakpoints=max_bp, min_segment_n=min_seg)
+    return {"plateaus_estimable": True, "plateaus_reason": None, "isotonic": iso, "segmented": seg}
+
+
+def _bic_table(out: dict) -> dict:
+    """BIC of every fitted shape and the lowest-BIC one (lower is better; >10 apart is decisive)."""
+    bics = {"linear": out["linear"]["bic"]}
+    if out.get("segmented"):
+        for f in out["segmented"]["fits"]:
+            if f["n_breakpoints"] > 0:
+                bics[f"segmented_{f['n_breakpoints']}"] = f["bic"]
+    if out.get("isotonic"):
+        bics["isotonic"] = out["isotonic"]["bic"]
+    finite = {k: v for k, v in bics.items() if np.isfinite(v)}
+    return {"bic": bics, "best": min(finite, key=finite.get) if finite else None}
+
+
+def _poisson_lifetime(d: pd.DataFrame, groups: np.ndarray, level: float, notes: list[str]) -> dict:
+    """Poisson GLM of lifetime on log-norm (clustered CI), plus the same without censored sinks."""
+    out = _poisson_fit(d["x"].to_numpy(), d["lifetime"].to_numpy(float), groups, level, notes)
+    keep = ~d["censored"].to_numpy()
+    if (~keep).any():
+        sub = d[keep]
+        if len(sub) >= MIN_SINKS and sub["x"].nunique() >= 2:
+            g, _ = trace_codes(sub["trace"])
+            out["uncensored_only"] = _poisson_fit(sub["x"].to_numpy(), sub["lifetime"].to_numpy(float), g, level, notes)
+        else:
+            out["uncensored_only"] = {"estimable": False, "reason": "too few uncensored sinks"}
+    return out
+
+
+def _poisson_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray, level: float, notes: list[str]) -> dict:
+    try:
+        res, se_type = glm_clustered(y, sm.add_constant(x, has_constant="add"), groups, sm.families.Poisson(), notes)
+        s = coef_summary(res, 1, level=level)
+    except (np.linalg.LinAlgError, ValueError) as exc:
+        return {"estimable": False, "reason": f"{type(exc).__name__}: {exc}"}
+    dispersion = float(res.pearson_chi2 / res.df_resid) if res.df_resid > 0 else float("nan")
+    return {"estimable": True, "slope": s["estimate"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
+            "p": s["p"], "rate_ratio_per_log_norm": float(np.exp(s["estimate"])), "dispersion": dispersion,
+            "se_type": se_type, "n": int(y.size)}
+
+
+# --------------------------------------------------------------------------------------------
+# 3. dose-response of scaled MLP norms
+# --------------------------------------------------------------------------------------------
+
+
+@warnings_to_notes
+def dose_response(
+    df: pd.DataFrame, *, measures: tuple[str, ...] = ("lifetime", "sink_score"), n_perm: int = 9999,
+    seed: int = 0, level: float = LEVEL,
+) -> dict:
+    """Within-target dose-response of sink lifetime and score to the MLP-output scale factor.
+
+    ``slope`` is the average change of the measure per unit log(factor) within one token
+    (each target is compared only with itself across factors; the CI is robust to traces).
+    ``difference`` is the target slope minus the control slope. ``trend`` is Page's L test
+    for an increasing ordering across factors within each token, with a seeded permutation
+    p-value (rows permuted within token), and ``mean_spearman`` the average per-token rank
+    correlation with the factor.
+
+    Args:
+        df: rows of scale conditions, columns ``trace, position, token, is_control, factor,
+            lifetime, sink_score`` (lifetime 0 = not a sink). Add factor-1 rows (the clean run)
+            to anchor the slope at the unscaled norm.
+        measures: columns to analyse.
+        n_perm: permutations for Page's test.
+        seed: seed for the permutations.
+        level: confidence level.
+
+    Returns:
+        ``{estimable, reason, factors, n_targets, n_controls, n_traces, targets: {measure: {...}},
+        controls: {...}, difference: {...}, notes}``.
+    """
+    require_columns(df, DOSE_COLUMNS, what="dose_response")
+    notes: list[str] = []
+    d = _dose_rows(df, measures, notes)
+    factors = sorted(d["factor"].unique().tolist())
+    n_t = int(d.loc[~d["is_control"], "unit"].nunique())
+    n_c = int(d.loc[d["is_control"], "unit"].nunique())
+    out = {"factors": factors, "n_targets": n_t, "n_controls": n_c, "n_traces": int(d["trace"].nunique()),
+           "notes": notes, "targets": {}, "controls": {}, "difference": {}}
+    if len(factors) < 2 or n_t + n_c < 2:
+        reason = "need >= 2 distinct factors and >= 2 tokens"
+        return to_jsonable({**out, "estimable": False, "reason": reason})
+    out.update(estimable=True, reason=None)
+    rng = np.random.default_rng(seed)
+    for m in measures:
+        slopes = _within_slopes(d, m, level, notes)
+        for group, is_control in (("targets", False), ("controls", True)):
+            sub = d[d["is_control"] == is_control]
+            if len(sub) == 0:
+                out[group][m] = {"estimable": False, "reason": "no rows"}
+                continue
+            out[group][m] = {**slopes.get(group, {"estimable": False, "reason": "no within-token variation"}),
+                             "trend": page_trend(sub, m, n_perm=n_perm, rng=rng)}
+        out["difference"][m] = slopes.get("difference", {"estimable": False, "reason": "needs targets and controls"})
+    return to_jsonable(out)
+
+
+def _dose_rows(df: pd.DataFrame, measures: tuple[str, ...], notes: list[str]) -> pd.DataFrame:
+    d = df.copy()
+    d["is_control"] = as_bool(d["is_control"])
+    bad = ~(d["factor"] > 0)
+    if bad.any():
+        notes.append(f"dropped {int(bad.sum())} row(s) with factor <= 0 or missing (log undefined)")
+        d = d[~bad]
+    d["unit"] = d["trace"].astype(str) + "\x1f" + d["position"].astype(str)
+    agg = {m: (m, "mean") for m in measures}
+    n_before = len(d)
+    d = d.groupby(["trace", "position", "unit", "is_control", "factor"], sort=True).agg(**agg).reset_index()
+    if len(d) < n_before:
+        notes.append("several rows per (token, factor) were averaged")
+    d["x"] = np.log(d["factor"].astype(float))
+    return d
+
+
+def _within_slopes(d: pd.DataFrame, measure: str, level: float, notes: list[str]) -> dict:
+    """Fixed-effects (within-token) slopes for targets and controls in one clustered model."""
+    sub = d.dropna(subset=[measure]).copy()
+    sub["xd"] = sub["x"] - sub.groupby("unit")["x"].transform("mean")
+    sub["yd"] = sub[measure] - sub.groupby("unit")[measure].transform("mean")
+    sub = sub[sub.groupby("unit")["xd"].transform(lambda s: np.ptp(s.to_numpy()) > 0)]
+    present = [g for g, c in (("targets", False), ("controls", True)) if (sub["is_control"] == c).any()]
+    if not present:
+        return {}
+    cols = [np.where(sub["is_control"] == (g == "controls"), sub["xd"], 0.0) for g in present]
+    groups, _ = trace_codes(sub["trace"])
+    res, se_type = ols_clustered(sub["yd"].to_numpy(), np.column_stack(cols), groups, notes)
+    out = {}
+    for i, g in enumerate(present):
+        mask = sub["is_control"] == (g == "controls")
+        s = coef_summary(res, i, level=level)
+        out[g] = {"estimable": True, "slope": s["estimate"], "se": s["se"], "ci_low": s["ci_low"],
+                  "ci_high": s["ci_high"], "p": s["p"], "n_units": int(sub.loc[mask, "unit"].nunique()),
+                  "n_traces": int(sub.loc[mask, "trace"].nunique()), "se_type": se_type}
+    if len(present) == 2:
+        s = contrast_summary(res, np.array([1.0, -1.0]), level=level, notes=notes)
+        out["difference"] = {"estimable": True, "slope_difference": s["estimate"], "se": s["se"],
+                             "ci_low": s["ci_low"], "ci_high": s["ci_high"], "p": s["p"], "se_type": se_type}
+    return out
+
+
+def page_trend(sub: pd.DataFrame, measure: str, *, n_perm: int, rng: np.random.Generator) -> dict:
+    """Page's L for an increasing trend across factors within tokens, permutation p (one-sided).
+
+    Only tokens observed at every factor enter (Page's test needs complete blocks). Within a
+    token the responses are ranked (ties averaged); the null permutes each token's responses
+    across factors independently.
+    """
+    wide = sub.pivot_table(index="unit", columns="factor", values=measure, aggfunc="mean").sort_index(axis=1)
+    complete = wide.dropna()
+    k = wide.shape[1]
+    if len(complete) < 2 or k < 2:
+        return {"estimable": False, "reason": "fewer than 2 tokens observed at every factor",
+                "n_complete": len(complete)}
+    R = stats.rankdata(complete.to_numpy(float), axis=1)
+    weights = np.arange(1, k + 1, dtype=float)
+    L = float(R.sum(axis=0) @ weights)
+    hits, done = 0, 0
+    while done < n_perm:
+        size = min(max(1, 200_000 // R.size), n_perm - done)
+        perm = rng.permuted(np.broadcast_to(R, (size, *R.shape)), axis=2)
+        hits += int(np.sum(perm.sum(axis=1) @ weights >= L - 1e-9))
+        done += size
+    rhos = []
+    for row in complete.to_numpy(float):
+        if np.ptp(row) > 0:
+            rhos.append(stats.spearmanr(weights, row).statistic)
+    return {"estimable": True, "L": L, "p_perm": (1 + hits) / (n_perm + 1), "n_complete": int(len(complete)),
+            "n_perm": n_perm, "mean_spearman": float(np.mean(rhos)) if rhos else None,
+            "n_nonconstant": len(rhos)}

@@ -1,0 +1,455 @@
+"""Pre-declared hypothesis tests H1-H4 and the single rule that turns a test into a verdict.
+
+The rule (:data:`VERDICT_RULE`) is written once, in :func:`judge`; every hypothesis function
+computes one or more components (effect, CI, p, n, predicted direction, equivalence margin)
+and passes them through it. A compound hypothesis is supported only when every component is;
+that AND is an intersection-union test, so each component at level alpha keeps the compound
+at level alpha with no multiplicity correction. Each hypothesis is one pre-declared test, so
+its p-values are not adjusted further (per-layer screens use ``p_adj`` from effects instead).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import statsmodels.api as sm
+from scipy import stats
+
+from ._common import LEVEL, as_bool, warnings_to_notes, require_columns, trace_codes
+from ._regression import coef_summary, glm_clustered
+from ._resampling import cluster_bootstrap, sign_flip_test
+from .effects import did_stat, flip_generator, group_sums, mask_primary_change, paired_trace_differences
+from .fits import dose_response
+from .jsonable import to_jsonable
+
+ALPHA = 0.05
+MIN_N = 5
+"""Fewest target tokens for any verdict other than inconclusive."""
+MIN_TRACES = 3
+"""Fewest traces (the independent unit) for any verdict other than inconclusive."""
+
+MARGINS = {
+    "h1_rate_change": 0.10,
+    "h2_lifetime_slope": 0.5,
+    "h3_rate": 0.05,
+    "h3_trend": 0.05,
+    "h4_primary_change": 0.01,
+    "h4_kl": 0.01,
+}
+"""Declared equivalence margins: an effect whose whole CI lies inside +-margin counts as a
+well-powered null. Units: H1 sink-rate change (fraction of tokens); H2 layers of lifetime per
+unit log(factor); H3 suppression rate (fraction) and log-odds per layer; H4 primary sink
+score (attention mass) and KL in nats."""
+
+VERDICT_RULE = (
+    "inconclusive if n < {min_n} targets or < {min_traces} traces or the test is missing; "
+    "supported if p < alpha, the CI excludes 0 and the effect has the predicted sign "
+    "(for a two-sided prediction, either sign); not supported if the CI excludes 0 on the "
+    "opposite side of the prediction, or the whole CI lies within the declared equivalence "
+    "margin (a well-powered null); otherwise inconclusive. A compound hypothesis is supported "
+    "if all components are, not supported if any is, otherwise inconclusive."
+).format(min_n=MIN_N, min_traces=MIN_TRACES)
+
+DIRECTIONS = {"increase": 1, "decrease": -1, "nonzero": 0}
+
+
+def judge(
+    p: float | None, effect: float | None, ci: tuple[float | None, float | None], *, direction: str,
+    alpha: float = ALPHA, n: int | None = None, n_traces: int | None = None, min_n: int = MIN_N,
+    min_traces: int = MIN_TRACES, margin: float | None = None,
+) -> dict:
+    """Apply :data:`VERDICT_RULE` to one test.
+
+    Args:
+        p: p-value of the pre-declared test (already adjusted where it is one of many).
+        effect: effect estimate.
+        ci: ``(low, high)`` confidence interval of the effect.
+        direction: ``"increase"``, ``"decrease"`` or ``"nonzero"`` (the prediction).
+        alpha: significance level.
+        n: number of target tokens.
+        n_traces: number of traces.
+        min_n: fewest targets for a decisive verdict.
+        min_traces: fewest traces for a decisive verdict.
+        margin: equivalence margin, or None for no equivalence claim.
+
+    Returns:
+        ``{"verdict": "supported" | "not supported" | "inconclusive", "reason": str}``.
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"judge: direction must be one of {sorted(DIRECTIONS)}, got {direction!r}")
+    sign = DIRECTIONS[direction]
+    if n is not None and n < min_n:
+        return {"verdict": "inconclusive", "reason": f"n = {n} targets < {min_n}"}
+    if n_traces is not None and n_traces < min_traces:
+        return {"verdict": "inconclusive", "reason": f"{n_traces} trace(s) < {min_traces}"}
+    low, high = ci if ci is not None else (None, None)
+    if any(v is None or not np.isfinite(v) for v in (p, effect, low, high)):
+        return {"verdict": "inconclusive", "reason": "test not estimable (missing p, effect or CI)"}
+    above, below = low > 0, high < 0
+    predicted = (above and effect > 0) if sign > 0 else (below and effect < 0) if sign < 0 else (above or below)
+    if p < alpha and predicted:
+        return {"verdict": "supported", "reason": f"p = {p:.3g} < {alpha}, CI [{low:.3g}, {high:.3g}] excludes 0 "
+                                                  f"in the predicted direction"}
+    if (sign > 0 and below) or (sign < 0 and above):
+        return {"verdict": "not supported",
+                "reason": f"CI [{low:.3g}, {high:.3g}] excludes 0 opposite to the prediction"}
+    if margin is not None and -margin <= low and high <= margin:
+        return {"verdict": "not supported", "reason": f"CI [{low:.3g}, {high:.3g}] within the equivalence margin "
+                                                      f"+-{margin:g}"}
+    return {"verdict": "inconclusive", "reason": f"p = {p:.3g}, CI [{low:.3g}, {high:.3g}]: neither criterion met"}
+
+
+def verdict(
+    p: float | None, effect: float | None, ci: tuple[float | None, float | None], *, direction: str,
+    alpha: float = ALPHA, n: int | None = None, n_traces: int | None = None, min_n: int = MIN_N,
+    min_traces: int = MIN_TRACES, margin: float | None = None,
+) -> str:
+    """The verdict string of :func:`judge` (same arguments): supported, not supported or inconclusive."""
+    return judge(p, effect, ci, direction=direction, alpha=alpha, n=n, n_traces=n_traces, min_n=min_n,
+                 min_traces=min_traces, margin=margin)["verdict"]
+
+
+def combine(components: list[dict]) -> dict:
+    """Verdict of a compound hypothesis: all supported -> supported; any not supported -> not supported."""
+    verdicts = [c["verdict"] for c in components]
+    if verdicts and all(v == "supported" for v in verdicts):
+        return {"verdict": "supported", "reason": "all components supported"}
+    failing = [c["name"] for c in components if c["verdict"] == "not supported"]
+    if failing:
+        return {"verdict": "not supported", "reason": f"not supported: {', '.join(failing)}"}
+    open_ = [c["name"] for c in components if c["verdict"] == "inconclusive"]
+    return {"verdict": "inconclusive", "reason": f"inconclusive: {', '.join(open_)}"}
+
+
+def _component(name: str, test: str, est: dict, *, direction: str, alpha: float, margin: float | None,
+               min_n: int, min_traces: int) -> dict:
+    """A component record: the test's numbers plus its verdict under the rule."""
+    ci = (est.get("ci_low"), est.get("ci_high"))
+    j = judge(est.get("p"), est.get("effect"), ci, direction=direction, alpha=alpha, n=est.get("n"),
+              n_traces=est.get("n_traces"), min_n=min_n, min_traces=min_traces, margin=margin)
+    if j["reason"].startswith("test not estimable") and est.get("reason"):
+        j["reason"] = f"test not estimable: {est['reason']}"
+    return {"name": name, "test": test, "direction": direction, "margin": margin, "effect": est.get("effect"),
+            "ci": list(ci), "p": est.get("p"), "n": est.get("n"), "n_traces": est.get("n_traces"), **j}
+
+
+def _report(hypothesis: str, alpha: float, components: list[dict], details: dict, notes: list[str]) -> dict:
+    """The returned dict: headline numbers from the first component, verdict over all."""
+    main = components[0]
+    overall = combine(components) if len(components) > 1 else {"verdict": main["verdict"], "reason": main["reason"]}
+    return to_jsonable({
+        "hypothesis": hypothesis, "test": " AND ".join(c["test"] for c in components), "alpha": alpha,
+        "effect": main["effect"], "ci": main["ci"], "p": main["p"], "n": main["n"], "n_traces": main["n_traces"],
+        "verdict": overall["verdict"], "reason": overall["reason"], "rule": VERDICT_RULE,
+        "components": components, "details": details, "notes": notes,
+    })
+
+
+def _kind_rows(df: pd.DataFrame, kind: str, needed: list[str], what: str) -> pd.DataFrame:
+    """Rows of one intervention kind (all rows when there is no ``kind`` column), booleans cleaned."""
+    require_columns(df, needed, what=what)
+    d = df[df["kind"] == kind].copy() if "kind" in df.columns else df.copy()
+    for col in ("is_control", "is_sink", "clean_is_sink", "suppressed"):
+        if col in d.columns:
+            d[col] = as_bool(d[col])
+    return d
+
+
+def _rate_test(units: pd.DataFrame, value: str, *, seed: int, n_boot: int, level: float) -> dict:
+    """Mean of ``value`` over targets, minus controls when there are any, with trace inference.
+
+    With controls: effect = target mean - control mean, CI = trace bootstrap of that
+    difference, p = sign flip of per-trace (target - control) means. Without: effect =
+    target mean, p = sign flip of per-trace target sums.
+    """
+    s = group_sums(units.assign(diff=units[value].astype(float)))
+    eff, ctl, did = cluster_bootstrap(did_stat(s), s["G"], n_boot=n_boot, rng=np.random.default_rng(seed), level=level)
+    rng = flip_generator(seed)
+    targets = units[~units["is_control"]]
+    base = {"n": int(len(targets)), "n_traces": int(targets["trace"].nunique()),
+            "target_mean": eff["estimate"], "control_mean": ctl["estimate"] if s["N_c"].sum() else None}
+    if s["N_c"].sum() > 0:
+        p, _ = sign_flip_test(paired_trace_differences(s), rng=rng)
+        return {**base, "effect": did["estimate"], "ci_low": did["ci_low"], "ci_high": did["ci_high"], "p": p,
+                "vs_controls": True, "ci_method": did["ci_method"]}
+    p, _ = sign_flip_test(s["S_t"][s["N_t"] > 0], rng=rng)
+    return {**base, "effect": eff["estimate"], "ci_low": eff["ci_low"], "ci_high": eff["ci_high"], "p": p,
+            "vs_controls": False, "ci_method": eff["ci_method"]}
+
+
+# --------------------------------------------------------------------------------------------
+# H1: zeroing the l_start MLP output prevents the sink
+# --------------------------------------------------------------------------------------------
+
+H1_COLUMNS = ["condition", "trace", "position", "is_control", "layer", "is_sink", "clean_is_sink", "lifetime",
+              "clean_lifetime"]
+
+
+@warnings_to_notes
+def h1_zero_prevents(
+    effects_df: pd.DataFrame, *, alpha: float = ALPHA, margin: float = MARGINS["h1_rate_change"],
+    n_boot: int = 2000, seed: int = 0, level: float = LEVEL, min_n: int = MIN_N, min_traces: int = MIN_TRACES,
+) -> dict:
+    """H1: zeroing the MLP output at l_start stops secondary sinks from forming.
+
+    ``effect`` is the change in the fraction of tokens that are sinks (zeroed run minus clean
+    run) among targets that were sinks in the clean run, minus the same change among
+    control tokens that were clean sinks (placebo), when there are any; predicted negative.
+    The test is the clustered analogue of McNemar's paired test: per-trace sums of each
+    token's change (still a sink - was a sink) are sign-flipped; the exact unclustered McNemar
+    p is in ``details``.
+
+    Args:
+        effects_df: long-format effects rows (kind ``zero`` is used).
+        alpha: significance level.
+        margin: equivalence margin on the sink-rate change.
+        n_boot: bootstrap replicates for the CI.
+        seed: seed.
+        level: confidence level.
+        min_n: fewest clean-sink targets.
+        min_traces: fewest traces.
+
+    Returns:
+        ``{hypothesis, test, alpha, effect, ci, p, n, verdict, rule, ...}``.
+    """
+    d = _kind_rows(effects_df, "zero", H1_COLUMNS, "h1_zero_prevents")
+    notes: list[str] = []
+    units = d.groupby(["condition", "trace", "position", "is_control"], sort=True).agg(
+        was=("clean_lifetime", "max"), now=("lifetime", "max"), was_any=("clean_is_sink", "max"),
+        now_any=("is_sink", "max")).reset_index()
+    units["was"] = (units["was"].fillna(0) > 0) | units["was_any"].astype(bool)
+    units["now"] = (units["now"].fillna(0) > 0) | units["now_any"].astype(bool)
+    units["change"] = units["now"].astype(float) - units["was"].astype(float)
+    sinks = units[units["was"]]
+    targets = sinks[~sinks["is_control"]]
+    if sinks["is_control"].any():
+        test = "sink-rate change, targets vs placebo controls (trace-clustered paired sign flip)"
+    else:
+        test = "sink-rate change among clean-sink targets (trace-clustered McNemar-style sign flip)"
+        notes.append("no control tokens that were clean sinks: the null is 'no change in sink status'")
+    est = _rate_test(sinks, "change", seed=seed, n_boot=n_boot, level=level)
+    comp = _component("sink rate drops", test, est, direction="decrease", alpha=alpha, margin=margin,
+                      min_n=min_n, min_traces=min_traces)
+    lost, gained = int((targets["change"] < 0).sum()), int((targets["change"] > 0).sum())
+    p_mcnemar = float(stats.binomtest(lost, lost + gained, 0.5).pvalue) if lost + gained else 1.0
+    ctrl = units[units["is_control"]]
+    details = {
+        "n_clean_sink_targets": int(len(targets)), "n_prevented": lost,
+        "target_rate_after": float(targets["now"].mean()) if len(targets) else None,
+        "control_rate_before": float(ctrl["was"].mean()) if len(ctrl) else None,
+        "control_rate_after": float(ctrl["now"].mean()) if len(ctrl) else None,
+        "p_mcnemar_exact_unclustered": p_mcnemar, "conditions": sorted(units["condition"].astype(str).unique()),
+    }
+    return _report("H1: zeroing the l_start MLP output prevents the secondary sink", alpha, [comp], details, notes)
+
+
+# --------------------------------------------------------------------------------------------
+# H2: scaling the MLP output norm creates sinks whose lifetime grows with the norm
+# --------------------------------------------------------------------------------------------
+
+
+def _dose_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """Dose-response rows (one per token x factor) from effects rows or from dose_response input.
+
+    With ``clean_lifetime`` present and no factor-1 rows, the clean run is added as factor 1.
+    """
+    d = _kind_rows(df, "scale", ["trace", "position", "is_control", "factor", "lifetime"], "h2_scaling_grows")
+    d = d.assign(token=d["token"] if "token" in d.columns else "",
+                 sink_score=d["sink_score"] if "sink_score" in d.columns else np.nan)
+    keys = ["trace", "position", "is_control"]
+    out = d.groupby(keys + ["factor"], sort=True).agg(
+        lifetime=("lifetime", "max"), sink_score=("sink_score", "mean"), token=("token", "first")).reset_index()
+    if "clean_lifetime" in d.columns and not np.isclose(out["factor"], 1.0).any():
+        clean = d.assign(clean_sink_score=d["clean_sink_score"] if "clean_sink_score" in d.columns else np.nan)
+        clean = clean.groupby(keys, sort=True).agg(
+            lifetime=("clean_lifetime", "max"), sink_score=("clean_sink_score", "mean"),
+            token=("token", "first")).reset_index().assign(factor=1.0)
+        out = pd.concat([out, clean[out.columns]], ignore_index=True)
+    return out
+
+
+@warnings_to_notes
+def h2_scaling_grows(
+    dose_df: pd.DataFrame, *, alpha: float = ALPHA, margin: float = MARGINS["h2_lifetime_slope"],
+    n_perm: int = 999, seed: int = 0, level: float = LEVEL, min_n: int = MIN_N, min_traces: int = MIN_TRACES,
+) -> dict:
+    """H2: scaling the MLP output up makes tokens sinks whose lifetime grows with the factor.
+
+    Two components, both required: the within-token slope of lifetime on log(factor) is
+    positive for targets, and it is larger for targets than for controls (slope difference).
+    Slopes and their CIs come from :func:`dose_response` (trace-clustered).
+
+    Args:
+        dose_df: :func:`dose_response` input, or long-format effects rows (kind ``scale``;
+            the clean run is added as factor 1 from ``clean_lifetime``).
+        alpha: significance level.
+        margin: equivalence margin on the slope (layers per unit log factor).
+        n_perm: permutations for the reported Page trend test.
+        seed: seed.
+        level: confidence level.
+        min_n: fewest targets.
+        min_traces: fewest traces.
+
+    Returns:
+        ``{hypothesis, test, alpha, effect, ci, p, n, verdict, rule, ...}``.
+    """
+    d = _dose_frame(dose_df)
+    d["is_control"] = as_bool(d["is_control"])
+    dr = dose_response(d, measures=("lifetime",), n_perm=n_perm, seed=seed, level=level)
+    tgt = dr["targets"].get("lifetime", {}) if dr.get("estimable") else {}
+    diff = dr["difference"].get("lifetime", {}) if dr.get("estimable") else {}
+    est_a = {"effect": tgt.get("slope"), "ci_low": tgt.get("ci_low"), "ci_high": tgt.get("ci_high"),
+             "p": tgt.get("p"), "n": tgt.get("n_units", dr.get("n_targets")), "n_traces": tgt.get("n_traces"),
+             "reason": dr.get("reason") or tgt.get("reason")}
+    est_b = {"effect": diff.get("slope_difference"), "ci_low": diff.get("ci_low"), "ci_high": diff.get("ci_high"),
+             "p": diff.get("p"), "n": est_a["n"], "n_traces": est_a["n_traces"], "reason": diff.get("reason")}
+    kw = {"alpha": alpha, "margin": margin, "min_n": min_n, "min_traces": min_traces}
+    components = [
+        _component("target lifetime slope > 0", "within-token OLS slope of lifetime on log(factor), "
+                   "trace-clustered t", est_a, direction="increase", **kw),
+        _component("target slope > control slope", "difference of within-token slopes (targets - controls), "
+                   "trace-clustered t", est_b, direction="increase", **kw),
+    ]
+    details = {"factors": dr.get("factors"), "dose_response": dr}
+    return _report("H2: scaling the MLP output norm creates sinks whose lifetime grows with the norm", alpha,
+                   components, details, list(dr.get("notes", [])))
+
+
+# --------------------------------------------------------------------------------------------
+# H3: mean-swapping suppresses future sinks, more so at later layers
+# --------------------------------------------------------------------------------------------
+
+H3_COLUMNS = ["condition", "trace", "position", "is_control", "intervened_layer", "suppressed"]
+
+
+@warnings_to_notes
+def h3_swap_suppresses(
+    effects_df: pd.DataFrame, *, alpha: float = ALPHA, margin_rate: float = MARGINS["h3_rate"],
+    margin_trend: float = MARGINS["h3_trend"], n_boot: int = 2000, seed: int = 0, level: float = LEVEL,
+    min_n: int = MIN_N, min_traces: int = MIN_TRACES,
+) -> dict:
+    """H3: swapping a future sink's activation for the mean non-sink token suppresses the sink,
+    and the later the swap layer the more often.
+
+    Components, both required: the suppression rate is above zero (above the control rate
+    when controls exist; trace-level sign flip), and the log-odds of suppression rise with
+    the swap layer (logistic regression of suppressed on intervened_layer over targets,
+    trace-clustered CI; effect in log-odds per layer).
+
+    Args:
+        effects_df: long-format effects rows (kind ``mean_swap``).
+        alpha: significance level.
+        margin_rate: equivalence margin on the rate.
+        margin_trend: equivalence margin on the log-odds slope.
+        n_boot: bootstrap replicates.
+        seed: seed.
+        level: confidence level.
+        min_n: fewest targets.
+        min_traces: fewest traces.
+
+    Returns:
+        ``{hypothesis, test, alpha, effect, ci, p, n, verdict, rule, ...}``.
+    """
+    d = _kind_rows(effects_df, "mean_swap", H3_COLUMNS, "h3_swap_suppresses")
+    notes: list[str] = []
+    units = d.groupby(["condition", "trace", "position", "is_control", "intervened_layer"], sort=True).agg(
+        suppressed=("suppressed", "max")).reset_index()
+    units["suppressed"] = units["suppressed"].astype(float)
+    est_a = _rate_test(units, "suppressed", seed=seed, n_boot=n_boot, level=level)
+    test_a = "suppression rate" + (" minus control rate" if est_a["vs_controls"] else "") + \
+             " (trace-level sign flip, trace bootstrap CI)"
+    targets = units[~units["is_control"]]
+    est_b = _logistic_trend(targets, level, notes)
+    kw = {"alpha": alpha, "min_n": min_n, "min_traces": min_traces}
+    components = [
+        _component("suppression rate > 0", test_a, est_a, direction="increase", margin=margin_rate, **kw),
+        _component("suppression rises with swap layer", "logistic regression of suppressed on swap layer, "
+                   "trace-clustered t", est_b, direction="increase", margin=margin_trend, **kw),
+    ]
+    by_layer = targets.groupby("intervened_layer")["suppressed"].agg(["mean", "size"]).reset_index()
+    details = {"rate_by_swap_layer": by_layer.rename(columns={"mean": "rate", "size": "n"}),
+               "target_rate": est_a["target_mean"], "control_rate": est_a["control_mean"]}
+    return _report("H3: mean-swapping suppresses future sinks, more at later layers", alpha, components, details, notes)
+
+
+def _logistic_trend(targets: pd.DataFrame, level: float, notes: list[str]) -> dict:
+    """Slope (log-odds per layer) of suppressed on swap layer, or a reason it is not estimable."""
+    base = {"n": int(len(targets)), "n_traces": int(targets["trace"].nunique())}
+    t = targets.dropna(subset=["intervened_layer"])
+    if t["suppressed"].nunique() < 2 or t["intervened_layer"].nunique() < 2:
+        return {**base, "reason": "needs both outcomes and >= 2 swap layers"}
+    groups, _ = trace_codes(t["trace"])
+    X = sm.add_constant(t["intervened_layer"].to_numpy(float), has_constant="add")
+    fit_notes: list[str] = []
+    try:
+        res, _ = glm_clustered(t["suppressed"].to_numpy(float), X, groups, sm.families.Binomial(), fit_notes)
+        s = coef_summary(res, 1, level=level)
+    except (np.linalg.LinAlgError, ValueError) as exc:
+        notes.append(f"logistic trend failed: {type(exc).__name__}: {exc}")
+        return {**base, "reason": "logistic fit failed"}
+    notes.extend(fit_notes)
+    if any("separation" in n.lower() for n in fit_notes) or not np.isfinite(s["se"]):
+        return {**base, "reason": "perfect separation: the slope is not finite"}
+    return {**base, "effect": s["estimate"], "ci_low": s["ci_low"], "ci_high": s["ci_high"], "p": s["p"]}
+
+
+# --------------------------------------------------------------------------------------------
+# H4: masking attention to secondary sinks changes the primary sink and the predictions
+# --------------------------------------------------------------------------------------------
+
+H4_COLUMNS = ["condition", "trace", "position", "is_control", "layer", "primary_sink_score",
+              "clean_primary_sink_score", "kl"]
+
+
+@warnings_to_notes
+def h4_mask_changes(
+    effects_df: pd.DataFrame, *, alpha: float = ALPHA, margin_primary: float = MARGINS["h4_primary_change"],
+    margin_kl: float = MARGINS["h4_kl"], n_boot: int = 2000, seed: int = 0, level: float = LEVEL,
+    min_n: int = MIN_N, min_traces: int = MIN_TRACES, by_layer: bool = True,
+) -> dict:
+    """H4: masking attention to secondary sinks changes the primary sink score and the
+    next-token predictions.
+
+    Components, both required: the primary sink score in the masked layers changes (either
+    sign; :func:`mask_primary_change`), and the mean KL divergence of next-token predictions
+    from the clean run is larger for targets than for control tokens masked the same way
+    (trace-level paired sign flip of target minus control mean KL).
+
+    Args:
+        effects_df: long-format effects rows (kind ``attention_mask``).
+        alpha: significance level.
+        margin_primary: equivalence margin on the primary-score change.
+        margin_kl: equivalence margin on the KL difference (nats).
+        n_boot: bootstrap replicates.
+        seed: seed.
+        level: confidence level.
+        min_n: fewest targets.
+        min_traces: fewest traces.
+        by_layer: include the per-layer primary-score effects in ``details``.
+
+    Returns:
+        ``{hypothesis, test, alpha, effect, ci, p, n, verdict, rule, ...}``.
+    """
+    d = _kind_rows(effects_df, "attention_mask", H4_COLUMNS, "h4_mask_changes")
+    notes: list[str] = []
+    primary = mask_primary_change(d, n_boot=n_boot, seed=seed, level=level, by_layer=by_layer)
+    est_a = {**primary, "n": primary.get("n_targets")}
+    kl_units = d.dropna(subset=["kl"]).groupby(["condition", "trace", "position", "is_control"], sort=True).agg(
+        kl=("kl", "mean")).reset_index()
+    if kl_units["is_control"].any():
+        est_b = _rate_test(kl_units, "kl", seed=seed + 1, n_boot=n_boot, level=level)
+    else:
+        est_b = {"n": int(len(kl_units)), "n_traces": int(kl_units["trace"].nunique()),
+                 "reason": "no control tokens: KL cannot be compared with controls"}
+    kw = {"alpha": alpha, "min_n": min_n, "min_traces": min_traces}
+    components = [
+        _component("primary sink score changes in masked layers", "mean change of primary sink score over masked "
+                   "layers (trace-level sign flip, trace bootstrap CI)", est_a, direction="nonzero",
+                   margin=margin_primary, **kw),
+        _component("target KL > control KL", "target minus control mean KL (trace-level paired sign flip)", est_b,
+                   direction="increase", margin=margin_kl, **kw),
+    ]
+    details = {"primary_change": primary, "target_mean_kl": est_b.get("target_mean"),
+               "control_mean_kl": est_b.get("control_mean")}
+    return _report("H4: masking attention to secondary sinks changes the primary sink score and predictions",
+                   alpha, components, details, notes)
