@@ -66,6 +66,7 @@ EFFECT_COLUMNS = {
     "kl": "mean KL(clean || intervened) of next-token distributions at positions >= target",
     "delta_nll": "mean change in NLL of the actual next tokens at positions >= target",
     "suppressed": "target was a sink in the clean run and is none after the intervention",
+    "masked": "attention_mask: this layer is one of the layers masked for this target",
 }
 """Each measure also has a ``clean_`` twin (the same measure in the clean run)."""
 
@@ -327,8 +328,11 @@ def _run_trace(loaded, tr, spec, conditions, config, facts, condition_s, reuse_p
                     "clean_kind": t.clean_kind,
                 }
                 ref = layers[0] if condition.kind != "attention_mask" else None
-                rows += target_rows(clean=clean_layers, edited=edited_layers, kl=kl, delta_nll=dnll,
-                                    position=t.position, ref_layer=ref, base=base)
+                new = target_rows(clean=clean_layers, edited=edited_layers, kl=kl, delta_nll=dnll,
+                                  position=t.position, ref_layer=ref, base=base)
+                for row in new:
+                    row["masked"] = condition.kind == "attention_mask" and row["layer"] in layers
+                rows += new
         condition_s[condition.id] += time.perf_counter() - t_cond
     for k, v in ex.forwards.items():  # tokens: what ran; naive_tokens: one full forward per intervened pass
         forwards[k] += v
