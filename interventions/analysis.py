@@ -1,8 +1,139 @@
-"""Statistics and report for a finished run (filled in by the statistics layer)."""
+"""Statistics for a finished run folder: the tables a run wrote in, ``stats.json`` out.
+
+Every number comes from :mod:`interventions.stats` (pure functions); this module only picks
+the right rows for each test. A hypothesis whose intervention kind is absent from the run is
+reported as ``not tested``.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 
-def analyze_run(run_dir, *, progress: bool = True):
-    """Compute stats.json and report.md for ``run_dir``; returns (stats, report_path)."""
-    return None, None
+import numpy as np
+import pandas as pd
+
+from .errors import UserError
+from .store import write_json_atomic
+
+PER_LAYER_MEASURES = ("is_sink", "hidden_norm", "hidden_cos", "sink_score", "primary_sink_score")
+
+
+def load_run(run_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """The tables of a run folder (effects, sink_layers, clean_profile, clean_sinks)."""
+    from .run import read_parts
+
+    run = Path(run_dir)
+    if not (run / "manifest.json").exists():
+        raise UserError(f"{run} has no manifest.json; give a folder written by `intervene run`", field="run_dir")
+    tables = {
+        "effects": read_parts(run / "effects.parquet"),
+        "sink_layers": pd.read_parquet(run / "sink_layers.parquet") if (run / "sink_layers.parquet").exists()
+        else pd.DataFrame(),
+        "clean_profile": pd.read_parquet(run / "clean_profile.parquet") if (run / "clean_profile.parquet").exists()
+        else pd.DataFrame(),
+    }
+    sinks_file = run / "clean_sinks.jsonl"
+    tables["clean_sinks"] = (pd.read_json(sinks_file, lines=True) if sinks_file.exists() and sinks_file.stat().st_size
+                             else pd.DataFrame(columns=["trace", "position", "kind", "l_start", "lifetime",
+                                                        "mlp_out_norm", "censored"]))
+    tables["manifest"] = json.loads((run / "manifest.json").read_text())
+    return tables
+
+
+def per_target(effects: pd.DataFrame) -> pd.DataFrame:
+    """One row per (condition, group, trace, position), with the per-layer measures read at ``ref_layer``."""
+    if effects.empty:
+        return effects
+    at_ref = effects[effects.layer == effects.ref_layer]
+    keys = ["condition", "is_control", "trace", "position"]
+    first = effects.drop_duplicates(keys).drop(columns=["sink_score", "clean_sink_score"])
+    return first.merge(at_ref[keys + ["sink_score", "clean_sink_score"]], on=keys, how="left")
+
+
+def not_tested(hypothesis: str, kind: str) -> dict:
+    return {"hypothesis": hypothesis, "verdict": "not tested", "reason": f"the run has no {kind} condition"}
+
+
+def compute_stats(tables: dict, *, seed: int = 0, n_boot: int = 500) -> dict:
+    """Every statistic of the run as a JSON-ready dict."""
+    from . import stats as st
+
+    effects = tables["effects"]
+    secondary = tables["clean_sinks"]
+    secondary = secondary[secondary["kind"] == "secondary"] if len(secondary) else secondary
+    out: dict = {"format_version": 1, "run_id": tables["manifest"].get("run_id"),
+                 "spec_name": tables["manifest"].get("spec_name"), "seed": seed}
+    out["norm_score"] = st.fit_norm_score(tables["sink_layers"]) if len(tables["sink_layers"]) else \
+        {"estimable": False, "reason": "no secondary sink in the clean run"}
+    out["norm_lifetime"] = st.fit_norm_lifetime(secondary[["trace", "position", "mlp_out_norm", "lifetime",
+                                                           "censored"]], seed=seed) if len(secondary) else \
+        {"estimable": False, "reason": "no secondary sink in the clean run"}
+    out["compensation"] = st.compensation(
+        tables["clean_profile"], secondary[["trace", "position", "l_start", "lifetime"]] if len(secondary)
+        else pd.DataFrame(columns=["trace", "position", "l_start", "lifetime"]),
+        effects[effects.kind == "attention_mask"] if len(effects) else None, seed=seed) \
+        if len(tables["clean_profile"]) else {"estimable": False, "reason": "no clean profile"}
+
+    kinds = set(effects.kind) if len(effects) else set()
+    targets = per_target(effects)
+    if "scale" in kinds:
+        dose_rows = targets[targets.kind == "scale"][["trace", "position", "token", "is_control", "factor",
+                                                      "lifetime", "sink_score", "condition", "target_set"]]
+        out["dose_response"] = {}
+        for group, rows in _dose_groups(dose_rows).items():
+            out["dose_response"][group] = st.dose_response(rows, seed=seed)
+    if len(effects):
+        frame = effects.copy()
+        for m in PER_LAYER_MEASURES:
+            frame[m] = frame[m].astype(float)
+            frame["clean_" + m] = frame["clean_" + m].astype(float)
+        layer_effects = st.per_layer_effects(frame, list(PER_LAYER_MEASURES), n_boot=n_boot, seed=seed)
+        out["per_layer_effects"] = st.to_jsonable(layer_effects.to_dict(orient="records"))
+        out["per_layer_notes"] = list(layer_effects.attrs.get("notes", []))
+    out["verdicts"] = {
+        "H1": st.h1_zero_prevents(effects[effects.kind == "zero"]) if "zero" in kinds
+        else not_tested("H1", "zero"),
+        "H2": st.h2_scaling_grows(effects[effects.kind == "scale"]) if "scale" in kinds
+        else not_tested("H2", "scale"),
+        "H3": st.h3_swap_suppresses(effects[effects.kind == "mean_swap"]) if "mean_swap" in kinds
+        else not_tested("H3", "mean_swap"),
+        "H4": st.h4_mask_changes(effects[effects.kind == "attention_mask"]) if "attention_mask" in kinds
+        else not_tested("H4", "attention_mask"),
+    }
+    return st.to_jsonable(out)
+
+
+def _dose_groups(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Scale conditions grouped by the target sets they act on (each group is its own dose-response)."""
+    groups: dict[str, list] = {}
+    for _, cond_rows in rows.groupby("condition", sort=False):
+        name = "+".join(sorted(set(cond_rows.loc[~cond_rows.is_control, "target_set"]))) or "controls"
+        groups.setdefault(name, []).append(cond_rows)
+    return {k: pd.concat(v, ignore_index=True).drop(columns=["condition", "target_set"]) for k, v in groups.items()}
+
+
+def analyze_run(run_dir, *, progress: bool = True, report: bool = True, seed: int | None = None):
+    """Write ``stats.json`` (and ``report.md`` with figures) for ``run_dir``; returns (stats, report_path)."""
+    run = Path(run_dir)
+    tables = load_run(run)
+    stats = compute_stats(tables, seed=tables["manifest"].get("seed", 0) if seed is None else seed)
+    write_json_atomic(run / "stats.json", stats)
+    report_path = None
+    if report:
+        from .report.render import render_report
+
+        report_path = render_report(run, tables, stats)
+    return stats, report_path
+
+
+def verdict_table(stats: dict) -> list[tuple[str, str, str]]:
+    """(hypothesis, verdict, one-line reason) for the terminal."""
+    rows = []
+    for key, v in stats.get("verdicts", {}).items():
+        effect = v.get("effect")
+        detail = v.get("reason", "")
+        if isinstance(effect, (int, float)) and np.isfinite(effect):
+            detail = f"effect {effect:.3g}, p {v.get('p')}; {detail}" if v.get("p") is not None else detail
+        rows.append((key, v.get("verdict", "?"), detail))
+    return rows

@@ -6,6 +6,7 @@ import typer
 
 from . import testbed
 from .detect import detect_command
+from .analyze import report_command, stats_command
 from .run import run_command, schema_command, validate_command
 
 app = typer.Typer(
@@ -36,4 +37,6 @@ app.command("detect")(detect_command)
 app.command("run")(run_command)
 app.command("validate")(validate_command)
 app.command("schema")(schema_command)
+app.command("stats")(stats_command)
+app.command("report")(report_command)
 app.add_typer(testbed.app, name="testbed")

@@ -39,7 +39,11 @@ def run_command(
                       reuse_prefix=not no_prefix_reuse, command=command_line())
     if not quiet:
         print_run_summary(result)
-    console.print(f"wrote {result.out}", highlight=False)
+        if result.stats is not None:
+            from ..report.tables import print_stats
+
+            print_stats(result.stats)
+    console.print(f"wrote {result.out}" + (f" (report: {result.report})" if result.report else ""), highlight=False)
 
 
 @user_errors

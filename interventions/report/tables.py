@@ -62,3 +62,31 @@ def print_run_summary(result) -> None:
             "-" if ctrl is None else _fmt(ctrl.mean_kl, "{:.4f}"),
         )
     console.print(table)
+
+
+def print_stats(stats: dict) -> None:
+    """Verdict table plus the two norm laws, one line each."""
+    from ..analysis import verdict_table
+
+    table = Table(title="hypothesis verdicts (pre-declared tests, rule in report.md)")
+    table.add_column("hypothesis", no_wrap=True)
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("evidence")
+    colors = {"supported": "green", "not supported": "red", "inconclusive": "yellow"}
+    names = {"H1": "H1 zero MLP -> no sink", "H2": "H2 norm -> lifetime", "H3": "H3 swap -> suppressed",
+             "H4": "H4 mask -> compensation"}
+    for key, verdict, detail in verdict_table(stats):
+        color = colors.get(verdict, "white")
+        table.add_row(names.get(key, key), f"[{color}]{verdict}[/{color}]", detail)
+    console.print(table)
+    ns = stats.get("norm_score", {})
+    if ns.get("estimable"):
+        console.print(f"norm -> score: slope {ns['slope']:.3f} [{ns['ci_low']:.3f}, {ns['ci_high']:.3f}] "
+                      f"(log ratio per log norm), R2 {ns['r2']:.2f}, {ns['n_sinks']} sinks / {ns['n_traces']} traces",
+                      highlight=False)
+    nl = stats.get("norm_lifetime", {})
+    if nl.get("estimable"):
+        rho = nl.get("spearman", {})
+        console.print(f"norm -> lifetime: Spearman rho {rho.get('rho', float('nan')):.2f} "
+                      f"(permutation p {rho.get('p_perm')}), {nl.get('n_distinct_lifetimes')} distinct lifetimes",
+                      highlight=False)
