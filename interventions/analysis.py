@@ -42,13 +42,13 @@ def load_run(run_dir: str | Path) -> dict[str, pd.DataFrame]:
 
 
 def per_target(effects: pd.DataFrame) -> pd.DataFrame:
-    """One row per (condition, group, trace, position), with the per-layer measures read at ``ref_layer``."""
+    """One row per (condition, group, trace, position); ``sink_score`` is read one layer after the
+    edit (``ref_sink_score``), where attention first sees it."""
     if effects.empty:
         return effects
-    at_ref = effects[effects.layer == effects.ref_layer]
-    keys = ["condition", "is_control", "trace", "position"]
-    first = effects.drop_duplicates(keys).drop(columns=["sink_score", "clean_sink_score"])
-    return first.merge(at_ref[keys + ["sink_score", "clean_sink_score"]], on=keys, how="left")
+    first = effects.drop_duplicates(["condition", "is_control", "trace", "position"])
+    return first.drop(columns=["sink_score", "clean_sink_score"]).rename(
+        columns={"ref_sink_score": "sink_score", "clean_ref_sink_score": "clean_sink_score"})
 
 
 def not_tested(hypothesis: str, kind: str) -> dict:

@@ -67,12 +67,17 @@ def target_rows(*, clean: dict[str, np.ndarray], edited: dict[str, np.ndarray], 
     l_start, lifetime = first_run(edited["is_sink"][:, position])
     c_start, c_life = first_run(clean["is_sink"][:, position])
     ref = ref_layer if ref_layer is not None and 0 <= ref_layer < L else (c_start if c_start >= 0 else None)
+    # Within a layer attention runs before the MLP, so an edit at layer l is first seen by the
+    # attention of layer l + 1: that is where its effect on the sink score is read.
+    seen = None if ref is None else min(ref + 1, L - 1)
     per_target = {
         **base,
         "l_start": l_start, "lifetime": lifetime, "clean_l_start": c_start, "clean_lifetime": c_life,
         "ref_layer": -1 if ref is None else ref,
         "ref_mlp_out_norm": float("nan") if ref is None else float(edited["mlp_out_norm"][ref, position]),
         "clean_ref_mlp_out_norm": float("nan") if ref is None else float(clean["mlp_out_norm"][ref, position]),
+        "ref_sink_score": float("nan") if seen is None else float(edited["sink_score"][seen, position]),
+        "clean_ref_sink_score": float("nan") if seen is None else float(clean["sink_score"][seen, position]),
         "kl": mean_after(kl, position),
         "delta_nll": mean_after(delta_nll, position),
         "suppressed": bool(c_life > 0 and lifetime == 0),

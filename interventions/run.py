@@ -63,6 +63,7 @@ EFFECT_COLUMNS = {
     "lifetime": "contiguous sink layers from l_start after the intervention (0: not a sink)",
     "ref_layer": "layer where ref_mlp_out_norm is read: the intervened layer, else the clean l_start",
     "ref_mlp_out_norm": "||MLP output|| at ref_layer after the intervention",
+    "ref_sink_score": "sink score at ref_layer + 1, the first attention that sees an edit at ref_layer",
     "kl": "mean KL(clean || intervened) of next-token distributions at positions >= target",
     "delta_nll": "mean change in NLL of the actual next tokens at positions >= target",
     "suppressed": "target was a sink in the clean run and is none after the intervention",
@@ -381,9 +382,7 @@ def summarize(effects: pd.DataFrame) -> pd.DataFrame:
     """Per condition and group (targets / controls): the numbers the terminal table shows."""
     if effects.empty:
         return pd.DataFrame()
-    at_ref = effects[effects.layer == effects.ref_layer.where(effects.ref_layer >= 0, effects.clean_l_start)]
     per_target = effects.drop_duplicates(["condition", "is_control", "trace", "position"])
-    score = at_ref.groupby(["condition", "is_control"]).sink_score.mean()
     grouped = per_target.groupby(["condition", "is_control"], sort=False)
     table = pd.DataFrame({
         "kind": grouped.kind.first(),
@@ -393,7 +392,7 @@ def summarize(effects: pd.DataFrame) -> pd.DataFrame:
         "sinks_after": grouped.apply(lambda g: (g.lifetime > 0).mean(), include_groups=False),
         "mean_lifetime": grouped.lifetime.mean(),
         "mean_clean_lifetime": grouped.clean_lifetime.mean(),
-        "mean_sink_score": score,
+        "mean_sink_score": grouped.ref_sink_score.mean(),
         "mean_kl": grouped.kl.mean(),
         "mean_delta_nll": grouped.delta_nll.mean(),
     }).reset_index()

@@ -46,7 +46,7 @@ def print_run_summary(result) -> None:
         return
     table = Table(title=f"{result.manifest.get('spec_name', '')}: clean vs intervened",
                   caption="n: targets; sink%: share that are sinks (clean -> after); life: mean lifetime after; "
-                          "score: sink score at the intervened layer; c.*: matched controls")
+                          "score: sink score one layer after the edit; c.*: matched controls")
     table.add_column("condition", no_wrap=True)
     for col in ("n", "sink%", "life", "score", "KL", "c.sink%", "c.life", "c.KL"):
         table.add_column(col, justify="right", no_wrap=True)

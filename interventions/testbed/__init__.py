@@ -1,0 +1,36 @@
+"""Models built in code whose sinks are known by construction (``testbed:NAME`` model sources).
+
+``testbed:planted`` is the planted-sink ``Qwen2ForCausalLM`` of :mod:`.planted`,
+``testbed:planted-llama`` the same weights as a ``LlamaForCausalLM``. Each is built once (well
+under a second) and cached as an ordinary HF folder under
+``$INTERVENTIONS_CACHE/testbed/`` (default ``~/.cache/interventions/testbed/``), named
+``<name>-v<version>-seed0`` so a change of the planted design never reuses a stale folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import UserError
+
+TESTBEDS = {"planted": "qwen2", "planted-llama": "llama"}
+"""Testbed name -> architecture of the planted model."""
+
+
+def cache_root() -> Path:
+    """``$INTERVENTIONS_CACHE`` if set, else ``~/.cache/interventions``."""
+    env = os.environ.get("INTERVENTIONS_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "interventions"
+
+
+def testbed_folder(name: str) -> Path:
+    """The HF folder of testbed ``name``, building it on first use."""
+    if name not in TESTBEDS:
+        raise UserError(f"unknown testbed {name!r}; known: {', '.join(TESTBEDS)}", field="model")
+    from .planted import PLANTED_VERSION, build_planted
+
+    folder = cache_root() / "testbed" / f"{name}-v{PLANTED_VERSION}-seed0"
+    if not (folder / "truth.json").is_file():
+        build_planted(folder, arch=TESTBEDS[name], seed=0)
+    return folder
