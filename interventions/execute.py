@@ -100,7 +100,8 @@ class TraceExecutor:
             if added > 0:
                 cache.crop(-added)  # transformers 5: a negative count removes that many tokens
         T = self.length
-        profiles = {k: np.concatenate([prefix.profiles[k], suffix.profiles[k]], axis=1) for k in suffix.profiles}
+        # Positions before p0 cannot change: take them from the clean forward itself (bit-identical).
+        profiles = {k: np.concatenate([clean.profiles[k][:, :p0], suffix.profiles[k]], axis=1) for k in suffix.profiles}
         sums = suffix.column_sums.copy()  # [L, H, T]: suffix queries over all keys
         sums[..., :p0] += prefix.column_sums
         logits = torch.cat([clean.logits[:p0], out.logits[0].to(clean.logits.dtype)], dim=0)

@@ -97,7 +97,7 @@ def _spec_records(spec, truth_folder: str | None):
     if spec.traces == "testbed":
         from .testbed.planted import load_truth, planted_traces
 
-        texts = planted_traces(load_truth(truth_folder), n=spec.limit or 8, seed=spec.seed)
+        texts = planted_traces(load_truth(truth_folder), n=spec.limit or 8, seed=spec.seed, gated=True)
         return [{"text": t} for t in texts]
     return read_trace_records(spec.traces, limit=spec.limit)
 

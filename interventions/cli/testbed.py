@@ -35,7 +35,7 @@ def build(
         raise UserError(f"arch {arch!r} is not one of qwen2, llama", field="arch")
     truth = build_planted(out, arch=arch, seed=seed)
     if traces:
-        write_traces(planted_traces(truth, traces, seed=seed), out / "traces.jsonl")
+        write_traces(planted_traces(truth, traces, seed=seed, gated=True), out / "traces.jsonl")
     console.print_json(json.dumps({"folder": str(out), "onset_layer": truth.onset_layer, "l_start": truth.l_start,
                                    "triggers": {t["token"]: t["lifetime"] for t in truth.triggers}}))
 
