@@ -19,11 +19,28 @@ from .store import write_json_atomic
 PER_LAYER_MEASURES = ("is_sink", "hidden_norm", "hidden_cos", "sink_score", "primary_sink_score")
 
 
+def resolve_run_dir(path: str | Path) -> Path:
+    """A run folder, or a spec's results folder (``results/<name>``): then its newest complete run."""
+    p = Path(path)
+    if (p / "manifest.json").exists() or not p.is_dir():
+        return p
+    runs = []
+    for child in p.iterdir():
+        manifest = child / "manifest.json"
+        if manifest.exists():
+            data = json.loads(manifest.read_text())
+            if data.get("status") == "complete":
+                runs.append((data.get("created_utc", ""), child.name, child))
+    if not runs:
+        raise UserError(f"{p} holds no complete run (no manifest.json with status complete)", field="run_dir")
+    return max(runs)[2]
+
+
 def load_run(run_dir: str | Path) -> dict[str, pd.DataFrame]:
     """The tables of a run folder (effects, sink_layers, clean_profile, clean_sinks)."""
     from .run import read_parts
 
-    run = Path(run_dir)
+    run = resolve_run_dir(run_dir)
     if not (run / "manifest.json").exists():
         raise UserError(f"{run} has no manifest.json; give a folder written by `intervene run`", field="run_dir")
     tables = {
@@ -115,7 +132,7 @@ def _dose_groups(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def analyze_run(run_dir, *, progress: bool = True, report: bool = True, seed: int | None = None):
     """Write ``stats.json`` (and ``report.md`` with figures) for ``run_dir``; returns (stats, report_path)."""
-    run = Path(run_dir)
+    run = resolve_run_dir(run_dir)
     tables = load_run(run)
     stats = compute_stats(tables, seed=tables["manifest"].get("seed", 0) if seed is None else seed)
     write_json_atomic(run / "stats.json", stats)

@@ -40,3 +40,7 @@ app.command("schema")(schema_command)
 app.command("stats")(stats_command)
 app.command("report")(report_command)
 app.add_typer(testbed.app, name="testbed")
+
+
+if __name__ == "__main__":  # python -m interventions.cli.main (torchrun launches it this way)
+    app()
