@@ -215,6 +215,7 @@ def run_spec(spec, *, results_root: Path | str = "results", run_dir: Path | str 
 
         # Phase 2: conditions, trace by trace.
         n_targets = 0
+        empty_sets: dict[str, int] = {}
         forwards = {"full": 0, "prefix": 0, "suffix": 0, "tokens": 0, "naive_tokens": 0}
         for tr in track(traces, description=f"{len(conditions)} conditions", enabled=progress):
             if tr.index in done:
@@ -222,6 +223,8 @@ def run_spec(spec, *, results_root: Path | str = "results", run_dir: Path | str 
             t_trace = time.perf_counter()
             rows, downstream, extra, n = _run_trace(loaded, tr, spec, conditions, config, facts, condition_s,
                                                     reuse_prefix, forwards)
+            for name in extra["empty_sets"]:
+                empty_sets[name] = empty_sets.get(name, 0) + 1
             n_targets += n
             write_parquet_atomic(out / "effects.parquet" / part_name(tr.index), pd.DataFrame(rows))
             write_parquet_atomic(out / "downstream.parquet" / part_name(tr.index), pd.DataFrame(downstream))
@@ -229,6 +232,9 @@ def run_spec(spec, *, results_root: Path | str = "results", run_dir: Path | str 
             write_parquet_atomic(out / "parts" / "clean_profile" / part_name(tr.index), extra["clean_profile"])
             manifest.data["timings"]["per_condition_s"] = {k: round(v, 4) for k, v in condition_s.items()}
             manifest.trace_done(tr.index, time.perf_counter() - t_trace)
+        for name, count in empty_sets.items():
+            warn(f"targets.{name} resolved to no position in {count} of {len(traces)} traces")
+        manifest.data["empty_target_sets"] = empty_sets
         if n_targets == 0 and not done:
             raise UserError("every target set resolved to no position in every trace; check the targets "
                             "(e.g. no secondary sink was detected)", field="targets")
@@ -337,7 +343,8 @@ def _run_trace(loaded, tr, spec, conditions, config, facts, condition_s, reuse_p
         condition_s[condition.id] += time.perf_counter() - t_cond
     for k, v in ex.forwards.items():  # tokens: what ran; naive_tokens: one full forward per intervened pass
         forwards[k] += v
-    extra = {"sink_layers": sink_layer_rows(clean, sinks, L), "clean_profile": clean_profile_rows(clean, tr.index)}
+    extra = {"sink_layers": sink_layer_rows(clean, sinks, L), "clean_profile": clean_profile_rows(clean, tr.index),
+             "empty_sets": [name for name, members in sets.items() if not members]}
     return rows, downstream, extra, n_targets
 
 
