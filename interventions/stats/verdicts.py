@@ -411,9 +411,15 @@ def h4_mask_changes(
     next-token predictions.
 
     Components, both required: the primary sink score in the masked layers changes (either
-    sign; :func:`mask_primary_change`), and the mean KL divergence of next-token predictions
-    from the clean run is larger for targets than for control tokens masked the same way
-    (trace-level paired sign flip of target minus control mean KL).
+    sign; :func:`mask_primary_change`) *more than when matched control tokens are masked the
+    same way* (difference in differences, trace-level paired sign flip), and the mean KL
+    divergence of next-token predictions from the clean run is larger for targets than for
+    controls (trace-level paired sign flip of target minus control mean KL).
+
+    Controls are required because masking *any* key raises every other key's share, the
+    primary sink's included (softmax renormalisation): a change against the clean run alone
+    cannot be attributed to secondary sinks. Only targets that were secondary sinks in the
+    clean run count (``clean_kind == "secondary"``, when that column is present).
 
     Args:
         effects_df: long-format effects rows (kind ``attention_mask``).
@@ -432,8 +438,20 @@ def h4_mask_changes(
     """
     d = _kind_rows(effects_df, "attention_mask", H4_COLUMNS, "h4_mask_changes")
     notes: list[str] = []
+    if "clean_kind" in d.columns:
+        sink_target = ~d["is_control"] & (d["clean_kind"] == "secondary")
+        dropped = int((~d["is_control"] & ~sink_target).groupby([d["trace"], d["position"]]).any().sum())
+        if dropped:
+            notes.append(f"{dropped} masked targets were not secondary sinks in the clean run and are left out")
+        d = d[d["is_control"] | sink_target]
     primary = mask_primary_change(d, n_boot=n_boot, seed=seed, level=level, by_layer=by_layer)
-    est_a = {**primary, "n": primary.get("n_targets")}
+    if primary.get("estimable") and primary.get("control_effect") is not None:
+        est_a = {"effect": primary["did"], "ci_low": primary["did_ci_low"], "ci_high": primary["did_ci_high"],
+                 "p": primary["p_did"], "n": primary.get("n_targets"), "n_traces": primary.get("n_traces")}
+    else:
+        est_a = {"n": primary.get("n_targets"), "n_traces": primary.get("n_traces"),
+                 "reason": primary.get("reason") or "no control tokens: masking any key raises the primary share "
+                 "(renormalisation), so the change cannot be attributed to secondary sinks without controls"}
     kl_units = d.dropna(subset=["kl"]).groupby(["condition", "trace", "position", "is_control"], sort=True).agg(
         kl=("kl", "mean")).reset_index()
     if kl_units["is_control"].any():
@@ -443,8 +461,9 @@ def h4_mask_changes(
                  "reason": "no control tokens: KL cannot be compared with controls"}
     kw = {"alpha": alpha, "min_n": min_n, "min_traces": min_traces}
     components = [
-        _component("primary sink score changes in masked layers", "mean change of primary sink score over masked "
-                   "layers (trace-level sign flip, trace bootstrap CI)", est_a, direction="nonzero",
+        _component("primary sink score changes in masked layers beyond controls", "target minus control change "
+                   "of the primary sink score over masked layers (trace-level paired sign flip, trace bootstrap CI)",
+                   est_a, direction="nonzero",
                    margin=margin_primary, **kw),
         _component("target KL > control KL", "target minus control mean KL (trace-level paired sign flip)", est_b,
                    direction="increase", margin=margin_kl, **kw),
