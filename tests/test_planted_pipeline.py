@@ -142,3 +142,21 @@ def test_attention_mask_moves_attention_to_the_primary_sink(planted, planted_tru
         assert edited.mean_sink_scores()[layer, 0] > clean.mean_sink_scores()[layer, 0]
     below = planted_truth.l_start + 1
     assert np.array_equal(edited.sink_scores[:below], clean.sink_scores[:below])
+
+
+@pytest.mark.parametrize("source,dtype", [("testbed:planted", "bfloat16"), ("testbed:planted-llama", "float32"),
+                                          ("testbed:planted-llama", "bfloat16")])
+def test_same_sinks_in_bf16_and_on_the_llama_variant(cache_dir, source, dtype):
+    from interventions import load_model
+    from interventions.testbed.planted import load_truth
+
+    loaded = load_model(source, dtype=dtype)
+    truth = load_truth(loaded.source.path)
+    texts = planted_traces(truth, 3, seed=0, gated=True)
+    traces = traces_from_records([{"text": t} for t in texts], loaded.tokenizer)
+    result = detect(loaded, traces, progress=False)
+    for tr in traces:
+        mine = result.sinks[(result.sinks.trace == tr.index) & (result.sinks.kind == "secondary")]
+        assert {int(r.position): (int(r.l_start), int(r.lifetime)) for r in mine.itertuples()} == \
+            expected_levels(truth, tr.token_ids)
+    assert set(result.traces.onset_layer) == {truth.onset_layer}
