@@ -18,6 +18,7 @@ a figure is absent.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,9 +36,21 @@ SITE_LABEL = {"block_output": "hidden state $h^l$ (block output)", "attention_ou
               "mlp_output": "MLP output $f^l$"}
 COLORS = {"primary": "#c0392b", "secondary": "#2471a3", "median": "#7f8c8d", "control": "#7f8c8d"}
 NO_SECONDARY = "no secondary sinks in the clean run"
+OFF_SCALE_LOG = 8.0
+"""fig_norm_score: log ratios this far below the median are pinned to the axis floor (marked)."""
 
-plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
-                     "figure.titlesize": 11, "axes.spines.top": False, "axes.spines.right": False})
+STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8, "figure.titlesize": 11,
+         "axes.spines.top": False, "axes.spines.right": False}
+"""Applied to each figure through :func:`_styled` (the global rcParams are left alone)."""
+
+
+def _styled(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with plt.rc_context(STYLE):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,25 +161,17 @@ def _positive(values) -> np.ndarray:
     return v
 
 
-def _note(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=8, color="#555555",
-            wrap=True, bbox={"boxstyle": "round", "fc": "white", "ec": "#cccccc"})
+def _log_labels(ax) -> None:
+    """Plain numbers on a log y axis; minor ticks labelled only when the axis spans under a decade."""
+    low, high = ax.get_ylim()
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    narrow = low > 0 and high / low < 10
+    ax.yaxis.set_minor_formatter(plain if narrow else matplotlib.ticker.NullFormatter())
 
 
-def _compact_layers(layers) -> str:
-    """``[1, 2, 3, 5]`` -> ``"1-3, 5"``."""
-    layers = sorted({int(x) for x in layers})
-    if not layers:
-        return "none"
-    runs, start, prev = [], layers[0], layers[0]
-    for x in layers[1:]:
-        if x == prev + 1:
-            prev = x
-            continue
-        runs.append((start, prev))
-        start = prev = x
-    runs.append((start, prev))
-    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+def _int_layers(ax) -> None:
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,6 +189,7 @@ def _secondary_hidden_norms(tables: dict) -> pd.DataFrame:
     return rows.drop_duplicates(["trace", "position", "layer"])[["trace", "position", "layer", "clean_hidden_norm"]]
 
 
+@_styled
 def fig_norms(tables: dict, stats: dict, out_dir: Path) -> Path | None:
     """Hidden-state, key and value norms per layer: primary sink, secondary sinks, median token (log y)."""
     profile = _frame(tables, "clean_profile")
@@ -212,22 +218,27 @@ def fig_norms(tables: dict, stats: dict, out_dir: Path) -> Path | None:
         elif len(sink_layers):
             lo, hi = int(sink_layers["layer"].min()), int(sink_layers["layer"].max())
             ax.axvspan(lo - 0.5, hi + 0.5, color=COLORS["secondary"], alpha=0.08,
-                       label="layers with secondary sinks")
+                       label="layers where secondary sinks live")
         ax.set_yscale("log")
         ax.set_xlabel("layer")
         ax.set_ylabel(f"{label} (log scale)")
-        ax.set_title(label)
-        ax.grid(alpha=0.3, which="major")
+        title = label if what == "hidden" or not len(sink_layers) else f"{label} (secondary: not recorded)"
         if np.all(~np.isfinite(_positive(by_layer[f"primary_{what}_norm"]))):
-            ax.text(0.02, 0.02, "primary sink norm is 0 at every layer (not shown on log axis)",
-                    transform=ax.transAxes, fontsize=7, color="#555555")
-    axes[0].legend(loc="best", frameon=False)
-    if len(sink_layers) and not len(sec_h):
-        axes[1].legend(loc="best", frameon=False)
+            title += "\nprimary sink: 0 at every layer (not on log axis)"
+        ax.set_title(title)
+        ax.grid(alpha=0.3, which="major")
+        _log_labels(ax)
+        _int_layers(ax)
+    handles, labels = {}, []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
     sec_text = f"{n_sec} secondary sinks" if n_sec else (
         "secondary sinks: hidden norms not recorded" if len(sink_layers) else NO_SECONDARY)
     fig.suptitle(f"Norms across layers (mean over {n_tr} traces; {sec_text})")
     fig.tight_layout()
+    fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=min(5, len(handles)), frameon=False,
+               bbox_to_anchor=(0.5, 0.0))
     return _save(fig, out_dir, "fig_norms")
 
 
@@ -236,6 +247,7 @@ def fig_norms(tables: dict, stats: dict, out_dir: Path) -> Path | None:
 # --------------------------------------------------------------------------------------------
 
 
+@_styled
 def fig_levels(tables: dict, stats: dict, out_dir: Path) -> Path | None:
     """Heatmap of secondary sink levels: count per (l_start, lifetime)."""
     sec = secondary_sinks(tables).dropna(subset=["l_start", "lifetime"])
@@ -247,9 +259,9 @@ def fig_levels(tables: dict, stats: dict, out_dir: Path) -> Path | None:
     counts = counts.reindex(index=lives, columns=starts, fill_value=0)
     fig, ax = plt.subplots(figsize=(max(3.6, 0.55 * len(starts) + 2.2), max(2.8, 0.32 * len(lives) + 1.6)))
     data = np.ma.masked_equal(counts.to_numpy(), 0)
-    im = ax.imshow(data, origin="lower", aspect="auto", cmap="Blues",
-                   extent=(starts[0] - 0.5, starts[-1] + 0.5, lives[0] - 0.5, lives[-1] + 0.5))
     vmax = counts.to_numpy().max()
+    im = ax.imshow(data, origin="lower", aspect="auto", cmap="Blues", vmin=0, vmax=vmax,
+                   extent=(starts[0] - 0.5, starts[-1] + 0.5, lives[0] - 0.5, lives[-1] + 0.5))
     if counts.size <= 400:
         for (i, life) in enumerate(lives):
             for (j, start) in enumerate(starts):
@@ -260,7 +272,10 @@ def fig_levels(tables: dict, stats: dict, out_dir: Path) -> Path | None:
     ax.set_xlabel("$l_{start}$ (first sink layer)")
     ax.set_ylabel("lifetime (layers)")
     ax.set_xticks(starts if len(starts) <= 20 else starts[:: int(np.ceil(len(starts) / 20))])
-    fig.colorbar(im, ax=ax, label="number of sinks")
+    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    cbar = fig.colorbar(im, ax=ax, label="number of sinks")
+    cbar.locator = matplotlib.ticker.MaxNLocator(integer=True)
+    cbar.update_ticks()
     n_censored = int(_bool(sec["censored"]).sum()) if "censored" in sec.columns else 0
     ax.set_title(f"Secondary sink levels\n{len(sec)} sinks in {sec['trace'].nunique()} traces"
                  + (f"; {n_censored} alive at last layer" if n_censored else ""))
@@ -273,6 +288,7 @@ def fig_levels(tables: dict, stats: dict, out_dir: Path) -> Path | None:
 # --------------------------------------------------------------------------------------------
 
 
+@_styled
 def fig_scores(tables: dict, stats: dict, out_dir: Path) -> Path | None:
     """Primary vs secondary sink score across depth, with the valley layer and the l_start range."""
     profile = _frame(tables, "clean_profile")
@@ -317,6 +333,7 @@ def fig_scores(tables: dict, stats: dict, out_dir: Path) -> Path | None:
     elif rng:
         ax.axvspan(rng[0], rng[1], color=COLORS["secondary"], alpha=0.08, label="$l_{start}$ range")
     ax.set_xlabel("layer")
+    _int_layers(ax)
     ax.set_ylabel("sink score (attention mass, mean over heads)")
     ax.set_ylim(bottom=0)
     n_tr = int(profile["trace"].nunique())
@@ -336,6 +353,7 @@ def _norm_score_rows(sl: pd.DataFrame) -> pd.DataFrame:
     return d
 
 
+@_styled
 def fig_norm_score(tables: dict, stats: dict, out_dir: Path) -> Path | None:
     """log(secondary / primary sink score) vs log l_start MLP-output norm, with the fitted slope."""
     sl = _frame(tables, "sink_layers")
@@ -374,19 +392,37 @@ def fig_norm_score(tables: dict, stats: dict, out_dir: Path) -> Path | None:
                                                                         f": slope {_fmt(fit.get('steepest_slope'))}"))
     else:
         handles.append(matplotlib.lines.Line2D([], [], ls="", label=f"no fit: {fit.get('reason', 'not estimable')}"))
+    off = d["y"] < d["y"].median() - OFF_SCALE_LOG
+    if off.any() and off.mean() < 0.5:  # near-zero scores would squash the rest into a line: pin them to the floor
+        kept = d.loc[~off, "y"]
+        span = max(kept.max() - kept.min(), 0.5)
+        floor = kept.min() - 0.12 * span
+        ax.set_ylim(floor - 0.06 * span, kept.max() + 0.1 * span)
+        sc.set_offsets(np.column_stack([d["x"], np.where(off, floor, d["y"])]))
+        sc.set_paths([matplotlib.markers.MarkerStyle(marker).get_path().transformed(
+            matplotlib.markers.MarkerStyle(marker).get_transform()) for marker in np.where(off, "v", "o")])
+        ax.axhline(floor, color="#999999", lw=0.6, ls=":")
+        handles.append(matplotlib.lines.Line2D(
+            [], [], ls="", marker="v", color="#555555",
+            label=f"{int(off.sum())} rows off-scale (log ratio down to {d['y'].min():.3g}; layer(s) "
+                  f"{', '.join(str(int(v)) for v in sorted(d.loc[off, 'layer'].unique()))})"))
     ax.legend(handles=handles, loc="best", frameon=True, framealpha=0.85)
-    fig.colorbar(sc, ax=ax, label="layer")
+    cbar = fig.colorbar(sc, ax=ax, label="layer")
+    cbar.locator = matplotlib.ticker.MaxNLocator(integer=True)
+    cbar.update_ticks()
     ax.set_xlabel("log $\\|f^{l_{start}}\\|_2$ (MLP output norm at $l_{start}$, natural log)")
     ax.set_ylabel("log(secondary / primary sink score)")
     n_sinks = int(len(d[["trace", "position"]].drop_duplicates()))
     dropped = len(sl) - len(d)
     ax.set_title(f"Sink-score ratio vs MLP norm: {n_sinks} sinks, {len(d)} sink-layers, "
-                 f"{d['trace'].nunique()} traces" + (f"\n({dropped} rows with zero score not shown)" if dropped else ""))
+                 f"{d['trace'].nunique()} traces"
+                 + (f"\n({dropped} rows with a zero score or norm not shown)" if dropped else ""))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, out_dir, "fig_norm_score")
 
 
+@_styled
 def fig_norm_lifetime(tables: dict, stats: dict, out_dir: Path) -> Path | None:
     """Lifetime vs log l_start MLP-output norm, with the isotonic steps and the best segmented fit."""
     sec = secondary_sinks(tables).dropna(subset=["mlp_out_norm", "lifetime"])
@@ -432,7 +468,8 @@ def fig_norm_lifetime(tables: dict, stats: dict, out_dir: Path) -> Path | None:
                 label=f"linear fit, slope {_fmt(lin['slope'])}")
     sp = fit.get("spearman") or {}
     if sp.get("rho") is not None:
-        ax.plot([], [], ls="", label=f"Spearman $\\rho$ {_fmt(sp['rho'], 2)}, permutation p {_fmt(sp.get('p_perm'), 2)}")
+        ax.plot([], [], ls="",
+                label=f"Spearman $\\rho$ {_fmt(sp['rho'], 2)}, permutation p {_fmt(sp.get('p_perm'), 2)}")
     if not fit.get("estimable", False):
         ax.plot([], [], ls="", label=f"no fit: {fit.get('reason', 'not estimable')}")
     elif not fit.get("plateaus_estimable", True):
@@ -465,6 +502,7 @@ def swap_units(tables: dict) -> pd.DataFrame:
     return units
 
 
+@_styled
 def fig_swap(tables: dict, stats: dict, out_dir: Path) -> Path | None:
     """Suppression rate vs swap layer for each site, with Wilson 95% intervals."""
     units = swap_units(tables)
@@ -480,7 +518,7 @@ def fig_swap(tables: dict, stats: dict, out_dir: Path) -> Path | None:
         ci = np.array([_wilson(int(k), int(n)) for k, n in zip(g["sum"], g["size"])])
         x = g.index.to_numpy(float) + off
         ax.errorbar(x, rate, yerr=[rate - ci[:, 0], ci[:, 1] - rate], marker=markers.get(site, "o"), ms=5,
-                    capsize=3, lw=1.3, label=f"{SITE_LABEL.get(site, site)} (n={int(g['size'].sum())})")
+                    capsize=3, lw=1.3, label=f"{SITE_LABEL.get(site, site)} (n={int(g['size'].sum())} swaps)")
     ls = units["clean_l_start"]
     if ls.nunique() == 1:
         ax.axvline(float(ls.iloc[0]), color="black", ls=":", lw=1, label=f"$l_{{start}}$ = {int(ls.iloc[0])}")
@@ -510,17 +548,21 @@ def dose_units(tables: dict) -> pd.DataFrame:
     if e.empty:
         return e
     keys = ["condition", "is_control", "trace", "position"]
-    at_ref = e[e["layer"] == e["ref_layer"]][keys + ["sink_score", "clean_sink_score"]]
     first = e.drop_duplicates(keys).drop(columns=["sink_score", "clean_sink_score"], errors="ignore")
-    units = first.merge(at_ref.drop_duplicates(keys), on=keys, how="left")
+    if {"ref_sink_score", "clean_ref_sink_score"}.issubset(e.columns):  # read one layer after the edit
+        units = first.rename(columns={"ref_sink_score": "sink_score", "clean_ref_sink_score": "clean_sink_score"})
+    else:  # older runs: the score at ref_layer itself
+        at_ref = e[e["layer"] == e["ref_layer"]][keys + ["sink_score", "clean_sink_score"]]
+        units = first.merge(at_ref.drop_duplicates(keys), on=keys, how="left")
     names = units[~units["is_control"]].groupby("condition")["target_set"].agg(
         lambda s: "+".join(sorted(set(s))))
     units["group"] = units["condition"].map(names).fillna("controls")
     return units
 
 
+@_styled
 def fig_dose(tables: dict, stats: dict, out_dir: Path) -> Path | None:
-    """Lifetime and sink score at ref_layer vs scale factor (log x); targets solid, controls dashed."""
+    """Lifetime and sink score (read one layer after the edit) vs scale factor (log x); controls dashed."""
     units = dose_units(tables)
     if units.empty:
         return None
@@ -529,7 +571,7 @@ def fig_dose(tables: dict, stats: dict, out_dir: Path) -> Path | None:
     palette = plt.get_cmap("tab10")
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
     measures = (("lifetime", "clean_lifetime", "lifetime after scaling (layers)"),
-                ("sink_score", "clean_sink_score", "sink score at ref. layer"))
+                ("sink_score", "clean_sink_score", "sink score one layer after the edit"))
     all_factors = sorted(set(units["factor"].dropna()) | {1.0})
     for ax, (m, clean_m, ylabel) in zip(axes, measures):
         for gi, group in enumerate(groups):
@@ -563,16 +605,16 @@ def fig_dose(tables: dict, stats: dict, out_dir: Path) -> Path | None:
         ax.set_xticks(all_factors)
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"x{v:g}"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel("scale factor of the $l_{start}$ MLP output (log scale; x1 = clean run)")
+        ax.set_xlabel("scale factor of the edited MLP output (log scale; x1 = clean run)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[0].set_title("Lifetime vs factor (mean, 95% CI)")
     axes[1].set_title("Sink score vs factor (mean, 95% CI)")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=2, frameon=False, bbox_to_anchor=(0.5, -0.02))
     n_tr = int(units["trace"].nunique())
     fig.suptitle(f"Dose-response of scaled MLP output ({n_tr} traces)")
-    fig.tight_layout(rect=(0, 0.06 + 0.045 * int(np.ceil(len(labels) / 2)), 1, 1))
+    fig.tight_layout()
+    fig.legend(handles, labels, loc="upper center", ncol=2, frameon=False, bbox_to_anchor=(0.5, 0.0))
     return _save(fig, out_dir, "fig_dose")
 
 
@@ -585,6 +627,7 @@ def _short(condition: str) -> str:
     return condition.removeprefix("attention_mask.")
 
 
+@_styled
 def fig_mask(tables: dict, stats: dict, out_dir: Path) -> Path | None:
     """Primary sink score per layer clean vs masked (mean over traces), and KL per condition."""
     e = effects_of(tables, "attention_mask")
@@ -609,6 +652,7 @@ def fig_mask(tables: dict, stats: dict, out_dir: Path) -> Path | None:
         if masked_layers:
             ax1.plot([], [], color="#f5b041", alpha=0.4, lw=6, label="layers masked for some target")
     ax1.set_xlabel("layer")
+    _int_layers(ax1)
     ax1.set_ylabel("primary (BOS) sink score")
     n_t = int(len(targets[["trace", "position"]].drop_duplicates()))
     ax1.set_title(f"Primary sink score, clean vs masked\n(target forwards; {n_t} targets, "
@@ -633,12 +677,24 @@ def fig_mask(tables: dict, stats: dict, out_dir: Path) -> Path | None:
             ax2.bar(xs, means, width=width, yerr=np.array(errs).T, capsize=3,
                     color=COLORS["control"] if is_control else COLORS["secondary"],
                     label=f"{'controls' if is_control else 'targets'} (n={'/'.join(map(str, ns))})")
+    notes = []
+    if not units["is_control"].any():
+        notes.append("no control rows in this run")
+    kl = units["kl"].to_numpy(float)
+    if kl.size and np.nanmax(np.abs(kl)) == 0:
+        notes.append("KL = 0 for every token")
+    if notes:
+        ax2.text(0.5, 0.97, "; ".join(notes), transform=ax2.transAxes, ha="center", va="top", fontsize=8,
+                 color="#555555", bbox={"boxstyle": "round", "fc": "white", "ec": "#cccccc"})
+    top = ax2.get_ylim()[1]
+    ax2.set_ylim(0, (top if top > 0 else 1e-3) * (1.15 if notes else 1.0))
+    ax2.set_xlim(-0.7, len(conditions) - 0.3)
     ax2.set_xticks(range(len(conditions)))
     ax2.set_xticklabels([_short(c) for c in conditions], rotation=15, ha="right")
     ax2.set_ylabel("mean KL(clean || masked), nats")
     ax2.set_title("Next-token KL per condition (mean, 95% CI)")
     ax2.grid(alpha=0.3, axis="y")
-    ax2.legend(loc="best", frameon=False)
+    ax2.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.suptitle("Attention mask on secondary sinks")
     fig.tight_layout()
     return _save(fig, out_dir, "fig_mask")
@@ -699,8 +755,9 @@ def caption(name: str, tables: dict, stats: dict) -> str:
         units = dose_units(tables)
         n_t = int(len(units.loc[~units["is_control"], ["trace", "position"]].drop_duplicates())) if len(units) else 0
         n_c = int(len(units.loc[units["is_control"], ["trace", "position"]].drop_duplicates())) if len(units) else 0
-        return (f"Lifetime and sink score at the reference layer against the MLP-output scale factor (x1 = clean "
-                f"run), mean with 95% CI (trace bootstrap with >= 3 traces), {n_t} target and {n_c} control tokens "
+        return (f"Lifetime and sink score (one layer after the edited layer) against the MLP-output scale factor "
+                f"(x1 = clean run), mean with 95% CI (trace bootstrap with >= 3 traces), {n_t} target and "
+                f"{n_c} control tokens "
                 f"in {units['trace'].nunique() if len(units) else 0} traces; controls dashed.")
     if name == "fig_mask":
         e = effects_of(tables, "attention_mask")
@@ -725,7 +782,7 @@ def absent_reason(name: str, tables: dict, stats: dict) -> str:
     if name == "fig_swap":
         if effects_of(tables, "mean_swap").empty:
             return "the run has no mean_swap condition"
-        return "no swapped target was a sink in the clean run (" + NO_SECONDARY + " among the targets)"
+        return "no swapped target was a sink in the clean run (suppression needs a clean secondary sink)"
     if name == "fig_dose":
         return "the run has no scale condition"
     if name == "fig_mask":
@@ -748,6 +805,7 @@ def render_figures(tables: dict, stats: dict, out_dir: Path) -> list[dict]:
                 rec["caption"] = caption(name, tables, stats)
             else:
                 rec["note"] = absent_reason(name, tables, stats)
+                (Path(out_dir) / f"{name}.png").unlink(missing_ok=True)  # stale from an earlier analysis
         except Exception as exc:  # noqa: BLE001 - one broken figure must not lose the report
             plt.close("all")
             rec["path"] = None

@@ -1,0 +1,326 @@
+"""report.md and its figures on synthetic run folders (sinks present, and none at all).
+
+The folders are written the way ``intervene run`` writes them (manifest.json, clean_sinks.jsonl,
+sink_layers.parquet, clean_profile.parquet, effects.parquet/ parts with every effects column
+and its clean_ twin), then ``analyze_run`` computes stats.json and renders the report.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from interventions.analysis import analyze_run
+from interventions.report.figures import FIGURES
+from interventions.run import EFFECT_COLUMNS
+
+N_LAYERS = 8
+N_TRACES = 6
+LENGTH = 24
+PER_LAYER = ("is_sink", "hidden_norm", "hidden_cos", "mlp_out_norm", "sink_score", "primary_sink_score")
+TWINS = ("l_start", "lifetime", "ref_mlp_out_norm", "ref_sink_score") + PER_LAYER
+TINY_DEMO = Path("/tmp/rt/results/tiny_demo")
+
+
+# ---------------------------------------------------------------------------------------------
+# a synthetic run folder
+# ---------------------------------------------------------------------------------------------
+
+
+def _primary_profile(rng) -> np.ndarray:
+    """BOS sink score per layer: forms at layer 1, dips to a valley at layer 3, recovers."""
+    base = np.array([0.05, 0.9, 0.7, 0.45, 0.55, 0.7, 0.8, 0.85])[:N_LAYERS]
+    return np.clip(base + rng.normal(0, 0.02, N_LAYERS), 0.01, 0.99)
+
+
+def _sinks_of_trace(trace: int, rng, with_secondary: bool) -> list[dict]:
+    sinks = [{"trace": trace, "position": 0, "token_id": 1, "token": "<bos>", "kind": "primary", "l_start": 1,
+              "lifetime": N_LAYERS - 1, "layers": list(range(1, N_LAYERS)), "hidden_norm": 300.0,
+              "mlp_out_norm": 250.0, "cos": 1.0, "peak_sink_score": 0.9, "censored": True}]
+    if not with_secondary:
+        return sinks
+    for k, (pos, life) in enumerate(((6, 2), (11, 3), (17, 4 + trace % 2))):
+        norm = float(np.exp(2.0 + 0.5 * life + rng.normal(0, 0.08)))
+        l_start = 3 + (trace + k) % 2
+        life = min(life, N_LAYERS - l_start)
+        sinks.append({"trace": trace, "position": pos, "token_id": 10 + k, "token": [" ", "1", "\n"][k],
+                      "kind": "secondary", "l_start": l_start, "lifetime": life,
+                      "layers": list(range(l_start, l_start + life)), "hidden_norm": 3 * norm, "mlp_out_norm": norm,
+                      "cos": 0.98, "peak_sink_score": 0.1, "censored": l_start + life == N_LAYERS})
+    return sinks
+
+
+def _target_rows(base: dict, *, trace: int, position: int, clean_life: int, clean_start: int, life: int,
+                 start: int, ref: int, rng, primary: np.ndarray, primary_after: np.ndarray | None = None,
+                 masked: list[int] = (), kl: float = 0.001) -> list[dict]:
+    clean_is = np.zeros(N_LAYERS, bool)
+    now_is = np.zeros(N_LAYERS, bool)
+    if clean_life:
+        clean_is[clean_start:clean_start + clean_life] = True
+    if life:
+        now_is[start:start + life] = True
+    clean_score = np.where(clean_is, 0.12, 0.01) + rng.normal(0, 0.002, N_LAYERS)
+    now_score = np.where(now_is, 0.12, 0.01) + rng.normal(0, 0.002, N_LAYERS)
+    primary_after = primary if primary_after is None else primary_after
+    seen = min(ref + 1, N_LAYERS - 1) if ref >= 0 else None
+    per_target = {
+        **base, "trace": trace, "position": position, "token": "x", "token_id": 50 + position,
+        "clean_kind": "secondary" if clean_life else "none",
+        "l_start": start if life else -1, "lifetime": life,
+        "clean_l_start": clean_start if clean_life else -1, "clean_lifetime": clean_life, "ref_layer": ref,
+        "ref_mlp_out_norm": 5.0 * (base.get("factor") or 1.0) if ref >= 0 else np.nan,
+        "clean_ref_mlp_out_norm": 5.0 if ref >= 0 else np.nan,
+        "ref_sink_score": float(now_score[seen]) if seen is not None else np.nan,
+        "clean_ref_sink_score": float(clean_score[seen]) if seen is not None else np.nan,
+        "kl": kl * (1 + rng.uniform(0, 0.3)), "delta_nll": kl * rng.normal(0, 1),
+        "suppressed": bool(clean_life > 0 and life == 0),
+    }
+    rows = []
+    for layer in range(N_LAYERS):
+        hn_clean = 40.0 if clean_is[layer] else 1.0 + 0.1 * layer
+        hn_now = 40.0 if now_is[layer] else 1.0 + 0.1 * layer
+        rows.append({
+            **per_target, "layer": layer, "masked": layer in masked,
+            "is_sink": bool(now_is[layer]), "clean_is_sink": bool(clean_is[layer]),
+            "hidden_norm": hn_now, "clean_hidden_norm": hn_clean,
+            "hidden_cos": 0.98 if now_is[layer] else 0.2, "clean_hidden_cos": 0.98 if clean_is[layer] else 0.2,
+            "mlp_out_norm": 3.0, "clean_mlp_out_norm": 3.0,
+            "sink_score": float(now_score[layer]), "clean_sink_score": float(clean_score[layer]),
+            "primary_sink_score": float(primary_after[layer]), "clean_primary_sink_score": float(primary[layer]),
+        })
+    return rows
+
+
+def _base(condition: str, kind: str, site: str, layers: list[int], target_set: str, is_control: bool,
+          factor: float = np.nan, redirect: str = "") -> dict:
+    return {"condition": condition, "kind": kind, "site": site, "intervened_layer": layers[0],
+            "intervened_layers": ",".join(map(str, layers)), "factor": factor, "redirect": redirect,
+            "target_set": target_set, "is_control": is_control}
+
+
+def _effects_of_trace(trace: int, sinks: list[dict], primary: np.ndarray, rng) -> list[dict]:
+    secondary = [s for s in sinks if s["kind"] == "secondary"]
+    controls = [20, 21, 22]
+    rows: list[dict] = []
+    # scale: a sub-threshold token (position 4) becomes a sink living longer as the factor grows
+    for factor in (2.0, 5.0, 10.0):
+        cond = f"scale.mlp_output.l_start.x{factor:g}"
+        life = {2.0: 1, 5.0: 2, 10.0: 4}[factor] if rng.uniform() < 0.9 else 0
+        rows += _target_rows(_base(cond, "scale", "mlp_output", [3], "weak", False, factor), trace=trace, position=4,
+                             clean_life=0, clean_start=-1, life=life, start=3, ref=3, rng=rng, primary=primary)
+        for p in controls[:2]:
+            rows += _target_rows(_base(cond, "scale", "mlp_output", [3], "ctrl", True, factor), trace=trace, position=p,
+                                 clean_life=0, clean_start=-1, life=0, start=-1, ref=3, rng=rng, primary=primary)
+    # scale of real sinks: down shortens, up lengthens
+    for factor in (0.5, 2.0):
+        cond = f"scale.mlp_output.l_start.x{factor:g}.sinks"
+        for s in secondary:
+            life = max(0, s["lifetime"] - 1) if factor < 1 else min(N_LAYERS - s["l_start"], s["lifetime"] + 1)
+            rows += _target_rows(_base(cond, "scale", "mlp_output", [s["l_start"]], "sinks", False, factor),
+                                 trace=trace, position=s["position"], clean_life=s["lifetime"],
+                                 clean_start=s["l_start"], life=life, start=s["l_start"], ref=s["l_start"], rng=rng,
+                                 primary=primary)
+        for p in controls:
+            rows += _target_rows(_base(cond, "scale", "mlp_output", [3], "sink_ctrl", True, factor), trace=trace,
+                                 position=p, clean_life=0, clean_start=-1, life=0, start=-1, ref=3, rng=rng,
+                                 primary=primary)
+    # zero: sinks vanish, controls unchanged
+    for s in secondary:
+        rows += _target_rows(_base("zero.mlp_output.l_start", "zero", "mlp_output", [s["l_start"]], "sinks", False),
+                             trace=trace, position=s["position"], clean_life=s["lifetime"], clean_start=s["l_start"],
+                             life=0, start=-1, ref=s["l_start"], rng=rng, primary=primary)
+    for p in controls:
+        rows += _target_rows(_base("zero.mlp_output.l_start", "zero", "mlp_output", [3], "ctrl", True), trace=trace,
+                             position=p, clean_life=0, clean_start=-1, life=0, start=-1, ref=3, rng=rng,
+                             primary=primary)
+    # mean swap: later swaps suppress more often
+    for site in ("block_output", "attention_output", "mlp_output"):
+        for layer in range(0, 4):
+            cond = f"mean_swap.{site}.L{layer}"
+            for s in secondary:
+                suppressed = rng.uniform() < 0.15 + 0.25 * layer
+                rows += _target_rows(_base(cond, "mean_swap", site, [layer], "sinks", False), trace=trace,
+                                     position=s["position"], clean_life=s["lifetime"], clean_start=s["l_start"],
+                                     life=0 if suppressed else s["lifetime"], start=s["l_start"], ref=layer, rng=rng,
+                                     primary=primary)
+    # attention mask: the BOS sink regains attention in the masked layers; targets move predictions more
+    for redirect in ("none", "bos"):
+        cond = f"attention_mask.sink_lifetime.redirect-{redirect}"
+        for group, positions in (("sinks", [(s["position"], s["l_start"], s["lifetime"]) for s in secondary]),
+                                 ("ctrl", [(p, 3, 2) for p in controls])):
+            is_control = group == "ctrl"
+            after = primary.copy()
+            for _, start, life in positions:
+                after[start:start + life] += 0.0 if is_control else 0.05 + rng.normal(0, 0.005)
+            for pos, start, life in positions:
+                layers = list(range(start, start + life))
+                rows += _target_rows(_base(cond, "attention_mask", "", layers, group, is_control, redirect=redirect),
+                                     trace=trace, position=pos, clean_life=0 if is_control else life,
+                                     clean_start=start, life=0 if is_control else life, start=start, ref=-1 if
+                                     is_control else start, rng=rng, primary=primary, primary_after=after,
+                                     masked=layers, kl=0.001 if is_control else 0.05)
+    return rows
+
+
+def make_run(folder: Path, *, with_secondary: bool = True, seed: int = 0) -> Path:
+    """Write a run folder like ``intervene run`` does; returns it."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    all_sinks, sink_layers, profiles = [], [], []
+    for trace in range(N_TRACES):
+        primary = _primary_profile(rng)
+        sinks = _sinks_of_trace(trace, rng, with_secondary)
+        all_sinks += sinks
+        for s in sinks:
+            if s["kind"] != "secondary":
+                continue
+            for layer in s["layers"]:
+                score = float(np.exp(-4.5 + 0.9 * np.log(s["mlp_out_norm"]) + 0.1 * (layer - 4)
+                                     + rng.normal(0, 0.1))) * primary[layer]
+                sink_layers.append({"trace": trace, "position": s["position"], "token": s["token"],
+                                    "token_id": s["token_id"], "l_start": s["l_start"], "lifetime": s["lifetime"],
+                                    "censored": s["censored"], "layer": layer, "mlp_out_norm": s["mlp_out_norm"],
+                                    "sink_score": score, "primary_sink_score": float(primary[layer])})
+        med = 1.0 + 0.1 * np.arange(N_LAYERS)
+        profiles.append(pd.DataFrame({
+            "trace": trace, "layer": np.arange(N_LAYERS), "primary_sink_score": primary,
+            "primary_hidden_norm": np.r_[1.0, np.full(N_LAYERS - 1, 300.0)], "median_hidden_norm": med,
+            "primary_key_norm": np.r_[5.0, np.full(N_LAYERS - 1, 0.5)], "median_key_norm": np.full(N_LAYERS, 5.0),
+            "primary_value_norm": np.r_[1.0, np.full(N_LAYERS - 1, 0.05)],
+            "median_value_norm": np.full(N_LAYERS, 1.2)}))
+        rows = _effects_of_trace(trace, sinks, primary, rng) if with_secondary else \
+            _effects_without_sinks(trace, primary, rng)
+        frame = pd.DataFrame(rows)
+        frame = frame[[c for c in _all_columns() if c in frame.columns]]
+        (folder / "effects.parquet").mkdir(exist_ok=True)
+        frame.to_parquet(folder / "effects.parquet" / f"part-{trace:05d}.parquet", index=False)
+    (folder / "clean_sinks.jsonl").write_text("".join(json.dumps(s) + "\n" for s in all_sinks))
+    pd.DataFrame(sink_layers, columns=["trace", "position", "token", "token_id", "l_start", "lifetime", "censored",
+                                       "layer", "mlp_out_norm", "sink_score", "primary_sink_score"]).to_parquet(
+        folder / "sink_layers.parquet", index=False)
+    pd.concat(profiles, ignore_index=True).to_parquet(folder / "clean_profile.parquet", index=False)
+    conditions = sorted(pd.read_parquet(folder / "effects.parquet")["condition"].unique())
+    manifest = {
+        "manifest_version": 1, "kind": "run", "run_id": folder.name, "created_utc": "2026-01-01T00:00:00+00:00",
+        "finished_utc": "2026-01-01T00:01:00+00:00", "command": "intervene run synthetic.yaml", "status": "complete",
+        "versions": {"python": "3.11", "interventions": "0.1.0", "numpy": np.__version__, "pandas": pd.__version__},
+        "tool": {"commit": "0" * 40, "dirty": False}, "traces_completed": list(range(N_TRACES)),
+        "traces_total": N_TRACES, "seed": seed, "spec_name": "synthetic", "spec_hash": "abc123",
+        "spec": {"model": "testbed:synthetic", "dtype": "float32", "device": "cpu", "traces": "testbed",
+                 "description": "synthetic run folder for the report tests"},
+        "model": {"source": "testbed:synthetic", "model_type": "qwen2", "dtype": "float32", "device": "cpu",
+                  "n_layers": N_LAYERS, "n_heads": 4, "n_hidden": 64},
+        "conditions": [{"id": c} for c in conditions], "run_facts": {"modal_l_start": 3, "sink_token_ids": [10]},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def _effects_without_sinks(trace: int, primary: np.ndarray, rng) -> list[dict]:
+    """A random-init model: nothing is a sink, interventions change (almost) nothing."""
+    rows: list[dict] = []
+    for factor in (2.0, 10.0):
+        cond = f"scale.mlp_output.L1.x{factor:g}"
+        rows += _target_rows(_base(cond, "scale", "mlp_output", [1], "the", False, factor), trace=trace, position=3,
+                             clean_life=0, clean_start=-1, life=0, start=-1, ref=1, rng=rng, primary=primary)
+        rows += _target_rows(_base(cond, "scale", "mlp_output", [1], "ctrl", True, factor), trace=trace, position=9,
+                             clean_life=0, clean_start=-1, life=0, start=-1, ref=1, rng=rng, primary=primary)
+    for layer in range(3):
+        rows += _target_rows(_base(f"mean_swap.block_output.L{layer}", "mean_swap", "block_output", [layer], "the",
+                                   False), trace=trace, position=3, clean_life=0, clean_start=-1, life=0, start=-1,
+                             ref=layer, rng=rng, primary=primary)
+    rows += _target_rows(_base("attention_mask.L2+3.redirect-bos", "attention_mask", "", [2, 3], "the", False,
+                               redirect="bos"), trace=trace, position=3, clean_life=0, clean_start=-1, life=0,
+                         start=-1, ref=-1, rng=rng, primary=primary, masked=[2, 3])
+    return rows
+
+
+def _all_columns() -> list[str]:
+    cols = []
+    for c in EFFECT_COLUMNS:
+        cols.append(c)
+        if c in TWINS:
+            cols.append("clean_" + c)
+    return cols
+
+
+# ---------------------------------------------------------------------------------------------
+# tests
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sink_run(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("report") / "20260101-000000-synth", with_secondary=True)
+
+
+def test_synthetic_folder_has_every_effects_column(sink_run):
+    effects = pd.read_parquet(sink_run / "effects.parquet")
+    missing = [c for c in _all_columns() if c not in effects.columns]
+    assert not missing
+    assert set(effects["kind"]) == {"scale", "zero", "mean_swap", "attention_mask"}
+
+
+def test_report_with_sinks_has_every_figure(sink_run):
+    stats, report = analyze_run(sink_run, progress=False)
+    assert report == sink_run / "report.md" and report.exists()
+    text = report.read_text()
+    for name in FIGURES:
+        png = sink_run / "figures" / f"{name}.png"
+        assert f"](figures/{name}.png)" in text, f"{name} not embedded in report.md"
+        assert png.exists() and png.stat().st_size > 1024, f"{png} missing or tiny"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "not drawn" not in text
+    # stats.json round-trips, and the report shows what it holds
+    on_disk = json.loads((sink_run / "stats.json").read_text())
+    assert json.loads(json.dumps(on_disk)) == on_disk
+    assert set(on_disk["verdicts"]) == {"H1", "H2", "H3", "H4"}
+    for key, v in on_disk["verdicts"].items():
+        assert f"**{key}**" in text and v["verdict"] in text
+    assert on_disk["verdicts"]["H1"]["rule"] in text
+    for heading in ("## Provenance", "## Verdicts", "## Key statistics", "### Norm -> sink score",
+                    "### Norm -> lifetime", "### Dose-response", "### Compensation", "### Per-layer effects",
+                    "## Figures", "## How to read this"):
+        assert heading in text
+    assert "abc123" in text and "0" * 40 in text and "testbed:synthetic" in text
+    assert "synthetic: run 20260101-000000-synth" in text
+    assert on_disk["norm_score"]["estimable"] and "pooled slope" in text
+    assert f"layer **{on_disk['compensation']['valley_layer']}**" in text
+    # each figure has a caption stating n
+    for line in text.splitlines():
+        if line.startswith("*fig_"):
+            assert any(ch.isdigit() for ch in line), line
+
+
+def _no_sink_run(tmp_path: Path) -> Path:
+    """A copy of a tiny_demo run when one with today's columns exists, else a synthetic one."""
+    for candidate in sorted(TINY_DEMO.glob("*")) if TINY_DEMO.exists() else []:
+        parts = sorted((candidate / "effects.parquet").glob("part-*.parquet"))
+        if (candidate / "manifest.json").exists() and parts and \
+                "ref_sink_score" in pd.read_parquet(parts[0]).columns:
+            dest = tmp_path / candidate.name
+            shutil.copytree(candidate, dest, ignore=shutil.ignore_patterns("figures", "report.md", "stats.json"))
+            return dest
+    return make_run(tmp_path / "20260101-000000-nosinks", with_secondary=False)
+
+
+def test_report_without_secondary_sinks_renders_with_notes(tmp_path):
+    run = _no_sink_run(tmp_path)
+    stats, report = analyze_run(run, progress=False)
+    text = report.read_text()
+    json.loads((run / "stats.json").read_text())
+    assert "no secondary sinks in the clean run" in text
+    for name in ("fig_levels", "fig_norm_score", "fig_norm_lifetime"):
+        assert f"*{name}* not drawn" in text
+        assert not (run / "figures" / f"{name}.png").exists()
+    for line in text.splitlines():
+        if line.startswith("!["):
+            png = run / line.split("](", 1)[1].rstrip(")")
+            assert png.exists() and png.stat().st_size > 1024
+    assert "fig_norms.png" in text  # the primary sink's norms are still shown
+    assert "drawing failed" not in text
