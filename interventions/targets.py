@@ -31,6 +31,8 @@ class Target:
     """Layer ``l_start`` resolves to for this position (see module docstring)."""
     lifetime: int | None = None
     """Clean lifetime when the position is a secondary sink, else None."""
+    ref_lifetime: int | None = None
+    """Lifetime ``sink_lifetime`` resolves to: its own, or for a matched control its paired target's."""
     clean_kind: str = "none"
     """``primary``, ``secondary`` or ``none`` in the clean run."""
 
@@ -74,13 +76,15 @@ def resolve_targets(target_specs: dict, *, trace: int, token_ids: np.ndarray, to
     by_pos = {s.position: s for s in sinks}
     T = len(token_ids)
 
-    def make(pos: int, name: str, *, control: bool = False, l_start: int | None = None) -> Target:
+    def make(pos: int, name: str, *, control: bool = False, l_start: int | None = None,
+             lifetime: int | None = None) -> Target:
         sink = by_pos.get(pos)
         own = sink is not None and sink.kind == "secondary"
         return Target(position=pos, token_id=int(token_ids[pos]), token=tokens[pos], target_set=name,
                       is_control=control, l_start=sink.l_start if own else (l_start if l_start is not None
                                                                             else facts.modal_l_start),
-                      lifetime=sink.lifetime if own else None, clean_kind=sink.kind if sink else "none")
+                      lifetime=sink.lifetime if own else None,
+                      ref_lifetime=sink.lifetime if own else lifetime, clean_kind=sink.kind if sink else "none")
 
     resolved: dict[str, list[Target]] = {}
     deferred = []
@@ -119,7 +123,8 @@ def resolve_targets(target_specs: dict, *, trace: int, token_ids: np.ndarray, to
         rng = np.random.default_rng([spec.seed, trace])
         n = min(len(matched), len(pool))
         chosen = rng.choice(pool, size=n, replace=False) if n else np.array([], dtype=np.int64)
-        # Pair control i with target i (both sorted by position) so it borrows that target's l_start.
-        resolved[name] = [make(int(p), name, control=True, l_start=m.l_start)
+        # Pair control i with target i (both sorted by position) so it borrows that target's l_start
+        # and lifetime: `layer: l_start` and `layers: sink_lifetime` then edit the same layers.
+        resolved[name] = [make(int(p), name, control=True, l_start=m.l_start, lifetime=m.ref_lifetime)
                           for p, m in zip(sorted(chosen.tolist()), matched)]
     return resolved

@@ -100,7 +100,7 @@ def _base(condition: str, kind: str, site: str, layers: list[int], target_set: s
           factor: float = np.nan, redirect: str = "") -> dict:
     return {"condition": condition, "kind": kind, "site": site, "intervened_layer": layers[0],
             "intervened_layers": ",".join(map(str, layers)), "factor": factor, "redirect": redirect,
-            "target_set": target_set, "is_control": is_control}
+            "target_set": target_set, "is_control": is_control, "non_finite": False}
 
 
 def _effects_of_trace(trace: int, sinks: list[dict], primary: np.ndarray, rng) -> list[dict]:
