@@ -5,7 +5,9 @@ from __future__ import annotations
 import typer
 
 from . import testbed
+from .compare import compare_command
 from .detect import detect_command
+from .experiment import experiment_command
 from .analyze import report_command, stats_command
 from .run import run_command, schema_command, validate_command
 
@@ -39,6 +41,8 @@ app.command("validate")(validate_command)
 app.command("schema")(schema_command)
 app.command("stats")(stats_command)
 app.command("report")(report_command)
+app.command("experiment")(experiment_command)
+app.command("compare")(compare_command)
 app.add_typer(testbed.app, name="testbed")
 
 
