@@ -181,6 +181,26 @@ def attention_column_sums(query, key, attention_mask, scaling, **kwargs) -> torc
     return sums
 
 
+def attention_column_sums_split(query, key, attention_mask, scaling, boundaries, **kwargs
+                                ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """Column sums over all queries, and for each ``b`` in ``boundaries`` over queries ``< b`` and keys ``< b``.
+
+    For a forward from position 0: what a forward over the first ``b`` tokens alone would sum
+    (causal attention: those queries never see a later key), from the same pass.
+    """
+    bsz, heads, q_len, _ = query.shape
+    sums = torch.zeros(bsz, heads, key.shape[2], dtype=torch.float32, device=query.device)
+    pending = sorted({int(b) for b in boundaries if 0 < int(b) <= q_len})
+    partial: dict[int, torch.Tensor] = {}
+    for t0, probs in attention_probabilities(query, key, attention_mask, scaling, **kwargs):
+        t1 = t0 + probs.shape[2]
+        while pending and pending[0] <= t1:  # sums so far are queries < t0; add this block's rows < b
+            b = pending.pop(0)
+            partial[b] = (sums[..., :b] + probs[:, :, :b - t0, :b].sum(dim=-2))
+        sums += probs.sum(dim=-2)
+    return sums, partial
+
+
 def sink_scores_from_column_sums(column_sums: torch.Tensor, q_len: int) -> torch.Tensor:
     """Eq. 1 of the paper: score_k = (1/(T-k)) * sum_{t>=k} a[t,k], for a full causal sequence.
 

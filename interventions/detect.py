@@ -83,6 +83,7 @@ def detect(
     progress: bool = True,
     command: str = "interventions.detect(...)",
     seed: int = 0,
+    force: bool = False,
 ) -> DetectionResult:
     """Detect primary and secondary sinks in every trace.
 
@@ -92,6 +93,7 @@ def detect(
         out: output folder; None keeps everything in memory (``result.observations``).
         config: detection thresholds (:class:`DetectionConfig`).
         overwrite / resume: replace an existing ``out`` / continue an interrupted run there.
+        force: skip the memory check (it refuses when the estimate exceeds free memory).
 
     Returns:
         A :class:`DetectionResult` with the sinks, per-trace, level and token tables.
@@ -115,10 +117,29 @@ def detect(
         from .traces import read_trace_records
 
         read_trace_records(traces, limit=limit)  # fail on a bad file before the model loads
+    tokenizer = None
+    if not isinstance(model, LoadedModel):  # everything that needs no weights is checked first
+        from .adapters import model_dims
+        from .memory import check_memory, estimate_memory
+        from .models import (check_attn_implementation, check_device, load_config, load_tokenizer, resolve_dtype,
+                             resolve_source)
+
+        check_attn_implementation(attn_implementation)
+        check_device(device, dtype)
+        source = resolve_source(model)
+        model_config = load_config(source)
+        tokenizer = load_tokenizer(source)
+        trace_list = traces if isinstance(traces, list) else load_traces(
+            traces, tokenizer, limit=limit, max_tokens=max_tokens, chat_template=chat_template)
+        check_trace_lengths(trace_list, model_dims(model_config))
+        check_memory(estimate_memory(model_config, dtype=resolve_dtype(model_config, dtype, device),
+                                     tokens=max((tr.length for tr in trace_list), default=1), run=False,
+                                     attn_implementation=attn_implementation), device, force=force)
     loaded = model if isinstance(model, LoadedModel) else load_model(
-        model, dtype=dtype, device=device, attn_implementation=attn_implementation)
-    trace_list = traces if isinstance(traces, list) else load_traces(
-        traces, loaded.tokenizer, limit=limit, max_tokens=max_tokens, chat_template=chat_template)
+        model, dtype=dtype, device=device, attn_implementation=attn_implementation, tokenizer=tokenizer)
+    if tokenizer is None:
+        trace_list = traces if isinstance(traces, list) else load_traces(
+            traces, loaded.tokenizer, limit=limit, max_tokens=max_tokens, chat_template=chat_template)
     check_trace_lengths(trace_list, loaded)
 
     settings = {"model": loaded.describe(), "detection": asdict(config), "chat_template": chat_template,

@@ -2,11 +2,17 @@
 
 Attention is causal and every edit acts at target positions (or removes target keys), so
 nothing before the first edited position ``p0`` can change. An intervened forward therefore
-runs only positions ``p0..T-1`` over a KV cache of the clean prefix, computed once per ``p0``
-and cropped back after each use. What the suffix cannot see by itself is stitched in from the
-clean prefix: the per-layer reference (BOS) vectors for cosines, the profile rows of the prefix
-positions, and the prefix queries' attention column sums (sink scores are sums over queries).
-``reuse_prefix=False`` runs the naive full forward; tests check both give the same numbers.
+runs only positions ``p0..T-1`` over a KV cache of the clean prefix. What the suffix cannot see
+by itself is stitched in from the clean prefix: the per-layer reference (BOS) vectors for
+cosines, the profile rows of the prefix positions, and the prefix queries' attention column
+sums (sink scores are sums over queries).
+
+The prefix comes for free when the first edited positions are known before the clean forward
+(``starts``): the clean forward keeps its KV cache and, for each start ``b``, the column sums of
+its queries before ``b``; a suffix then runs over the clean cache cut at ``b``. Any other start
+costs one prefix forward (kept for up to ``MAX_PREFIXES`` starts), as does a model whose cache
+has sliding-window layers. ``reuse_prefix=False`` runs the naive full forward; tests check all
+paths give the same numbers.
 """
 
 from __future__ import annotations
@@ -27,12 +33,20 @@ def _column_sums_to_scores(column_sums: np.ndarray) -> np.ndarray:
 class TraceExecutor:
     """Clean and intervened forwards of one trace, with the clean prefix reused."""
 
-    def __init__(self, loaded: LoadedModel, token_ids, *, reuse_prefix: bool = True, block_size: int = 256):
+    def __init__(self, loaded: LoadedModel, token_ids, *, reuse_prefix: bool = True, block_size: int = 256,
+                 starts=()):
+        """
+        Args:
+            starts: first edited positions of the intervened forwards to come (see
+                :func:`first_position`); the clean forward then also serves as their prefix.
+        """
         self.loaded = loaded
         self.ids = torch.as_tensor(token_ids, dtype=torch.long, device=loaded.input_device)[None]
         self.reuse_prefix = reuse_prefix
         self.block_size = block_size
+        self.starts = tuple(sorted({int(p) for p in starts if 0 < int(p) < self.length})) if reuse_prefix else ()
         self._prefixes: dict[int, tuple[object, Observation]] = {}
+        self._clean_cache = None
         self.clean_observation: Observation | None = None
         self.forwards = {"full": 0, "prefix": 0, "suffix": 0, "tokens": 0, "naive_tokens": 0}
 
@@ -52,10 +66,9 @@ class TraceExecutor:
         """A forward with ``edits`` applied, as a full-length observation with logits."""
         plan = compile_edits(self.loaded, edits)
         self.forwards["naive_tokens"] += self.length
-        positions = [p for e in plan.module_edits + plan.attention_edits for p in e.positions]
-        if not positions:
+        p0 = first_position(plan.module_edits + plan.attention_edits)
+        if p0 is None:
             return self.clean()
-        p0 = min(positions)
         if not self.reuse_prefix or p0 < 1:
             return self._full(plan)
         return self._suffix(plan, p0)
@@ -64,11 +77,17 @@ class TraceExecutor:
     def _full(self, plan) -> Observation:
         self.forwards["full"] += 1
         self.forwards["tokens"] += self.length
-        with Observer(self.loaded, block_size=self.block_size) as observer:
+        keep = plan is None and bool(self.starts)  # the clean forward doubles as the prefix of every start
+        with Observer(self.loaded, block_size=self.block_size,
+                      column_sum_boundaries=self.starts if keep else ()) as observer:
             if plan is None:
-                out = self.loaded.model(input_ids=self.ids, use_cache=False)
+                out = self.loaded.model(input_ids=self.ids, use_cache=keep)
             else:
                 out = plan.forward(0, input_ids=self.ids, use_cache=False)
+        if keep:
+            cache = out.past_key_values
+            if all(not getattr(layer, "is_sliding", False) for layer in getattr(cache, "layers", [None])):
+                self._clean_cache = cache
         return observer.collect(self.ids[0].tolist(), out.logits[0])
 
     MAX_PREFIXES = 2
@@ -85,14 +104,30 @@ class TraceExecutor:
             self._prefixes[p0] = (out.past_key_values, observer.collect(self.ids[0, :p0].tolist()))
         return self._prefixes[p0]
 
+    def _clean_prefix(self, p0: int):
+        """(cache, column sums [L, H, p0], references) of the first p0 clean tokens, from the clean forward."""
+        from transformers import DynamicCache
+
+        clean = self.clean()
+        if self._clean_cache is None or clean.prefix_column_sums is None or p0 not in clean.prefix_column_sums:
+            return None
+        cache = DynamicCache(ddp_cache_data=[(layer.keys[:, :, :p0], layer.values[:, :, :p0])
+                                             for layer in self._clean_cache.layers])
+        return cache, clean.prefix_column_sums[p0], clean.references
+
     def _suffix(self, plan, p0: int) -> Observation:
-        cache, prefix = self._prefix_state(p0)
+        reused = self._clean_prefix(p0)
+        if reused is not None:
+            cache, prefix_sums, references = reused
+        else:
+            cache, prefix = self._prefix_state(p0)
+            prefix_sums, references = prefix.column_sums, prefix.references
         clean = self.clean()
         self.forwards["suffix"] += 1
         self.forwards["tokens"] += self.length - p0
         try:
             with Observer(self.loaded, block_size=self.block_size, keep_column_sums=True,
-                          references=prefix.references) as observer:
+                          references=references) as observer:
                 out = plan.forward(p0, input_ids=self.ids[:, p0:], past_key_values=cache, use_cache=True)
             suffix = observer.collect(self.ids[0, p0:].tolist())
         finally:
@@ -103,8 +138,14 @@ class TraceExecutor:
         # Positions before p0 cannot change: take them from the clean forward itself (bit-identical).
         profiles = {k: np.concatenate([clean.profiles[k][:, :p0], suffix.profiles[k]], axis=1) for k in suffix.profiles}
         sums = suffix.column_sums.copy()  # [L, H, T]: suffix queries over all keys
-        sums[..., :p0] += prefix.column_sums
+        sums[..., :p0] += prefix_sums
         logits = torch.cat([clean.logits[:p0], out.logits[0].to(clean.logits.dtype)], dim=0)
         assert logits.shape[0] == T
         return Observation(token_ids=clean.token_ids, profiles=profiles, sink_scores=_column_sums_to_scores(sums),
-                           logits=logits, references=prefix.references)
+                           logits=logits, references=references)
+
+
+def first_position(edits: list[Edit]) -> int | None:
+    """The first position an edit list touches: nothing before it can change (None: no edit)."""
+    positions = [p for e in edits for p in e.positions]
+    return min(positions) if positions else None

@@ -41,17 +41,57 @@ def per_layer(obs: Observation, config: DetectionConfig, *, primary_position: in
     }
 
 
+DIVERGENCE_CHUNK = 1024
+"""Positions per chunk in :func:`next_token_divergence` (bounds its float32 T x vocab temporaries)."""
+
+
 def next_token_divergence(clean_logits: torch.Tensor, logits: torch.Tensor, token_ids) -> tuple[np.ndarray, np.ndarray]:
     """Per position t: KL(clean || intervened) of the next-token distribution, and the change in
     NLL of the actual next token (intervened minus clean; NaN at the last position)."""
-    lp_clean = torch.log_softmax(clean_logits.float(), dim=-1)
-    lp = torch.log_softmax(logits.float(), dim=-1)
-    kl = (lp_clean.exp() * (lp_clean - lp)).sum(-1).clamp_min(0).cpu().numpy()
-    ids = torch.as_tensor(np.asarray(token_ids), device=lp.device)
-    nxt = ids[1:, None]
-    delta = torch.full((lp.shape[0],), float("nan"))
-    delta[:-1] = (lp_clean[:-1].gather(1, nxt) - lp[:-1].gather(1, nxt))[:, 0].cpu()
-    return kl.astype(np.float64), delta.numpy().astype(np.float64)
+    T = clean_logits.shape[0]
+    ids = torch.as_tensor(np.asarray(token_ids), device=logits.device)
+    kl = np.empty(T, dtype=np.float64)
+    delta = np.full(T, np.nan, dtype=np.float64)
+    for t0 in range(0, T, DIVERGENCE_CHUNK):  # float32 log-softmaxes of T x vocab would dwarf the logits
+        t1 = min(T, t0 + DIVERGENCE_CHUNK)
+        lp_clean = torch.log_softmax(clean_logits[t0:t1].to(logits.device).float(), dim=-1)
+        lp = torch.log_softmax(logits[t0:t1].float(), dim=-1)
+        kl[t0:t1] = (lp_clean.exp() * (lp_clean - lp)).sum(-1).clamp_min(0).cpu().numpy()
+        n = min(t1, T - 1) - t0  # rows with a next token
+        if n > 0:
+            nxt = ids[t0 + 1:t0 + 1 + n, None]
+            delta[t0:t0 + n] = (lp_clean[:n].gather(1, nxt) - lp[:n].gather(1, nxt))[:, 0].cpu().numpy()
+    return kl, delta
+
+
+def first_non_finite(obs: Observation, clean: Observation) -> dict | None:
+    """Where an intervened forward first went NaN/inf while the clean one stayed finite, else None.
+
+    Returns ``{"quantity", "layer", "position", "value"}`` for the earliest layer (then position)
+    over every profile, the sink scores and the logits (layer = number of layers for logits).
+    """
+    found = []
+    L = obs.n_layers
+    arrays = dict(obs.profiles)
+    arrays["sink_score"] = obs.sink_scores
+    for name, values in arrays.items():
+        ref = clean.profiles.get(name) if name != "sink_score" else clean.sink_scores
+        bad = ~np.isfinite(values) & (np.isfinite(ref) if ref is not None and ref.shape == values.shape else True)
+        if bad.any():
+            hit = np.argwhere(bad)[0]
+            found.append((int(hit[0]), int(hit[-1]), name, float(values[tuple(hit)])))
+    if obs.logits is not None:
+        bad = ~torch.isfinite(obs.logits).all(dim=-1)
+        if clean.logits is not None and clean.logits.shape == obs.logits.shape:
+            bad &= torch.isfinite(clean.logits).all(dim=-1).to(bad.device)
+        if bool(bad.any()):
+            pos = int(torch.nonzero(bad)[0, 0])
+            row = obs.logits[pos].float()
+            found.append((L, pos, "logits", float(row[~torch.isfinite(row)][0])))
+    if not found:
+        return None
+    layer, position, name, value = min(found)
+    return {"quantity": name, "layer": layer, "position": position, "value": str(value)}
 
 
 def mean_after(values: np.ndarray, position: int) -> float:

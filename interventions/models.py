@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,9 @@ from .errors import UserError
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("cpu", "cuda", "auto")
 TESTBED_PREFIX = "testbed:"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt", "tekken.json")
+"""A local model folder needs one of these (transformers 5 silently builds an empty tokenizer without)."""
+_REMOTE_CODE_WARNED: set[str] = set()
 
 
 @dataclass
@@ -101,6 +103,11 @@ def load_config(source: ModelSource, *, trust_remote_code: bool = False):
     """Read only the config (fast, no weights) and check the architecture is supported."""
     from transformers import AutoConfig
 
+    if trust_remote_code and source.given not in _REMOTE_CODE_WARNED:
+        from .progress import warn
+
+        _REMOTE_CODE_WARNED.add(source.given)
+        warn(f"trust_remote_code is on: code shipped with {source.given} will run on this machine")
     try:
         config = AutoConfig.from_pretrained(
             source.path, gguf_file=source.gguf_file, revision=source.revision, trust_remote_code=trust_remote_code
@@ -130,13 +137,92 @@ def _folder_identity(folder: Path) -> dict:
     return {"folder_sha256": digest.hexdigest()[:16]}
 
 
+def check_attn_implementation(name: str) -> None:
+    if name not in BASE_IMPLEMENTATIONS:
+        raise UserError(f"{name!r} cannot be hooked for sink scores or masking (they need the query and key the "
+                        f"attention function receives); use one of {', '.join(BASE_IMPLEMENTATIONS)}",
+                        field="attn_implementation")
+
+
 def check_device(device: str, dtype: str) -> None:
     if device not in DEVICES and not device.startswith("cuda:"):
         raise UserError(f"device {device!r} is not one of {', '.join(DEVICES)} (or cuda:N)", field="device")
-    if (device.startswith("cuda") or device == "auto") and not torch.cuda.is_available() and device != "auto":
+    if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {device!r} was asked for but no CUDA GPU is visible; use device: cpu", field="device")
+    if device.startswith("cuda:"):
+        index = device.split(":", 1)[1]
+        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+            raise UserError(f"device {device!r} does not exist: {torch.cuda.device_count()} GPU(s) visible, "
+                            f"use cuda:0..cuda:{torch.cuda.device_count() - 1}", field="device")
     if dtype != "auto" and dtype not in DTYPES:
         raise UserError(f"dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}", field="dtype")
+    if dtype in ("bfloat16", "float16"):
+        check_dtype_supported(DTYPES[dtype], "cpu" if device == "cpu" or not torch.cuda.is_available() else device)
+
+
+def _dtype_probe(torch_dtype: torch.dtype, device: str) -> str | None:
+    """Run the operations a forward needs in ``torch_dtype`` on ``device``; the error text, or None if they work."""
+    if device.startswith("cuda") or device == "auto":
+        if torch_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            return "this GPU has no bfloat16 support"
+        return None
+    try:
+        x = torch.randn(4, 8).to(torch_dtype)
+        w = torch.randn(8, 8).to(torch_dtype)
+        y = torch.nn.functional.silu(x @ w)
+        torch.nn.functional.scaled_dot_product_attention(y[None, None], y[None, None], y[None, None], is_causal=True)
+        torch.softmax(y, dim=-1).float().sum().item()
+    except (RuntimeError, TypeError, NotImplementedError) as exc:
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return None
+
+
+_DTYPE_PROBES: dict[tuple, str | None] = {}
+
+
+def check_dtype_supported(torch_dtype: torch.dtype, device: str = "cpu") -> None:
+    """Refuse a dtype the device cannot compute in (probed once by running a matmul, sdpa and softmax in it)."""
+    key = (torch_dtype, device)
+    if key not in _DTYPE_PROBES:
+        _DTYPE_PROBES[key] = _dtype_probe(torch_dtype, device)
+    problem = _DTYPE_PROBES[key]
+    if problem is not None:
+        name = str(torch_dtype).replace("torch.", "")
+        fix = "use dtype: float32 (or auto)" if device == "cpu" else "use dtype: float16 or float32"
+        raise UserError(f"{name} does not work on {device} here ({problem}); {fix}", field="dtype")
+
+
+def resolve_dtype(config, dtype: str, device: str) -> torch.dtype:
+    """The torch dtype ``load_model`` uses: ``auto`` is float32 on CPU and the checkpoint's dtype on GPU."""
+    if dtype != "auto":
+        return DTYPES[dtype]
+    if device == "cpu":
+        return torch.float32
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    found = getattr(text, "dtype", None) or getattr(text, "torch_dtype", None)
+    if isinstance(found, str):
+        found = DTYPES.get(found.replace("torch.", ""))
+    return found if isinstance(found, torch.dtype) else torch.float32
+
+
+def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False):
+    """The tokenizer of ``source`` (no weights); a folder without tokenizer files is one clear error."""
+    from transformers import AutoTokenizer
+
+    folder = Path(source.path)
+    if source.is_local and source.gguf_file is None and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise UserError(f"model folder {source.given} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); "
+                        "save the tokenizer into it (tokenizer.save_pretrained(folder))", field="model")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file, revision=source.revision,
+                                                  trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserError(f"cannot load the tokenizer of {source.given!r} ({str(exc).splitlines()[0]}); the model folder "
+                        "needs tokenizer files (tokenizer.json or vocab/merges)", field="model") from None
+    if len(tokenizer) < 2:
+        raise UserError(f"the tokenizer of {source.given!r} is empty ({len(tokenizer)} tokens); the model folder needs "
+                        "its tokenizer files (tokenizer.json or vocab/merges)", field="model")
+    return tokenizer
 
 
 def load_model(
@@ -147,6 +233,7 @@ def load_model(
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
     revision: str | None = None,
+    tokenizer=None,
 ) -> LoadedModel:
     """Load a decoder-only causal LM for observation and interventions.
 
@@ -161,34 +248,23 @@ def load_model(
             and attention masking work with either.
         trust_remote_code: run code shipped with the checkpoint; off unless asked.
         revision: hub revision (branch, tag or commit) to pin.
+        tokenizer: an already loaded tokenizer of this model (``load_tokenizer``), to skip loading it again.
     """
-    if attn_implementation not in BASE_IMPLEMENTATIONS:
-        raise UserError(f"attention implementation {attn_implementation!r} cannot be hooked for sink scores "
-                        f"or masking; use one of {', '.join(BASE_IMPLEMENTATIONS)}", field="attn_implementation")
+    check_attn_implementation(attn_implementation)
     check_device(device, dtype)
     source = resolve_source(model, revision=revision)
     config = load_config(source, trust_remote_code=trust_remote_code)
     adapter = adapter_for(config)
-    if trust_remote_code:
-        warnings.warn(f"trust_remote_code is on: code shipped with {model} will run", stacklevel=2)
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own rich progress is the one to watch
 
-    on_gpu = device != "cpu"
-    if dtype == "auto":
-        torch_dtype = getattr(config, "torch_dtype", None) if on_gpu else torch.float32
-        torch_dtype = torch_dtype if isinstance(torch_dtype, torch.dtype) else torch.float32
-    else:
-        torch_dtype = DTYPES[dtype]
+    torch_dtype = resolve_dtype(config, dtype, device)
     common = dict(gguf_file=source.gguf_file, revision=source.revision, trust_remote_code=trust_remote_code)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source.path, **common)
-    except (OSError, ValueError, TypeError) as exc:
-        raise UserError(f"cannot load the tokenizer of {model!r} ({str(exc).splitlines()[0]}); the model folder "
-                        "needs tokenizer files (tokenizer.json or vocab/merges)", field="model") from None
+    if tokenizer is None:
+        tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
     hf_model = AutoModelForCausalLM.from_pretrained(
         source.path,
         dtype=torch_dtype,

@@ -39,4 +39,4 @@ def track(items: Iterable[T], *, description: str, enabled: bool = True, unit: s
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+    console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)

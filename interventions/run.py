@@ -1,14 +1,21 @@
 """The ``intervene run`` job: a spec's conditions against the clean model, measured per target.
 
-Phase 1 observes every trace cleanly and detects its sinks (run-level facts such as the
-model's usual ``l_start`` need all traces). Phase 2 goes trace by trace: resolve targets,
-run each condition's edits (targets and controls in separate forwards, so a control never
-sees a target's edit), measure, and write the trace's rows atomically.
+Every check that needs no weights runs first (:func:`prepare`: spec vs config, tokenizer,
+traces, memory estimate, output folder). Phase 1 observes every trace cleanly and detects its
+sinks (run-level facts such as the model's usual ``l_start`` need all traces) and resolves every
+target set; only then, with nothing left to refuse, does the run folder appear. Phase 2 goes
+trace by trace: run each condition's edits (targets and controls in separate forwards, so a
+control never sees a target's edit), measure, and write the trace's rows atomically, then mark
+the trace done in the manifest. ``--resume`` reloads phase 1 (``clean_sinks.jsonl``) and skips
+the traces done. Under torchrun, rank r runs the traces i with i % world_size == r and keeps
+``manifest.rank-<r>.json``; rank 0 merges (see :mod:`interventions.distributed`).
 
 Run folder ``results/<spec name>/<run id>/``::
 
     spec.yaml            the spec as written
-    manifest.json        spec hash, model identity, versions, seed, timings per condition, traces done
+    manifest.json        spec hash, model identity, versions, seed, timings per condition, traces done,
+                         memory estimate, non-finite events
+    manifest.rank-K.json progress of rank K (torchrun runs only)
     clean_sinks.jsonl    sinks of the clean run (as ``intervene detect`` writes them)
     sink_layers.parquet  one row per clean secondary sink x layer of its life (for the norm fits)
     clean_profile.parquet per (trace, layer): primary sink score, median token norm (compensation)
@@ -30,8 +37,8 @@ import pandas as pd
 from .compiler import Edit
 from .detection import DetectionConfig, Sink, detect_sinks
 from .errors import SpecError, UserError
-from .execute import TraceExecutor
-from .measures import next_token_divergence, per_layer, target_rows
+from .execute import TraceExecutor, first_position
+from .measures import first_non_finite, next_token_divergence, per_layer, target_rows
 from .progress import track, warn
 from .store import (Manifest, check_output_dir, new_run_id, part_name, prepare_output_dir, write_parquet_atomic,
                     write_text_atomic)
@@ -68,6 +75,7 @@ EFFECT_COLUMNS = {
     "delta_nll": "mean change in NLL of the actual next tokens at positions >= target",
     "suppressed": "target was a sink in the clean run and is none after the intervention",
     "masked": "attention_mask: this layer is one of the layers masked for this target",
+    "non_finite": "the intervened forward produced NaN/inf where the clean one is finite (see manifest non_finite)",
 }
 """Each measure also has a ``clean_`` twin (the same measure in the clean run)."""
 
@@ -102,17 +110,36 @@ def _spec_records(spec, truth_folder: str | None):
     return read_trace_records(spec.traces, limit=spec.limit)
 
 
-def prepare(spec, *, results_root: Path = Path("results"), run_dir: Path | None = None, overwrite: bool = False,
-            resume: bool = False):
-    """Every check that needs no weights: spec vs model config, traces, output folder.
+@dataclass
+class Prepared:
+    """What :func:`prepare` checked and read, all without weights."""
 
-    Returns (source, dims, records, out). Raises SpecError / UserError with one line per problem.
+    source: object
+    config: object
+    dims: dict
+    tokenizer: object
+    traces: list
+    out: Path
+    device: str
+    memory: object
+
+
+def prepare(spec, *, results_root: Path = Path("results"), run_dir: Path | None = None, overwrite: bool = False,
+            resume: bool = False, force: bool = False, run_id: str | None = None, ranks=None) -> Prepared:
+    """Every check that needs no weights: spec vs model config, tokenizer, traces, memory, output folder.
+
+    Raises SpecError / UserError with one line per problem; nothing is written.
     """
     from .adapters import model_dims
-    from .models import check_device, load_config, resolve_source
+    from .detect import check_trace_lengths
+    from .distributed import Ranks
+    from .memory import check_memory, estimate_memory
+    from .models import check_device, load_config, load_tokenizer, resolve_dtype, resolve_source
     from .spec import check_against_model
+    from .traces import traces_from_records
 
-    check_device(spec.device, spec.dtype)
+    device = (ranks or Ranks()).device(spec.device)
+    check_device(device, spec.dtype)
     source = resolve_source(spec.model, revision=getattr(spec, "revision", None))
     config = load_config(source, trust_remote_code=spec.trust_remote_code)
     dims = model_dims(config)
@@ -120,26 +147,64 @@ def prepare(spec, *, results_root: Path = Path("results"), run_dir: Path | None 
     if problems:
         raise SpecError(problems)
     records = _spec_records(spec, source.path)
-    out = run_dir if run_dir is not None else results_root / spec.name / new_run_id()
+    tokenizer = load_tokenizer(source, trust_remote_code=spec.trust_remote_code)
+    traces = traces_from_records(records, tokenizer, max_tokens=spec.max_tokens, chat_template=spec.chat_template)
+    check_trace_lengths(traces, dims)
+    for name, target in spec.targets.items():  # a multi-token string fails now, not mid-run
+        if getattr(target, "tokens", None):
+            token_ids_for(tokenizer, target.tokens, field=f"targets.{name}.tokens")
+    memory = estimate_memory(config, dtype=resolve_dtype(config, spec.dtype, device),
+                             tokens=max((tr.length for tr in traces), default=1),
+                             attn_implementation=spec.attn_implementation)
+    check_memory(memory, device, force=force)
+    out = run_dir if run_dir is not None else results_root / spec.name / (run_id or new_run_id())
     if resume:
         if not (out / "manifest.json").exists():
             raise UserError(f"{out} has no manifest.json to resume from", field="resume")
         previous = Manifest.load(out / "manifest.json")
         if previous.get("spec_hash") != spec.spec_hash:
             raise UserError(f"{out} was made from a different spec (hash {previous.get('spec_hash')} vs "
-                            f"{spec.spec_hash}); start a new run or pass --overwrite", field="resume")
-    check_output_dir(out, overwrite=overwrite, resume=resume)
-    return source, dims, records, out
+                            f"{spec.spec_hash}); start a new run, or replace it with --run-dir {out} --overwrite",
+                            field="resume")
+    check_output_dir(out, overwrite=overwrite, resume=resume,
+                     option="--run-dir" if run_dir is not None else "--results")
+    return Prepared(source, config, dims, tokenizer, traces, out, device, memory)
 
 
 def _needs_l_start(conditions) -> list[str]:
     return [c.id for c in conditions if isinstance(c.layer, str) and c.layer.startswith("l_start")]
 
 
+def completed_traces(out: Path) -> set[int]:
+    """Traces whose results are on disk: the run manifest's list and every rank's (``manifest.rank-K.json``)."""
+    done: set[int] = set()
+    for path in [out / "manifest.json", *sorted(out.glob("manifest.rank-*.json"))]:
+        if path.exists():
+            done |= set(Manifest.load(path).get("traces_completed", []))
+    return done
+
+
+def _load_clean_sinks(out: Path) -> dict[int, list[Sink]] | None:
+    """Phase 1 of an interrupted run (``clean_sinks.jsonl`` is written whole, after the clean pass)."""
+    path = out / "clean_sinks.jsonl"
+    if not path.exists():
+        return None
+    sinks: dict[int, list[Sink]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            s = Sink(**json.loads(line))
+            sinks.setdefault(s.trace, []).append(s)
+    return sinks
+
+
 def run_spec(spec, *, results_root: Path | str = "results", run_dir: Path | str | None = None,
              overwrite: bool = False, resume: bool = False, progress: bool = True, report: bool | None = None,
-             reuse_prefix: bool = True, command: str = "interventions.run_spec(...)") -> RunResult:
+             reuse_prefix: bool = True, force: bool = False, command: str = "interventions.run_spec(...)") -> RunResult:
     """Run every condition of ``spec`` (a :class:`~interventions.spec.Spec` or a YAML path).
+
+    Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) each process runs the traces ``i`` with
+    ``i % WORLD_SIZE == RANK`` into the same run folder, and rank 0 merges (see
+    :mod:`interventions.distributed`). ``force`` skips the memory check.
 
     Example:
         >>> from interventions import run_spec
@@ -148,117 +213,172 @@ def run_spec(spec, *, results_root: Path | str = "results", run_dir: Path | str 
     """
     import torch
 
+    from .distributed import ranks_from_env
     from .models import load_model
+    from .observe import observe_tokens
     from .spec import load_spec
-    from .traces import traces_from_records
 
     if not hasattr(spec, "spec_hash"):
         spec = load_spec(spec)
+    ranks = ranks_from_env().start()
+    if ranks.active and spec.uses_testbed:  # rank 0 builds a testbed model once; the others then read it
+        from .models import resolve_source
+
+        ranks.agree(lambda: resolve_source(spec.model) if ranks.is_main else None)
     run_dir = Path(run_dir) if run_dir is not None else None
-    source, dims, records, out = prepare(spec, results_root=Path(results_root), run_dir=run_dir,
-                                         overwrite=overwrite, resume=resume)
+    run_id = ranks.broadcast(new_run_id())  # one run folder for every rank
+    prep = ranks.agree(lambda: prepare(spec, results_root=Path(results_root), run_dir=run_dir, overwrite=overwrite,
+                                       resume=resume, force=force, run_id=run_id, ranks=ranks))
+    out, traces = prep.out, prep.traces
+    progress = progress and ranks.is_main
     conditions = spec.conditions()
     config = DetectionConfig(**spec.detection.model_dump())
     torch.manual_seed(spec.seed)
     np.random.seed(spec.seed)
 
     t_load = time.perf_counter()
-    loaded = load_model(spec.model, dtype=spec.dtype, device=spec.device, attn_implementation=spec.attn_implementation,
-                        trust_remote_code=spec.trust_remote_code, revision=getattr(spec, "revision", None))
-    traces = traces_from_records(records, loaded.tokenizer, max_tokens=spec.max_tokens,
-                                 chat_template=spec.chat_template)
-    from .detect import check_trace_lengths
-
-    check_trace_lengths(traces, loaded)
-    for name, target in spec.targets.items():  # a multi-token string fails now, not mid-run
-        if getattr(target, "tokens", None):
-            token_ids_for(loaded.tokenizer, target.tokens, field=f"targets.{name}.tokens")
+    loaded = load_model(spec.model, dtype=spec.dtype, device=prep.device, attn_implementation=spec.attn_implementation,
+                        trust_remote_code=spec.trust_remote_code, revision=getattr(spec, "revision", None),
+                        tokenizer=prep.tokenizer)
     load_s = time.perf_counter() - t_load
+    if ranks.is_main:
+        for tr in traces:
+            for w in tr.warnings:
+                warn(w)
 
-    done: set[int] = set()
-    if resume:
-        done = set(Manifest.load(out / "manifest.json").get("traces_completed", []))
-    prepare_output_dir(out, overwrite=overwrite, resume=resume)
-    write_text_atomic(out / "spec.yaml", spec.raw_text or json.dumps(spec.model_dump(), indent=2))
+    # Phase 1: clean detection over all traces (each rank observes its share), or the interrupted run's.
+    t0 = time.perf_counter()
+    tokens = {tr.index: _decode(loaded.tokenizer, tr.token_ids) for tr in traces}
+    clean_sinks = _load_clean_sinks(out) if resume else None
+    if clean_sinks is None:
+        local: dict[int, list[Sink]] = {}
+        for tr in track([tr for tr in traces if ranks.owns(tr.index)], description="clean pass", enabled=progress):
+            obs = observe_tokens(loaded, tr.token_ids)
+            local[tr.index] = detect_sinks(obs, trace=tr.index, tokens=tokens[tr.index], config=config)
+        clean_sinks = {i: s for part in ranks.gather(local) for i, s in part.items()}
+    clean_pass_s = time.perf_counter() - t0
+    all_sinks = [s for i in sorted(clean_sinks) for s in clean_sinks[i]]
+    facts = RunFacts.from_sinks(all_sinks)
+    needing = _needs_l_start(conditions)
+    if needing and facts.modal_l_start is None:
+        raise UserError(f"conditions {', '.join(needing)} use layer l_start, but the clean run found no secondary "
+                        "sink to take it from; give an integer layer instead", field="interventions")
+    sets = {tr.index: resolve_targets(spec.targets, trace=tr.index, token_ids=np.asarray(tr.token_ids),
+                                      tokens=tokens[tr.index], sinks=clean_sinks.get(tr.index, []), facts=facts,
+                                      tokenizer=loaded.tokenizer) for tr in traces}
+    if not any(_edits_for(c, group, None, prep.dims["layers"])[0]
+               for s in sets.values() for c in conditions for _, group in _groups(c, s)):
+        raise UserError("every target set resolved to no position in every trace; check the targets "
+                        "(e.g. no secondary sink was detected)", field="targets")
+    empty_sets: dict[str, int] = {}
+    for s in sets.values():
+        for name, members in s.items():
+            if not members:
+                empty_sets[name] = empty_sets.get(name, 0) + 1
+    if ranks.is_main:
+        for name, count in empty_sets.items():
+            warn(f"targets.{name} resolved to no position in {count} of {len(traces)} traces")
+
+    # Only now, with every check passed, does the run folder appear.
+    done = completed_traces(out) if resume else set()
+    previous = Manifest.load(out / "manifest.json") if resume else {}
     manifest = Manifest(out / "manifest.json", command=command, kind="run", run_id=out.name, seed=spec.seed,
                         spec_name=spec.name, spec_hash=spec.spec_hash, spec=json.loads(spec.canonical_json()),
                         model=loaded.describe(), detection=config.__dict__, conditions=[c.to_dict() for c in conditions],
-                        traces_total=len(traces), reuse_prefix=reuse_prefix)
+                        traces_total=len(traces), reuse_prefix=reuse_prefix, world_size=ranks.world_size,
+                        memory_estimate={**prep.memory.parts, "total": prep.memory.total_bytes},
+                        resumes=previous.get("resumes", 0) + bool(resume), empty_target_sets=empty_sets,
+                        run_facts={"modal_l_start": facts.modal_l_start,
+                                   "sink_token_ids": sorted(facts.sink_token_ids)})
     manifest.data["traces_completed"] = sorted(done)
-    manifest.data["timings"]["load_s"] = round(load_s, 3)
-    manifest.save()
-    for tr in traces:
-        for w in tr.warnings:
-            warn(w)
+    manifest.data["timings"].update(load_s=round(load_s, 3), clean_pass_s=round(clean_pass_s, 3),
+                                    per_trace_s=previous.get("timings", {}).get("per_trace_s", {}))
+    if ranks.is_main:
+        prepare_output_dir(out, overwrite=overwrite, resume=resume)
+        write_text_atomic(out / "spec.yaml", spec.raw_text or json.dumps(spec.model_dump(), indent=2))
+        write_text_atomic(out / "clean_sinks.jsonl", "".join(json.dumps(s.to_dict()) + "\n" for s in all_sinks))
+        manifest.save()
+    ranks.barrier()
+    # Progress: each rank keeps its own manifest; one process writes manifest.json directly.
+    shard = manifest if not ranks.active else Manifest(
+        out / f"manifest.rank-{ranks.rank}.json", command=command, kind="run-shard", run_id=out.name,
+        rank=ranks.rank, world_size=ranks.world_size, spec_hash=spec.spec_hash)
 
     condition_s: dict[str, float] = {c.id: 0.0 for c in conditions}
+    forwards = {"full": 0, "prefix": 0, "suffix": 0, "tokens": 0, "naive_tokens": 0}
+    non_finite: list[dict] = []
     try:
-        # Phase 1: clean detection over all traces.
-        t0 = time.perf_counter()
-        from .observe import observe_tokens
-
-        clean_sinks: dict[int, list[Sink]] = {}
-        for tr in track(traces, description="clean pass", enabled=progress):
-            obs = observe_tokens(loaded, tr.token_ids)
-            clean_sinks[tr.index] = detect_sinks(obs, trace=tr.index, tokens=_decode(loaded.tokenizer, tr.token_ids),
-                                                 config=config)
-        all_sinks = [s for v in clean_sinks.values() for s in v]
-        facts = RunFacts.from_sinks(all_sinks)
-        needing = _needs_l_start(conditions)
-        if needing and facts.modal_l_start is None:
-            raise UserError(f"conditions {', '.join(needing)} use layer l_start, but the clean run found no secondary "
-                            "sink to take it from; give an integer layer instead", field="interventions")
-        manifest.data["timings"]["clean_pass_s"] = round(time.perf_counter() - t0, 3)
-        manifest.update(run_facts={"modal_l_start": facts.modal_l_start,
-                                   "sink_token_ids": sorted(facts.sink_token_ids)})
-        write_text_atomic(out / "clean_sinks.jsonl", "".join(json.dumps(s.to_dict()) + "\n" for s in all_sinks))
-
         # Phase 2: conditions, trace by trace.
-        n_targets = 0
-        empty_sets: dict[str, int] = {}
-        forwards = {"full": 0, "prefix": 0, "suffix": 0, "tokens": 0, "naive_tokens": 0}
-        for tr in track(traces, description=f"{len(conditions)} conditions", enabled=progress):
-            if tr.index in done:
-                continue
+        mine = [tr for tr in traces if ranks.owns(tr.index) and tr.index not in done]
+        for tr in track(mine, description=f"{len(conditions)} conditions", enabled=progress):
             t_trace = time.perf_counter()
-            rows, downstream, extra, n = _run_trace(loaded, tr, spec, conditions, config, facts, condition_s,
-                                                    reuse_prefix, forwards)
-            for name in extra["empty_sets"]:
-                empty_sets[name] = empty_sets.get(name, 0) + 1
-            n_targets += n
+            rows, downstream, extra = _run_trace(loaded, tr, conditions, config, clean_sinks.get(tr.index, []),
+                                                 sets[tr.index], condition_s, reuse_prefix, forwards, non_finite)
             write_parquet_atomic(out / "effects.parquet" / part_name(tr.index), pd.DataFrame(rows))
             write_parquet_atomic(out / "downstream.parquet" / part_name(tr.index), pd.DataFrame(downstream))
             write_parquet_atomic(out / "parts" / "sink_layers" / part_name(tr.index), extra["sink_layers"])
             write_parquet_atomic(out / "parts" / "clean_profile" / part_name(tr.index), extra["clean_profile"])
-            manifest.data["timings"]["per_condition_s"] = {k: round(v, 4) for k, v in condition_s.items()}
-            manifest.trace_done(tr.index, time.perf_counter() - t_trace)
-        for name, count in empty_sets.items():
-            warn(f"targets.{name} resolved to no position in {count} of {len(traces)} traces")
-        manifest.data["empty_target_sets"] = empty_sets
-        if n_targets == 0 and not done:
-            raise UserError("every target set resolved to no position in every trace; check the targets "
-                            "(e.g. no secondary sink was detected)", field="targets")
-        forwards["naive_tokens"] += sum(tr.length for tr in traces)  # the clean forward
-        forwards["reuse_ratio"] = round(forwards["tokens"] / max(forwards["naive_tokens"], 1), 4)
-        manifest.data["forwards"] = forwards
+            shard.data["timings"]["per_condition_s"] = {k: round(v, 4) for k, v in condition_s.items()}
+            shard.data["forwards"], shard.data["non_finite"] = dict(forwards), list(non_finite)
+            shard.trace_done(tr.index, time.perf_counter() - t_trace)
+        shard.data["forwards"], shard.data["non_finite"] = dict(forwards), list(non_finite)
+        if shard is not manifest:
+            shard.finish("complete")
+        ranks.barrier()  # rank 0 merges once every rank's parts are on disk
+        if ranks.active and ranks.is_main:
+            _merge_shards(manifest, out, ranks.world_size, done)
+        manifest.data["forwards"] = _forward_totals(manifest.data.get("forwards", forwards), traces)
     except BaseException as exc:
-        manifest.finish("failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted",
-                        error=f"{type(exc).__name__}: {exc}")
+        (shard if ranks.active else manifest).finish(
+            "failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted", error=f"{type(exc).__name__}: {exc}")
         raise
 
+    clean_frame = pd.DataFrame([s.to_dict() for s in all_sinks])
+    if not ranks.is_main:  # rank 0 writes the merged tables, statistics and report
+        ranks.close()
+        return RunResult(out=out, effects=pd.DataFrame(), summary=pd.DataFrame(), clean_sinks=clean_frame,
+                         manifest=shard.data)
     effects = read_parts(out / "effects.parquet")
     write_parquet_atomic(out / "sink_layers.parquet", read_parts(out / "parts" / "sink_layers"))
     write_parquet_atomic(out / "clean_profile.parquet", read_parts(out / "parts" / "clean_profile"))
     summary = summarize(effects)
     write_text_atomic(out / "summary.csv", summary.to_csv(index=False))
     manifest.finish("complete")
-    result = RunResult(out=out, effects=effects, summary=summary,
-                       clean_sinks=pd.DataFrame([s.to_dict() for s in all_sinks]), manifest=manifest.data)
+    ranks.close()
+    result = RunResult(out=out, effects=effects, summary=summary, clean_sinks=clean_frame, manifest=manifest.data)
     if report if report is not None else spec.report:
         from .analysis import analyze_run
 
         result.stats, result.report = analyze_run(out, progress=progress)
     return result
+
+
+def _merge_shards(manifest: Manifest, out: Path, world_size: int, done: set[int]) -> None:
+    """Rank 0: fold every rank's manifest (traces done, timings, forwards, warnings) into manifest.json."""
+    completed, per_trace, per_condition = set(done), dict(manifest.data["timings"].get("per_trace_s", {})), {}
+    forwards: dict[str, float] = {}
+    non_finite: list[dict] = []
+    for rank in range(world_size):
+        data = Manifest.load(out / f"manifest.rank-{rank}.json")
+        completed |= set(data.get("traces_completed", []))
+        per_trace.update(data["timings"].get("per_trace_s", {}))
+        for k, v in data["timings"].get("per_condition_s", {}).items():
+            per_condition[k] = round(per_condition.get(k, 0.0) + v, 4)
+        for k, v in data.get("forwards", {}).items():
+            forwards[k] = forwards.get(k, 0) + v
+        non_finite += data.get("non_finite", [])
+    manifest.data["traces_completed"] = sorted(completed)
+    manifest.data["timings"].update(per_trace_s=per_trace, per_condition_s=per_condition)
+    manifest.data["forwards"] = forwards
+    manifest.data["non_finite"] = sorted(non_finite, key=lambda e: (e["trace"], e["condition"], e["is_control"]))
+    manifest.save()
+
+
+def _forward_totals(forwards: dict, traces) -> dict:
+    out = dict(forwards)
+    out["naive_tokens"] = out.get("naive_tokens", 0) + sum(tr.length for tr in traces)  # the clean forward
+    out["reuse_ratio"] = round(out.get("tokens", 0) / max(out["naive_tokens"], 1), 4)
+    return out
 
 
 def read_parts(folder: Path) -> pd.DataFrame:
@@ -268,14 +388,22 @@ def read_parts(folder: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def _groups(condition, sets: dict[str, list[Target]]) -> list[tuple[bool, list[Target]]]:
+    """(is_control, targets) groups of one condition in one trace: targets, then its controls."""
+    groups = [(False, _unique([t for name in condition.targets for t in sets.get(name, [])]))]
+    if condition.controls:
+        groups.append((True, sets.get(condition.controls, [])))
+    return groups
+
+
 def _edits_for(condition, group: list[Target], vectors, L: int) -> tuple[list[Edit], dict[int, list[int]]]:
     """Edits of one condition for one group of targets, and the layers edited per position."""
     edits, layers_of = [], {}
     for t in group:
-        if condition.kind == "attention_mask" and condition.layer == "sink_lifetime" and t.lifetime is None:
-            continue  # not a sink: it has no lifetime to mask
+        if condition.kind == "attention_mask" and condition.layer == "sink_lifetime" and t.ref_lifetime is None:
+            continue  # neither a sink nor paired with one: no lifetime to mask
         try:
-            layers = condition.layers_for(l_start=t.l_start, lifetime=t.lifetime)
+            layers = condition.layers_for(l_start=t.l_start, lifetime=t.ref_lifetime)
         except ValueError:
             continue  # l_start unresolvable for this target
         layers = [l for l in layers if 0 <= l < L]
@@ -291,61 +419,66 @@ def _edits_for(condition, group: list[Target], vectors, L: int) -> tuple[list[Ed
     return edits, layers_of
 
 
-def _run_trace(loaded, tr, spec, conditions, config, facts, condition_s, reuse_prefix, forwards):
+def _run_trace(loaded, tr, conditions, config, sinks, sets, condition_s, reuse_prefix, forwards, non_finite):
+    """Every condition on one trace, its targets resolved from the clean pass (``sinks``, ``sets``)."""
     from .kinds.mean_swap import site_means
 
     L = loaded.dims["layers"]
-    ex = TraceExecutor(loaded, tr.token_ids, reuse_prefix=reuse_prefix)
-    clean = ex.clean()
-    tokens = _decode(loaded.tokenizer, tr.token_ids)
-    sinks = detect_sinks(clean, trace=tr.index, tokens=tokens, config=config)
-    sets = resolve_targets(spec.targets, trace=tr.index, token_ids=clean.token_ids, tokens=tokens, sinks=sinks,
-                           facts=facts, tokenizer=loaded.tokenizer)
-    clean_layers = per_layer(clean, config)
     swap_sites = sorted({c.site for c in conditions if c.kind == "mean_swap"})
     vectors = site_means(loaded, tr.token_ids, {s.position for s in sinks}, swap_sites) if swap_sites else None
-
-    rows, downstream, n_targets = [], [], 0
+    planned = []
     for condition in conditions:
-        t_cond = time.perf_counter()
-        groups = [(False, _unique([t for name in condition.targets for t in sets.get(name, [])]))]
-        if condition.controls:
-            groups.append((True, sets.get(condition.controls, [])))
-        for is_control, group in groups:
+        for is_control, group in _groups(condition, sets):
             edits, layers_of = _edits_for(condition, group, vectors if condition.kind == "mean_swap" else None, L)
-            if not edits:
+            if edits:
+                planned.append((condition, is_control, group, edits, layers_of))
+    # The clean forward also serves as the prefix of every intervened forward (see execute.py).
+    ex = TraceExecutor(loaded, tr.token_ids, reuse_prefix=reuse_prefix,
+                       starts=[first_position(p[3]) for p in planned])
+    clean = ex.clean()
+    clean_layers = per_layer(clean, config)
+
+    rows, downstream = [], []
+    for condition, is_control, group, edits, layers_of in planned:
+        t_cond = time.perf_counter()
+        edited = ex.intervened(edits)
+        bad = first_non_finite(edited, clean)
+        if bad is not None:
+            event = {"trace": tr.index, "condition": condition.id, "is_control": is_control, **bad}
+            non_finite.append(event)
+            warn(f"trace {tr.index}, {condition.id} ({'controls' if is_control else 'targets'}): non-finite "
+                 f"{bad['quantity']} ({bad['value']}) from layer {bad['layer']}, position {bad['position']}; "
+                 "its rows are kept and marked non_finite")
+        edited_layers = per_layer(edited, config)
+        kl, dnll = next_token_divergence(clean.logits, edited.logits, clean.token_ids)
+        first = min(layers_of)
+        downstream += [{"trace": tr.index, "condition": condition.id, "is_control": is_control, "position": p,
+                        "kl": kl[p], "delta_nll": dnll[p], "non_finite": bad is not None}
+                       for p in range(first, tr.length)]
+        for t in group:
+            if t.position not in layers_of:
                 continue
-            edited = ex.intervened(edits)
-            edited_layers = per_layer(edited, config)
-            kl, dnll = next_token_divergence(clean.logits, edited.logits, clean.token_ids)
-            first = min(layers_of)
-            downstream += [{"trace": tr.index, "condition": condition.id, "is_control": is_control, "position": p,
-                            "kl": kl[p], "delta_nll": dnll[p]} for p in range(first, tr.length)]
-            for t in group:
-                if t.position not in layers_of:
-                    continue
-                n_targets += 1
-                layers = layers_of[t.position]
-                base = {
-                    "condition": condition.id, "kind": condition.kind, "site": condition.site or "",
-                    "intervened_layer": layers[0], "intervened_layers": ",".join(map(str, layers)),
-                    "factor": float(condition.factor) if condition.factor is not None else float("nan"),
-                    "redirect": condition.redirect or "", "target_set": t.target_set, "is_control": is_control,
-                    "trace": tr.index, "position": t.position, "token": t.token, "token_id": t.token_id,
-                    "clean_kind": t.clean_kind,
-                }
-                ref = layers[0] if condition.kind != "attention_mask" else None
-                new = target_rows(clean=clean_layers, edited=edited_layers, kl=kl, delta_nll=dnll,
-                                  position=t.position, ref_layer=ref, base=base)
-                for row in new:
-                    row["masked"] = condition.kind == "attention_mask" and row["layer"] in layers
-                rows += new
+            layers = layers_of[t.position]
+            base = {
+                "condition": condition.id, "kind": condition.kind, "site": condition.site or "",
+                "intervened_layer": layers[0], "intervened_layers": ",".join(map(str, layers)),
+                "factor": float(condition.factor) if condition.factor is not None else float("nan"),
+                "redirect": condition.redirect or "", "target_set": t.target_set, "is_control": is_control,
+                "trace": tr.index, "position": t.position, "token": t.token, "token_id": t.token_id,
+                "clean_kind": t.clean_kind,
+            }
+            ref = layers[0] if condition.kind != "attention_mask" else None
+            new = target_rows(clean=clean_layers, edited=edited_layers, kl=kl, delta_nll=dnll,
+                              position=t.position, ref_layer=ref, base=base)
+            for row in new:
+                row["masked"] = condition.kind == "attention_mask" and row["layer"] in layers
+                row["non_finite"] = bad is not None
+            rows += new
         condition_s[condition.id] += time.perf_counter() - t_cond
     for k, v in ex.forwards.items():  # tokens: what ran; naive_tokens: one full forward per intervened pass
         forwards[k] += v
-    extra = {"sink_layers": sink_layer_rows(clean, sinks, L), "clean_profile": clean_profile_rows(clean, tr.index),
-             "empty_sets": [name for name, members in sets.items() if not members]}
-    return rows, downstream, extra, n_targets
+    extra = {"sink_layers": sink_layer_rows(clean, sinks, L), "clean_profile": clean_profile_rows(clean, tr.index)}
+    return rows, downstream, extra
 
 
 def _unique(targets: list[Target]) -> list[Target]:
@@ -358,13 +491,18 @@ def _unique(targets: list[Target]) -> list[Target]:
 
 
 def sink_layer_rows(obs, sinks: list[Sink], n_layers: int) -> pd.DataFrame:
-    """One row per clean secondary sink x layer of its life: inputs of the norm -> score/lifetime fits."""
+    """One row per clean secondary sink x attention layer that sees it: the norm -> score fit's input.
+
+    A sink-aligned hidden state at layer l (the output of layer l) becomes a key in the attention
+    of layer l + 1, so a sink living on layers [l_start, l_start + lifetime) is attended to as a
+    sink in layers l_start + 1 .. l_start + lifetime; ``layer`` is that attention layer.
+    """
     scores = obs.mean_sink_scores()
     rows = []
     for s in sinks:
         if s.kind != "secondary":
             continue
-        for layer in s.layers:
+        for layer in (l + 1 for l in s.layers if l + 1 < n_layers):
             rows.append({"trace": s.trace, "position": s.position, "token": s.token, "token_id": s.token_id,
                          "l_start": s.l_start, "lifetime": s.lifetime, "censored": s.censored, "layer": layer,
                          "mlp_out_norm": s.mlp_out_norm, "sink_score": float(scores[layer, s.position]),
@@ -390,6 +528,11 @@ def summarize(effects: pd.DataFrame) -> pd.DataFrame:
     if effects.empty:
         return pd.DataFrame()
     per_target = effects.drop_duplicates(["condition", "is_control", "trace", "position"])
+    if "non_finite" not in per_target:
+        per_target = per_target.assign(non_finite=False)
+    # An overflowing condition keeps its rows (marked non_finite); its inf values do not enter the means.
+    means = ["ref_sink_score", "kl", "delta_nll"]
+    per_target = per_target.assign(**{c: per_target[c].replace([np.inf, -np.inf], np.nan) for c in means})
     grouped = per_target.groupby(["condition", "is_control"], sort=False)
     table = pd.DataFrame({
         "kind": grouped.kind.first(),
@@ -402,5 +545,6 @@ def summarize(effects: pd.DataFrame) -> pd.DataFrame:
         "mean_sink_score": grouped.ref_sink_score.mean(),
         "mean_kl": grouped.kl.mean(),
         "mean_delta_nll": grouped.delta_nll.mean(),
+        "non_finite": grouped.non_finite.sum().astype(int),
     }).reset_index()
     return table

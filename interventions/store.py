@@ -97,23 +97,38 @@ def part_name(trace: int, suffix: str = ".parquet") -> str:
     return f"part-{trace:05d}{suffix}"
 
 
-def check_output_dir(path: Path, *, overwrite: bool = False, resume: bool = False) -> None:
+def _writable(folder: Path) -> bool:
+    """Whether a file can really be created in ``folder`` (``os.access`` says yes to root on read-only mounts)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def check_output_dir(path: Path, *, overwrite: bool = False, resume: bool = False, option: str = "--out") -> None:
     """Refuse, before any work, to write where we should not (one line with the fix)."""
     if path.exists() and not path.is_dir():
-        raise UserError(f"{path} exists and is a file; choose another --out", field="out")
+        raise UserError(f"{path} exists and is a file; choose another {option}", field="out")
     if path.exists() and any(path.iterdir()) and not (overwrite or resume):
         raise UserError(f"{path} already holds results; pass --overwrite to replace them or --resume to continue",
                         field="out")
     probe = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
-    if not os.access(probe, os.W_OK):
-        raise UserError(f"cannot write to {probe}; choose a writable --out", field="out")
+    if not probe.is_dir():
+        raise UserError(f"cannot create {path}: {probe} is a file, not a folder; choose another {option}", field="out")
+    if not _writable(probe):
+        raise UserError(f"cannot write to {probe} (read-only or no permission); choose a writable {option}",
+                        field="out")
 
 
-def prepare_output_dir(path: Path, *, overwrite: bool = False, resume: bool = False) -> Path:
-    check_output_dir(path, overwrite=overwrite, resume=resume)
-    if overwrite and path.exists():
+def prepare_output_dir(path: Path, *, overwrite: bool = False, resume: bool = False, option: str = "--out") -> Path:
+    check_output_dir(path, overwrite=overwrite, resume=resume, option=option)
+    if overwrite and path.exists() and not resume:
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
+    if resume:  # temporary files of writes cut short by a crash: never renamed into place, so never read
+        for tmp in path.rglob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
     return path
 
 

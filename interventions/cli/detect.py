@@ -26,6 +26,7 @@ def detect_command(
     rule: str = typer.Option("default", help="default | legacy (the paper's code: |cos|>0.9, 4<lifetime<L-15)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    force: bool = typer.Option(False, "--force", help="Run even when the memory estimate exceeds free memory."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or tables."),
 ):
     """Detect sinks: per trace, primary sinks and secondary sinks with their levels (l_start, lifetime).
@@ -45,7 +46,7 @@ def detect_command(
                              rule=rule)
     result = detect(model, traces, out, chat_template=chat_template, max_tokens=max_tokens, limit=limit,
                     dtype=dtype, device=device, attn_implementation=attn_implementation, config=config,
-                    overwrite=overwrite, resume=resume, progress=not quiet, command=command_line())
+                    overwrite=overwrite, resume=resume, progress=not quiet, command=command_line(), force=force)
     if not quiet:
         print_detection(result)
     console.print(f"wrote {out}", highlight=False)

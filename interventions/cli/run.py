@@ -19,14 +19,20 @@ def run_command(
     no_report: bool = typer.Option(False, "--no-report", help="Skip statistics and the report at the end."),
     no_prefix_reuse: bool = typer.Option(False, "--no-prefix-reuse",
                                          help="One full forward per condition (slower; for checking)."),
+    force: bool = typer.Option(False, "--force", help="Run even when the memory estimate exceeds free memory."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables."),
 ):
     """Run a spec: clean pass, every condition, measures, then statistics and report.
 
+    Under torchrun (N processes, one model each) trace i runs on rank i % N; rank 0 merges.
+
     Example:
 
         intervene run specs/norm_scale.yaml
+
+        torchrun --nproc_per_node 2 -m interventions.cli.main run specs/norm_scale.yaml
     """
+    from ..distributed import ranks_from_env
     from ..report.tables import print_run_summary
     from ..run import run_spec
     from ..spec import load_spec
@@ -36,7 +42,9 @@ def run_command(
         console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
     result = run_spec(loaded_spec, results_root=results, run_dir=resume or run_dir, resume=resume is not None,
                       overwrite=overwrite, progress=not quiet, report=False if no_report else None,
-                      reuse_prefix=not no_prefix_reuse, command=command_line())
+                      reuse_prefix=not no_prefix_reuse, force=force, command=command_line())
+    if not ranks_from_env().is_main:  # rank 0 prints the merged run
+        return
     if not quiet:
         print_run_summary(result)
         if result.stats is not None:

@@ -22,8 +22,10 @@ def reference_value(edit, original: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def site_means(loaded, token_ids, exclude: set[int], sites) -> dict[str, torch.Tensor]:
-    """Mean output of each site over the non-excluded positions, per layer: site -> [L, D].
+def site_means(loaded, token_ids, exclude: set[int], sites) -> dict[str, list[torch.Tensor]]:
+    """Mean output of each site over the non-excluded positions, per layer: site -> L vectors [D].
+
+    Each vector stays on its layer's device (layers may be spread over GPUs), where its edit runs.
 
     One clean forward with plain hooks (no observation, no logits beyond the last position).
     """
@@ -55,4 +57,4 @@ def site_means(loaded, token_ids, exclude: set[int], sites) -> dict[str, torch.T
         for h in handles:
             h.remove()
     dtype = next(loaded.model.parameters()).dtype
-    return {s: torch.stack([m.to(dtype) for m in v]) for s, v in means.items()}
+    return {s: [m.to(dtype) for m in v] for s, v in means.items()}

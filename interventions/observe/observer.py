@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from ..adapters import decoder_layers, get_module
-from ..attention import attention_column_sums, sink_scores_from_column_sums
+from ..attention import attention_column_sums, attention_column_sums_split, sink_scores_from_column_sums
 from ..models import LoadedModel
 
 PROFILE_COLUMNS = (
@@ -51,6 +51,8 @@ class Observation:
     """float32 [L, H, S]: attention summed over this forward's queries (``keep_column_sums``)."""
     references: dict[str, torch.Tensor] | None = None
     """Per-layer reference vectors seen in this forward: ``hidden`` and ``mlp_in``, each [L, D]."""
+    prefix_column_sums: dict[int, np.ndarray] | None = None
+    """``b`` -> float32 [L, H, b]: attention of queries < b summed over them (``column_sum_boundaries``)."""
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -103,7 +105,7 @@ class Observer:
 
     def __init__(self, loaded: LoadedModel, *, reference_position: int = 0, block_size: int = 256,
                  sink_scores: bool = True, keep_column_sums: bool = False,
-                 references: dict[str, torch.Tensor] | None = None):
+                 references: dict[str, torch.Tensor] | None = None, column_sum_boundaries=()):
         """
         Args:
             reference_position: position of the primary sink whose states are the references.
@@ -113,6 +115,9 @@ class Observer:
                 with a later suffix forward).
             references: per-layer reference vectors (``hidden``, ``mlp_in``: [L, D]) to use when
                 the reference position is not part of this forward (a suffix run over a cache).
+            column_sum_boundaries: positions ``b`` at which to also keep the column sums of the
+                queries before ``b`` (what a forward over the first ``b`` tokens would sum), so a
+                later suffix from ``b`` can reuse this forward as its prefix.
         """
         self.loaded = loaded
         self.reference_position = reference_position
@@ -120,6 +125,7 @@ class Observer:
         self.want_sink_scores = sink_scores
         self.keep_column_sums = keep_column_sums
         self.given_references = references
+        self.boundaries = tuple(sorted({int(b) for b in column_sum_boundaries}))
         self.layers = decoder_layers(loaded.model, loaded.adapter)
         self._root_handles: list = []
         self._inner_handles: list = []
@@ -131,6 +137,7 @@ class Observer:
         self._rows: dict[str, list] = {name: [None] * len(self.layers) for name in PROFILE_COLUMNS}
         self._scores: list = [None] * len(self.layers)
         self._column_sums: list = [None] * len(self.layers)
+        self._prefix_sums: list = [None] * len(self.layers)
         self._references: dict[str, list] = {"hidden": [None] * len(self.layers), "mlp_in": [None] * len(self.layers)}
         self._pending: dict[int, dict[str, torch.Tensor]] = {}
 
@@ -192,11 +199,14 @@ class Observer:
             self._rows["value_norm"][idx] = _norm(value[0, :, -q_len:]).mean(0).cpu()
             if not self.want_sink_scores:
                 return
-            sums = attention_column_sums(
-                query, key, attention_mask, kwargs.get("scaling") or module.scaling,
-                block_size=self.block_size, sliding_window=kwargs.get("sliding_window"),
-                softcap=kwargs.get("softcap"), edit=getattr(module, "_interventions_edit", None),
-            )
+            args = (query, key, attention_mask, kwargs.get("scaling") or module.scaling)
+            options = dict(block_size=self.block_size, sliding_window=kwargs.get("sliding_window"),
+                           softcap=kwargs.get("softcap"), edit=getattr(module, "_interventions_edit", None))
+            if self.boundaries:
+                sums, partial = attention_column_sums_split(*args, self.boundaries, **options)
+                self._prefix_sums[idx] = {b: v[0].cpu() for b, v in partial.items()}
+            else:
+                sums = attention_column_sums(*args, **options)
             if self.keep_column_sums:
                 self._column_sums[idx] = sums[0].cpu()
             self._scores[idx] = sink_scores_from_column_sums(sums[0], query.shape[2]).cpu()
@@ -248,11 +258,16 @@ class Observer:
         column_sums = None
         if self.keep_column_sums and all(c is not None for c in self._column_sums):
             column_sums = torch.stack(self._column_sums).numpy()
+        prefix_sums = None
+        if self.boundaries and all(p is not None for p in self._prefix_sums):
+            prefix_sums = {b: torch.stack([p[b] for p in self._prefix_sums]).numpy()
+                           for b in self._prefix_sums[0] if all(b in p for p in self._prefix_sums)}
         references = None
         if all(r is not None for rs in self._references.values() for r in rs):
             references = {k: torch.stack([r.cpu() for r in v]) for k, v in self._references.items()}
         return Observation(token_ids=np.asarray(token_ids, dtype=np.int64), profiles=profiles, sink_scores=scores,
-                           logits=logits, column_sums=column_sums, references=references)
+                           logits=logits, column_sums=column_sums, references=references,
+                           prefix_column_sums=prefix_sums)
 
 
 @torch.inference_mode()
