@@ -77,10 +77,18 @@ def compute_stats(tables: dict, *, seed: int = 0, n_boot: int = 500) -> dict:
     from . import stats as st
 
     effects = tables["effects"]
+    out_notes: list[str] = []
+    if "non_finite" in effects.columns and effects["non_finite"].any():
+        # NaN/inf from an overflowing edit (e.g. bf16 at 10x) would poison every mean; the events
+        # are listed in the manifest, and the statistics use the finite rows only.
+        bad = effects["non_finite"].astype(bool)
+        out_notes.append(f"{int(bad.sum())} effects rows with non-finite activations were left out "
+                         "(see manifest non_finite)")
+        effects = effects[~bad]
     secondary = tables["clean_sinks"]
     secondary = secondary[secondary["kind"] == "secondary"] if len(secondary) else secondary
     out: dict = {"format_version": 1, "run_id": tables["manifest"].get("run_id"),
-                 "spec_name": tables["manifest"].get("spec_name"), "seed": seed}
+                 "spec_name": tables["manifest"].get("spec_name"), "seed": seed, "notes": out_notes}
     out["norm_score"] = st.fit_norm_score(tables["sink_layers"]) if len(tables["sink_layers"]) else \
         {"estimable": False, "reason": "no secondary sink in the clean run"}
     out["norm_lifetime"] = st.fit_norm_lifetime(secondary[["trace", "position", "mlp_out_norm", "lifetime",
