@@ -102,17 +102,19 @@ def repeat_kv(key: torch.Tensor, groups: int) -> torch.Tensor:
     return key if groups == 1 else key.repeat_interleave(groups, dim=1)
 
 
-def _mask_block(attention_mask, t0: int, t1: int, q_len: int, k_len: int, device, sliding_window=None):
-    """Boolean keep-mask [B|1, 1, t1-t0, S] for query rows t0:t1 (True = may attend)."""
+def _mask_block(attention_mask, t0: int, t1: int, q_len: int, k_len: int, device, sliding_window=None,
+                k_end: int | None = None):
+    """Boolean keep-mask [B|1, 1, t1-t0, k_end] for query rows t0:t1 over keys 0:k_end (True = may attend)."""
+    k_end = k_len if k_end is None else k_end
     if attention_mask is None:
         # sdpa passes no mask for a plain causal batch: query i sits at absolute k_len - q_len + i.
         rows = torch.arange(t0, t1, device=device)[:, None] + (k_len - q_len)
-        cols = torch.arange(k_len, device=device)[None, :]
+        cols = torch.arange(k_end, device=device)[None, :]
         keep = cols <= rows
         if sliding_window is not None:
             keep &= cols > rows - sliding_window
         return keep[None, None]
-    block = attention_mask[..., t0:t1, :k_len]
+    block = attention_mask[..., t0:t1, :k_end]
     if block.dtype == torch.bool:
         return block
     return block > torch.finfo(block.dtype).min / 2  # eager: additive mask, min-value = masked
@@ -129,10 +131,12 @@ def attention_probabilities(
     softcap: float | None = None,
     edit: AttentionEdit | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield ``(t0, probs)`` for query blocks: probs is float32 [B, H, block, S].
+    """Yield ``(t0, probs)`` for query blocks: probs is float32 [B, H, block, K_block].
 
     Exactly the softmax the model computes (causal mask, GQA, scaling, softcap), computed a
-    block of queries at a time so no T x T matrix is ever held, with ``edit`` applied.
+    block of queries at a time so no T x T matrix is ever held, with ``edit`` applied. Every
+    supported model is a causal decoder, so a block's queries never see a key after its last
+    query: ``K_block = S - T + t1`` keys (the rest would be probability 0), which halves the work.
     """
     bsz, heads, q_len, _ = query.shape
     k_len = key.shape[2]
@@ -143,18 +147,22 @@ def attention_probabilities(
         removed[[k for k in edit.masked_keys if k < k_len]] = True
     for t0 in range(0, q_len, block_size):
         t1 = min(q_len, t0 + block_size)
-        scores = torch.matmul(query[:, :, t0:t1].float(), key_f.transpose(-1, -2)) * scaling
+        k_end = min(k_len, k_len - q_len + t1)
+        scores = torch.matmul(query[:, :, t0:t1].float(), key_f[:, :, :k_end].transpose(-1, -2))
+        scores.mul_(scaling)
         if softcap is not None:
             scores = torch.tanh(scores / softcap) * softcap
-        keep = _mask_block(attention_mask, t0, t1, q_len, k_len, query.device, sliding_window)
+        keep = _mask_block(attention_mask, t0, t1, q_len, k_len, query.device, sliding_window, k_end)
         if removed is not None and edit.redirect_to is None:
-            keep = keep & ~removed[None, None, None, :]
-        probs = torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1)
-        probs = torch.nan_to_num(probs, nan=0.0)  # a query left with no key attends to nothing
-        if removed is not None and edit.redirect_to is not None:
-            moved = probs[..., removed].sum(dim=-1)
-            probs[..., removed] = 0.0
-            probs[..., edit.redirect_to] += moved
+            keep = keep & ~removed[None, None, None, :k_end]
+        probs = torch.softmax(scores.masked_fill_(~keep, float("-inf")), dim=-1)
+        if removed is not None:
+            probs.nan_to_num_(nan=0.0)  # a query whose every key was removed attends to nothing
+            if edit.redirect_to is not None:
+                cut = removed[:k_end]
+                moved = probs[..., cut].sum(dim=-1)
+                probs[..., cut] = 0.0
+                probs[..., edit.redirect_to] += moved
         yield t0, probs
 
 
@@ -168,7 +176,7 @@ def edited_attention(module, query, key, value, attention_mask, kwargs, edit: At
         query, key, attention_mask, kwargs.get("scaling") or module.scaling,
         sliding_window=kwargs.get("sliding_window"), softcap=kwargs.get("softcap"), edit=edit,
     ):
-        out[:, :, t0:t0 + probs.shape[2]] = torch.matmul(probs, value_f)
+        out[:, :, t0:t0 + probs.shape[2]] = torch.matmul(probs, value_f[:, :, :probs.shape[-1]])
     return out.to(value.dtype).transpose(1, 2).contiguous(), None
 
 
@@ -177,7 +185,7 @@ def attention_column_sums(query, key, attention_mask, scaling, **kwargs) -> torc
     bsz, heads, _, _ = query.shape
     sums = torch.zeros(bsz, heads, key.shape[2], dtype=torch.float32, device=query.device)
     for _, probs in attention_probabilities(query, key, attention_mask, scaling, **kwargs):
-        sums += probs.sum(dim=-2)
+        sums[..., :probs.shape[-1]] += probs.sum(dim=-2)
     return sums
 
 
@@ -197,7 +205,7 @@ def attention_column_sums_split(query, key, attention_mask, scaling, boundaries,
         while pending and pending[0] <= t1:  # sums so far are queries < t0; add this block's rows < b
             b = pending.pop(0)
             partial[b] = (sums[..., :b] + probs[:, :, :b - t0, :b].sum(dim=-2))
-        sums += probs.sum(dim=-2)
+        sums[..., :probs.shape[-1]] += probs.sum(dim=-2)
     return sums, partial
 
 
