@@ -41,6 +41,10 @@ class Adapter:
     embed: str = "model.embed_tokens"
     pyvene_like: str = "Qwen2ForCausalLM"
     """The pyvene-registered class whose component table this family can reuse."""
+    qkv_bias: bool = False
+    """q/k/v projections always carry biases (Qwen2), whatever ``attention_bias`` says (memory estimate)."""
+    qk_norm: bool = False
+    """Per-head RMSNorms on queries and keys (Qwen3) (memory estimate)."""
     families: tuple[str, ...] = ()
     """Models of the paper this entry serves (documentation only)."""
 
@@ -48,9 +52,9 @@ class Adapter:
 ADAPTERS: dict[str, Adapter] = {
     a.model_type: a
     for a in (
-        Adapter("qwen2", "Qwen2ForCausalLM", pyvene_like="Qwen2ForCausalLM",
+        Adapter("qwen2", "Qwen2ForCausalLM", pyvene_like="Qwen2ForCausalLM", qkv_bias=True,
                 families=("Qwen2", "Qwen2.5", "Qwen2.5-Math", "QwQ", "DeepSeek-R1-Distill-Qwen")),
-        Adapter("qwen3", "Qwen3ForCausalLM", pyvene_like="Qwen2ForCausalLM", families=("Qwen3",)),
+        Adapter("qwen3", "Qwen3ForCausalLM", pyvene_like="Qwen2ForCausalLM", qk_norm=True, families=("Qwen3",)),
         Adapter("llama", "LlamaForCausalLM", pyvene_like="LlamaForCausalLM",
                 families=("Llama-3.1", "CodeLlama", "DeepSeek-R1-Distill-Llama", "SmolLM2")),
         Adapter("mistral", "MistralForCausalLM", pyvene_like="MistralForCausalLM", families=("Mistral", "Mathstral")),
@@ -106,4 +110,5 @@ def model_dims(config) -> dict[str, int]:
         "head_dim": getattr(text, "head_dim", None) or text.hidden_size // heads,
         "max_positions": getattr(text, "max_position_embeddings", None) or 0,
         "vocab": text.vocab_size,
+        "intermediate": text.intermediate_size,
     }

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .adapters import adapter_for, model_dims
 from .errors import UserError
 
 GIB = 1024 ** 3
@@ -33,26 +34,23 @@ def _size(n: float) -> str:
     return f"{n / GIB:.1f} GiB" if n >= GIB / 10 else f"{n / 2**20:.1f} MiB"
 
 
-def _text(config):
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
 def parameter_count(config) -> int:
-    """Parameters of a Llama-family decoder (Qwen2/3, Llama, Mistral, Phi-3) from its config."""
-    c = _text(config)
-    d, n_layers, vocab = c.hidden_size, c.num_hidden_layers, c.vocab_size
-    heads = c.num_attention_heads
-    kv = getattr(c, "num_key_value_heads", None) or heads
-    hd = getattr(c, "head_dim", None) or d // heads
-    inter = c.intermediate_size
-    model_type = getattr(c, "model_type", "")
+    """Parameters of a Llama-family decoder (Qwen2/3, Llama, Mistral, Phi-3) from its config.
+
+    Family differences (Qwen2's q/k/v biases, Qwen3's per-head q/k norms) come from the adapter table.
+    """
+    adapter = adapter_for(config)
+    c = config.get_text_config() if hasattr(config, "get_text_config") else config
+    dims = model_dims(config)
+    d, n_layers, vocab, heads, kv, hd, inter = (dims[k] for k in ("hidden", "layers", "vocab", "heads", "kv_heads",
+                                                                  "head_dim", "intermediate"))
     attn_bias = bool(getattr(c, "attention_bias", False))
-    qkv_bias = attn_bias or model_type == "qwen2"  # Qwen2 always has q/k/v biases
+    qkv_bias = attn_bias or adapter.qkv_bias
     mlp_bias = bool(getattr(c, "mlp_bias", False))
     attention = d * heads * hd + 2 * d * kv * hd + heads * hd * d
     attention += (heads * hd + 2 * kv * hd) * qkv_bias + d * attn_bias
     mlp = 3 * d * inter + (2 * inter + d) * mlp_bias
-    norms = 2 * d + (2 * hd if model_type == "qwen3" else 0)  # Qwen3: per-head q/k norms
+    norms = 2 * d + (2 * hd if adapter.qk_norm else 0)
     embed = vocab * d
     head = 0 if getattr(c, "tie_word_embeddings", False) else vocab * d
     return embed + head + d + n_layers * (attention + mlp + norms)
@@ -89,12 +87,9 @@ class MemoryEstimate:
 def estimate_memory(config, *, dtype: torch.dtype, tokens: int, block_size: int = 256, run: bool = True,
                     attn_implementation: str = "sdpa") -> MemoryEstimate:
     """Peak bytes of ``intervene run`` (``run=True``) or ``intervene detect`` on the longest trace."""
-    c = _text(config)
-    d, n_layers, vocab = c.hidden_size, c.num_hidden_layers, c.vocab_size
-    heads = c.num_attention_heads
-    kv = getattr(c, "num_key_value_heads", None) or heads
-    hd = getattr(c, "head_dim", None) or d // heads
-    inter = c.intermediate_size
+    dims = model_dims(config)
+    d, n_layers, vocab, heads, kv, hd, inter = (dims[k] for k in ("hidden", "layers", "vocab", "heads", "kv_heads",
+                                                                  "head_dim", "intermediate"))
     T = max(int(tokens), 1)
     w = torch.finfo(dtype).bits // 8
     n_params = parameter_count(config)
