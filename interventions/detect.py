@@ -27,7 +27,7 @@ from .detection import DetectionConfig, Sink, detect_sinks, level_counts, onset_
 from .errors import UserError
 from .models import LoadedModel, load_model
 from .observe import Observation, observe_tokens
-from .progress import track
+from .progress import track, warn
 from .store import (Manifest, part_name, prepare_output_dir, check_output_dir, read_arrays, write_arrays_atomic,
                     write_parquet_atomic, write_text_atomic)
 from .traces import Trace, load_traces
@@ -167,8 +167,6 @@ def detect(
     try:
         for tr in track(trace_list, description="observing traces", enabled=progress):
             for w in tr.warnings:
-                from .progress import warn
-
                 warn(w)
             if tr.index in done:
                 continue

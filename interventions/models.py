@@ -8,7 +8,6 @@ any weights load, so a wrong model costs a second, not a download.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -289,7 +288,3 @@ def load_model(
         attn_implementation=attn_implementation,
         identity=identity,
     )
-
-
-def describe_config(config) -> str:
-    return json.dumps(model_dims(config))

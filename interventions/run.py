@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .compiler import Edit
+from .detect import decode_tokens
 from .detection import DetectionConfig, Sink, detect_sinks
 from .errors import SpecError, UserError
 from .execute import TraceExecutor, first_position
@@ -92,10 +93,6 @@ class RunResult:
     stats: dict | None = None
     report: Path | None = None
     timings: dict = field(default_factory=dict)
-
-
-def _decode(tokenizer, ids) -> list[str]:
-    return [tokenizer.decode([int(i)]) for i in ids]
 
 
 def _spec_records(spec, truth_folder: str | None):
@@ -248,7 +245,7 @@ def run_spec(spec, *, results_root: Path | str = "results", run_dir: Path | str 
 
     # Phase 1: clean detection over all traces (each rank observes its share), or the interrupted run's.
     t0 = time.perf_counter()
-    tokens = {tr.index: _decode(loaded.tokenizer, tr.token_ids) for tr in traces}
+    tokens = {tr.index: decode_tokens(loaded.tokenizer, tr.token_ids) for tr in traces}
     clean_sinks = _load_clean_sinks(out) if resume else None
     if clean_sinks is None:
         local: dict[int, list[Sink]] = {}

@@ -229,7 +229,7 @@ def fig_norms(tables: dict, stats: dict, out_dir: Path) -> Path | None:
         ax.grid(alpha=0.3, which="major")
         _log_labels(ax)
         _int_layers(ax)
-    handles, labels = {}, []
+    handles: dict = {}
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
