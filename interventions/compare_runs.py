@@ -586,6 +586,15 @@ def _adjust(p: np.ndarray, correction: str) -> np.ndarray:
     return out
 
 
+def side_labels(run: str, condition: str, ref_run: str, ref_condition: str) -> tuple[str, str]:
+    """Short names of the two sides of a comparison row: the run, the condition, or both where both differ."""
+    if run == ref_run:
+        return condition, ref_condition
+    if condition == ref_condition:
+        return run, ref_run
+    return f"{run}: {condition}", f"{ref_run}: {ref_condition}"
+
+
 def _span(xs) -> str:
     xs = sorted(set(xs))
     return f"{xs[0]}..{xs[-1]}" if xs else "none"

@@ -79,16 +79,18 @@ def print_comparison(result) -> None:
     """The comparison as a terminal table; exact zeros print as 0 with no CI or p."""
     from rich.table import Table
 
+    from ..compare_runs import side_labels
+
     t = result.table
     s = result.settings
     table = Table(title=f"{s['measure']} ({s['group']}): run - reference by {s['axis']}", title_justify="left")
     for col in ("x", "run vs reference", "effect [CI]", "reference [CI]", "difference [CI]", "p adj"):
         table.add_column(col, justify="right" if col not in ("run vs reference",) else "left")
+    many_conditions = t["condition"].nunique() > 1
     for _, r in t.iterrows():
-        who = f"{r['run']}" if r["condition"] == r["ref_condition"] else f"{r['run']}: {r['condition']}"
-        ref = f"{r['ref_run']}" if r["condition"] == r["ref_condition"] else f"{r['ref_run']}: {r['ref_condition']}"
-        pair = f"{who} vs {ref}" + (f" [{r['condition']}]" if r["condition"] == r["ref_condition"]
-                                    and t["condition"].nunique() > 1 else "")
+        who, ref = side_labels(r["run"], r["condition"], r["ref_run"], r["ref_condition"])
+        pair = f"{who} vs {ref}" + (f" [{r['condition']}]" if r["condition"] == r["ref_condition"] and many_conditions
+                                    else "")
 
         def ci(e, lo, hi):
             return _num(e) + (f" [{_num(lo)}, {_num(hi)}]" if _num(lo) else "")

@@ -67,9 +67,14 @@ def effect_lines(comparison, path: str | Path) -> Path:
 def difference_heatmap(comparison, path: str | Path) -> Path:
     """Difference to the reference, condition (and run) x aligned layer."""
     table, settings = comparison.table, comparison.settings
-    t = table.assign(row=[f"{r}: {c}  -  {rr}: {rc}" if c != rc else f"{r} - {rr}: {c}"
-                          for r, c, rr, rc in zip(table["run"], table["condition"], table["ref_run"],
-                                                  table["ref_condition"])])
+    from ..compare_runs import side_labels
+
+    many_conditions = table["condition"].nunique() > 1
+    labels = []
+    for r, c, rr, rc in zip(table["run"], table["condition"], table["ref_run"], table["ref_condition"]):
+        a, b = side_labels(r, c, rr, rc)
+        labels.append(f"{a} - {b}" + (f"\n{c}" if c == rc and r != rr and many_conditions else ""))
+    t = table.assign(row=labels)
     rows = list(dict.fromkeys(t["row"]))
     xs = sorted(t["x"].unique())
     grid = np.full((len(rows), len(xs)), np.nan)
@@ -79,23 +84,26 @@ def difference_heatmap(comparison, path: str | Path) -> Path:
         grid[i, j] = r["diff"]
         if r["ci_method"] == "exact zero":
             marks[i, j] = "0"
-        elif np.isfinite(r["p_adj"]) and r["p_adj"] < 0.05:
-            marks[i, j] = "*"
+        else:
+            star = "*" if np.isfinite(r["p_adj"]) and r["p_adj"] < 0.05 else ""
+            marks[i, j] = (f"{r['diff']:.2g}" if len(xs) <= 16 else "") + star
     vmax = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
     vmax = vmax if vmax > 0 else 1.0
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.42 * len(xs) + 3.5), 1.2 + 0.45 * len(rows)))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(xs) + 3.0), 1.6 + 0.5 * len(rows)))
     im = ax.imshow(grid, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
     for i in range(len(rows)):
         for j in range(len(xs)):
             if marks[i, j]:
-                ax.text(j, i, marks[i, j], ha="center", va="center", fontsize=9, color="0.15")
+                strong = abs(grid[i, j]) > 0.6 * vmax
+                ax.text(j, i, marks[i, j], ha="center", va="center", fontsize=7.5,
+                        color="white" if strong else "0.15")
     ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs], fontsize=8, rotation=90 if len(xs) > 24 else 0)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     ax.set_xlabel(_axis_label(settings))
     cbar = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
     cbar.set_label("difference", fontsize=8)
-    ax.set_title(f"{settings.get('measure')}: run - reference (* {settings.get('correction')}-adjusted p < 0.05; "
-                 "0 exact zero)", fontsize=9)
+    ax.set_title(f"{settings.get('measure')} ({settings.get('group')}): difference to the reference\n"
+                 f"* {settings.get('correction')}-adjusted p < 0.05;  0: exact zero (no CI)", fontsize=9)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=DPI)
