@@ -57,7 +57,7 @@ report: false
 
 
 def _run(folder: Path, name: str, model: str, seed: int = 0, traces: str = "traces.jsonl") -> Path:
-    from interventions import run_spec
+    from interventions.run import run_spec
 
     return run_spec(str(_spec(folder, name, model, seed, traces)), run_dir=folder / name, progress=False,
                     report=False).out
@@ -233,3 +233,15 @@ def test_readme_section_runs_as_written(tmp_path, cache_dir):
         assert proc.returncode == 0, f"{command}\n{proc.stdout}\n{proc.stderr}"
     out = Path(tmp_path / shlex.split(commands[-1])[shlex.split(commands[-1]).index("--out") + 1])
     assert (out / "difference_heatmap.png").exists() and (out / "effects_by_layer.png").exists()
+    table = pd.read_parquet(out / "comparison.parquet")
+    tenfold = table[table["condition"] == "scale.mlp_output.l_start.x10"].set_index("x")["diff"]
+    assert tenfold.loc[5:9].eq(0.5).all() and tenfold.drop(range(5, 10)).eq(0).all()  # the caption's numbers
+    python = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    here = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        scope: dict = {}
+        exec(python, scope)
+    finally:
+        os.chdir(here)
+    assert (scope["table"]["condition"] == "scale.mlp_output.l_start.x10").all()
