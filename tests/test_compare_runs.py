@@ -140,6 +140,23 @@ def test_condition_against_condition_on_one_model(runs):
     assert (before["diff"] == 0).all() and (before["ci_method"] == "exact zero").all()
 
 
+def test_l_start_alignment_lines_up_a_deeper_model_that_absolute_layers_do_not(runs):
+    """A 'deeper' copy of the planted run (6 more layers before the sink forms, l_start 10):
+    on layers since l_start it is the same run (exact zeros); on absolute layers it is not."""
+    shallow, deep = load_runs([runs["planted"], runs["planted"]], labels=["shallow", "deep"])
+    deep.effects = deep.effects.assign(layer=deep.effects["layer"] + 6)
+    deep.n_layers, deep.l_start = 18, 10
+    aligned = compare_runs([shallow, deep], measure="is_sink", align="l_start", conditions=[ZERO]).table
+    assert sorted(aligned["x"]) == list(range(-4, 8)) and set(aligned["ref_layers"]) == {str(l) for l in range(12)}
+    assert (aligned["diff"] == 0).all() and (aligned["ci_method"] == "exact zero").all()
+    absolute = compare_runs([shallow, deep], measure="is_sink", align="layer", conditions=[ZERO])
+    assert sorted(absolute.table["x"]) == list(range(6, 12))
+    at6 = absolute.table.set_index("x").loc[6]  # the deep copy has not formed its sinks yet at layer 6
+    assert at6["effect"] == 0 and at6["ref_effect"] < -0.5 and at6["diff"] == -at6["ref_effect"]
+    assert any("shallow dropped from layer 0..5" in n for n in absolute.notes)
+    assert any("deep dropped from layer 12..17" in n for n in absolute.notes)
+
+
 def test_dropped_layers_are_named(runs):
     a, b = load_runs([runs["planted"], runs["llama"]])
     b.effects = b.effects[b.effects["layer"] >= 3]
