@@ -415,6 +415,9 @@ def compare_runs(
     bins = bins or min(r.n_layers for r in runs)
     series = _series(runs, measure, align, conditions, group, bins)
     notes: list[str] = []
+    if align == "l_start":
+        notes.append("l_start per run (modal secondary-sink start layer of its clean pass, or --l-start): "
+                     + ", ".join(f"{r.label} {r.l_start}" for r in runs))
 
     # Each series' effect at each of its aligned layers (the figure's lines).
     effect_rows, cache = [], {}
@@ -443,9 +446,12 @@ def compare_runs(
     for pi, (ri, oi) in enumerate(compared):
         ref, other = series[ri], series[oi]
         is_paired = shares_traces_and_model(ref.run, other.run) if paired is None else paired
+        how = ("paired by trace (same model and traces)" if is_paired else
+               "independent (traces resampled within each run)")
         if is_paired and not shares_traces_and_model(ref.run, other.run):
-            notes.append(f"paired=True for {other.label} vs {ref.label}, which do not share traces and model: "
-                         "traces are matched by index")
+            how = "paired by trace index as asked, although the runs do not share traces and model"
+        if other.run is not ref.run and f"{other.run.label} vs {ref.run.label}: {how}" not in notes:
+            notes.append(f"{other.run.label} vs {ref.run.label}: {how}")
         common = sorted(set(ref.units["x"]) & set(other.units["x"]))
         for xi, x in enumerate(common):
             (ur, lr, er), (uo, lo, eo) = cache[(ri, x)], cache[(oi, x)]
