@@ -41,8 +41,8 @@ from .errors import SpecError, UserError
 from .execute import TraceExecutor, first_position
 from .measures import first_non_finite, next_token_divergence, per_layer, target_rows
 from .progress import track, warn
-from .store import (Manifest, check_output_dir, new_run_id, part_name, prepare_output_dir, write_parquet_atomic,
-                    write_text_atomic)
+from .store import (Manifest, check_output_dir, new_run_id, part_name, prepare_output_dir, read_parts,
+                    write_parquet_atomic, write_text_atomic)
 from .targets import RunFacts, Target, resolve_targets, token_ids_for
 
 EFFECT_COLUMNS = {
@@ -376,13 +376,6 @@ def _forward_totals(forwards: dict, traces) -> dict:
     out["naive_tokens"] = out.get("naive_tokens", 0) + sum(tr.length for tr in traces)  # the clean forward
     out["reuse_ratio"] = round(out.get("tokens", 0) / max(out["naive_tokens"], 1), 4)
     return out
-
-
-def read_parts(folder: Path) -> pd.DataFrame:
-    parts = sorted(folder.glob("part-*.parquet"))
-    frames = [pd.read_parquet(p) for p in parts]
-    frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def _groups(condition, sets: dict[str, list[Target]]) -> list[tuple[bool, list[Target]]]:

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
+from .jsonable import to_jsonable
 
 MANIFEST_VERSION = 1
 
@@ -48,26 +49,6 @@ def atomic_path(path: Path):
 def write_text_atomic(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-
-
-def to_jsonable(obj):
-    """numpy scalars/arrays, Paths and NaN -> plain JSON values (NaN -> None)."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return None if not np.isfinite(f) else f
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -95,6 +76,14 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
 
 def part_name(trace: int, suffix: str = ".parquet") -> str:
     return f"part-{trace:05d}{suffix}"
+
+
+def read_parts(folder: Path) -> pd.DataFrame:
+    """The Parquet parts of ``folder`` (``part-*.parquet``) as one table; empty parts are skipped."""
+    parts = sorted(folder.glob("part-*.parquet"))
+    frames = [pd.read_parquet(p) for p in parts]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def _writable(folder: Path) -> bool:

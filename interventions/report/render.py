@@ -11,6 +11,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from .formatting import fmt_ci as _ci
+from .formatting import fmt_num as _num
+from .formatting import fmt_p as _p
+
 HYPOTHESES = {
     "H1": "zeroing the l_start MLP output prevents the secondary sink",
     "H2": "scaling the MLP output norm creates sinks whose lifetime grows with the norm",
@@ -50,42 +54,6 @@ HOW_TO_READ = [
 # --------------------------------------------------------------------------------------------
 # formatting
 # --------------------------------------------------------------------------------------------
-
-
-def _num(value, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return _cell(value)
-    if not math.isfinite(v):
-        return "–"
-    if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
-        return f"{v:.{digits - 1}e}"
-    return f"{v:.{digits}g}"
-
-
-def _p(value) -> str:
-    if value is None:
-        return "–"
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return "–"
-    if not math.isfinite(v):
-        return "–"
-    return "< 1e-4" if v < 1e-4 else f"{v:.3g}"
-
-
-def _ci(low, high) -> str:
-    if low is None and high is None:
-        return "–"
-    return f"[{_num(low)}, {_num(high)}]"
 
 
 def _cell(text) -> str:
