@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import UserError
-from .store import read_parts, write_json_atomic
+from .store import check_run_folder, read_parts, write_json_atomic
 
 PER_LAYER_MEASURES = ("is_sink", "hidden_norm", "hidden_cos", "sink_score", "primary_sink_score")
 
@@ -38,8 +38,7 @@ def resolve_run_dir(path: str | Path) -> Path:
 def load_run(run_dir: str | Path) -> dict[str, pd.DataFrame]:
     """The tables of a run folder (effects, sink_layers, clean_profile, clean_sinks)."""
     run = resolve_run_dir(run_dir)
-    if not (run / "manifest.json").exists():
-        raise UserError(f"{run} has no manifest.json; give a folder written by `intervene run`", field="run_dir")
+    check_run_folder(run)
     tables = {
         "effects": read_parts(run / "effects.parquet"),
         "sink_layers": pd.read_parquet(run / "sink_layers.parquet") if (run / "sink_layers.parquet").exists()

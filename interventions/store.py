@@ -31,15 +31,27 @@ from .jsonable import to_jsonable
 MANIFEST_VERSION = 1
 
 
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file under the process umask (0644 under umask 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def atomic_path(path: Path):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
+
+    ``mkstemp`` creates the temporary file 0600; it gets the umask's mode before the rename, so
+    results are as readable as any file the user writes (shared result folders stay shared).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _file_mode())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -119,6 +131,30 @@ def prepare_output_dir(path: Path, *, overwrite: bool = False, resume: bool = Fa
         for tmp in path.rglob(".*.tmp"):
             tmp.unlink(missing_ok=True)
     return path
+
+
+def folder_kind(path: Path) -> str | None:
+    """What wrote ``path``: ``run``, ``detect``, ``experiment``... (its manifest's kind); None if no manifest."""
+    manifest = Path(path) / "manifest.json"
+    if not manifest.is_file():
+        return None
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8")).get("kind") or "run"
+    except (OSError, ValueError):
+        return None
+
+
+def check_run_folder(path: Path) -> None:
+    """Refuse, in one line, a folder that `intervene run` did not write."""
+    kind = folder_kind(path)
+    if kind == "run":
+        return
+    if kind is None:
+        raise UserError(f"{path} is not a run folder (no manifest.json); give a folder written by `intervene run` "
+                        "(results/<name>/<run id>) or results/<name>", field="run_dir")
+    hint = " (`intervene report` renders its detection report)" if kind == "detect" else ""
+    raise UserError(f"{path} was written by `intervene {kind}`, not `intervene run`{hint}; give a run folder",
+                    field="run_dir")
 
 
 def package_versions() -> dict[str, str | None]:

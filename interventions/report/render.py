@@ -97,6 +97,11 @@ def _provenance(manifest: dict, stats: dict) -> list[str]:
         commit += " (uncommitted changes)"
     shape = ", ".join(f"{k.removeprefix('n_')} {model[k]}" for k in ("n_layers", "n_heads", "n_hidden") if k in model)
     done = manifest.get("traces_completed") or []
+    status, finished = manifest.get("status", "?"), manifest.get("finished_utc", "?")
+    if status == "analyzing":  # this report is the run's last file: once it is written, the run is complete
+        from datetime import datetime, timezone
+
+        status, finished = "complete", datetime.now(timezone.utc).isoformat(timespec="seconds")
     rows = [
         ["model", f"{model.get('source', spec.get('model', '?'))}"
                   + (f" ({model.get('model_type')}; {shape})" if model.get("model_type") else "")],
@@ -108,8 +113,7 @@ def _provenance(manifest: dict, stats: dict) -> list[str]:
         ["seed", str(manifest.get("seed", stats.get("seed")))],
         ["spec hash", f"`{manifest.get('spec_hash', '?')}`"],
         ["tool commit", f"`{commit}`"],
-        ["status", f"{manifest.get('status', '?')}; created {manifest.get('created_utc', '?')}, finished "
-                   f"{manifest.get('finished_utc', '?')}"],
+        ["status", f"{status}; created {manifest.get('created_utc', '?')}, finished {finished}"],
         ["versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v and k in
                                ("python", "interventions", "torch", "transformers", "numpy", "scipy", "statsmodels",
                                 "pandas", "pyvene"))],

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from .formatting import fmt_num, fmt_p
 
-out = Console(highlight=False, soft_wrap=False)
+out = Console(highlight=False, soft_wrap=True)
 """stdout: what a command found. ``interventions.progress.console`` (stderr) carries everything else."""
 
 VERDICT_NAMES = {"H1": "H1 zero MLP -> no sink", "H2": "H2 norm -> lifetime", "H3": "H3 swap -> suppressed",
