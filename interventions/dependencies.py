@@ -31,8 +31,12 @@ def require(*modules: str) -> None:
         try:
             with contextlib.redirect_stdout(io.StringIO()) as chatter:  # pyvene prints a notice on import
                 import_module(name)
-            if chatter.getvalue().strip():  # stdout is for results: third-party notices go to stderr
-                print(chatter.getvalue().strip(), file=sys.stderr)
+            # stdout is for results: third-party notices go to stderr, except pyvene's advice to
+            # install nnsight, a backend this tool never uses.
+            notice = "\n".join(line for line in chatter.getvalue().splitlines()
+                               if line.strip() and "nnsight is not detected" not in line)
+            if notice:
+                print(notice, file=sys.stderr)
         except ImportError as exc:
             fix = INSTALL.get(name, f"pip install -e . (or pip install {name})")
             detail = f" ({exc})" if getattr(exc, "name", name) != name else ""

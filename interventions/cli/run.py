@@ -39,17 +39,17 @@ def run_command(
         torchrun --nproc_per_node 2 -m interventions.cli.main run specs/norm_scale.yaml
     """
     from ..dependencies import require_for_run
-
-    require_for_run(report=not no_report)  # before the imports below, which need pyvene
-    from ..distributed import ranks_from_env
-    from ..report.tables import print_json, print_run_summary, print_stats
-    from ..run import run_spec
     from ..spec import load_spec
 
     if resume is not None and out is not None and resume.resolve() != out.resolve():
         raise UserError(f"--resume {resume} and --out {out} name different folders; give only --resume",
                         field="resume")
     loaded_spec = load_spec(spec)
+    require_for_run(report=not no_report)  # before the imports below, which need pyvene
+    from ..distributed import ranks_from_env
+    from ..report.tables import print_json, print_run_summary, print_stats
+    from ..run import run_spec
+
     for w in loaded_spec.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
     result = run_spec(loaded_spec, results_root=results, run_dir=resume or out, resume=resume is not None,
