@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .errors import UserError
-from .store import write_json_atomic
+from .store import check_run_folder, read_parts, write_json_atomic
 
 PER_LAYER_MEASURES = ("is_sink", "hidden_norm", "hidden_cos", "sink_score", "primary_sink_score")
 
@@ -38,11 +37,8 @@ def resolve_run_dir(path: str | Path) -> Path:
 
 def load_run(run_dir: str | Path) -> dict[str, pd.DataFrame]:
     """The tables of a run folder (effects, sink_layers, clean_profile, clean_sinks)."""
-    from .run import read_parts
-
     run = resolve_run_dir(run_dir)
-    if not (run / "manifest.json").exists():
-        raise UserError(f"{run} has no manifest.json; give a folder written by `intervene run`", field="run_dir")
+    check_run_folder(run)
     tables = {
         "effects": read_parts(run / "effects.parquet"),
         "sink_layers": pd.read_parquet(run / "sink_layers.parquet") if (run / "sink_layers.parquet").exists()
@@ -151,14 +147,3 @@ def analyze_run(run_dir, *, progress: bool = True, report: bool = True, seed: in
         report_path = render_report(run, tables, stats)
     return stats, report_path
 
-
-def verdict_table(stats: dict) -> list[tuple[str, str, str]]:
-    """(hypothesis, verdict, one-line reason) for the terminal."""
-    rows = []
-    for key, v in stats.get("verdicts", {}).items():
-        effect = v.get("effect")
-        detail = v.get("reason", "")
-        if isinstance(effect, (int, float)) and np.isfinite(effect):
-            detail = f"effect {effect:.3g}, p {v.get('p')}; {detail}" if v.get("p") is not None else detail
-        rows.append((key, v.get("verdict", "?"), detail))
-    return rows
