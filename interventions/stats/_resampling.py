@@ -184,14 +184,15 @@ def _flip_pvalues(signs: np.ndarray, S: np.ndarray, N: np.ndarray, mus: np.ndarr
 
 def sign_flip_interval(
     sums: np.ndarray, counts: np.ndarray | None = None, *, rng: np.random.Generator, n_flip: int = 9999,
-    level: float = 0.95, iterations: int = 60,
+    level: float = 0.95, rounds: int = 5,
 ) -> dict:
     """Estimate and confidence interval of a per-token mean by inverting the trace sign-flip test.
 
     Trace g contributes ``sums[g]`` over ``counts[g]`` tokens (``counts`` all 1: a mean of
     per-trace values). The estimate is ``sum(sums) / sum(counts)``; the interval is every
     ``mu`` that the two-sided sign-flip test of ``sums - mu * counts`` does not reject at
-    ``1 - level``, found by bisection on each side. Inverting the test that gives ``p`` makes
+    ``1 - level``, found on each side by widening, then refining on a grid (to 32**-5 of the
+    bracket). Inverting the test that gives ``p`` makes
     the interval and the p-value agree: the interval excludes 0 exactly when the test rejects
     (up to Monte Carlo error beyond 12 traces, where the interval uses its own seeded draws).
 
@@ -219,21 +220,18 @@ def sign_flip_interval(
     spread = float(np.ptp(means)) or float(np.abs(means).max()) or 1.0
     bounds = []
     for side in (-1.0, 1.0):
-        inner, step = estimate, spread
-        outer = estimate + side * step
-        for _ in range(200):  # widen until rejected
-            if _flip_pvalues(signs, S, N, np.array([outer]), exact)[0] <= alpha:
-                break
-            step *= 2.0
-            outer = estimate + side * step
-        else:
+        # widen: the first of spread * 2**k (k = 0..60) beyond the estimate that the test rejects
+        steps = estimate + side * spread * 2.0 ** np.arange(61)
+        rejected = np.flatnonzero(_flip_pvalues(signs, S, N, steps, exact) <= alpha)
+        if rejected.size == 0:
             bounds.append(None)
             continue
-        for _ in range(iterations):
-            mid = (inner + outer) / 2.0
-            if _flip_pvalues(signs, S, N, np.array([mid]), exact)[0] <= alpha:
-                outer = mid
-            else:
-                inner = mid
-        bounds.append(float(inner))
+        k = int(rejected[0])
+        inner, outer = (estimate if k == 0 else float(steps[k - 1])), float(steps[k])
+        for _ in range(rounds):  # refine on a grid of 33 points per round (precision 32**-rounds of the bracket)
+            grid = np.linspace(inner, outer, 33)
+            rej = _flip_pvalues(signs, S, N, grid, exact) <= alpha
+            first = int(np.argmax(rej))  # rej[-1] is True: the outer point is rejected
+            inner, outer = float(grid[first - 1]), float(grid[first])
+        bounds.append(inner)
     return {"estimate": estimate, "ci_low": bounds[0], "ci_high": bounds[1], "ci_method": method}

@@ -9,6 +9,8 @@ traces. Exact zeros and degenerate estimates carry no interval and no p-value.
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pandas as pd
 from statsmodels.stats.multitest import multipletests
@@ -247,7 +249,14 @@ def adjust(p: np.ndarray, correction: str) -> np.ndarray:
         raise ValueError(f"adjust: unknown correction {correction!r}; use one of {CORRECTIONS}")
     if correction == "none" or p.size == 0:
         return p.copy()
-    return multipletests(p, method=_MULTIPLETESTS[correction])[1]
+    # statsmodels' Holm branch calls gc.collect(), which costs about a second in a process that holds
+    # torch and pandas; freezing the objects that already exist makes that collection trivial, and
+    # unfreeze() puts them back right after (nothing is freed or kept that would not be otherwise).
+    gc.freeze()
+    try:
+        return np.asarray(multipletests(p, method=_MULTIPLETESTS[correction])[1], dtype=float)
+    finally:
+        gc.unfreeze()
 
 
 # --------------------------------------------------------------------------------------------
