@@ -16,8 +16,7 @@ import pandas as pd
 from statsmodels.stats.multitest import multipletests
 
 from ._common import LEVEL, SNAP_RTOL, as_bool, require_columns, snap_small, snap_rtol_for, trace_codes, warnings_to_notes  # noqa: F401
-from ._resampling import (bootstrap_weights, cluster_bootstrap, interval, jackknife_weights, sign_flip_interval,
-                          sign_flip_test)
+from ._resampling import MIN_BOOT, bootstrap_weights, interval, jackknife_weights, sign_flip_interval, sign_flip_test
 from .jsonable import to_jsonable
 
 EFFECT_KEYS = ["condition", "trace", "position", "is_control", "layer"]
@@ -290,36 +289,41 @@ def masked_layer_rows(rows: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 
 @warnings_to_notes
 def mask_primary_change(
-    rows: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0, level: float = LEVEL, n_flip: int = 9999,
-    by_layer: bool = True,
+    rows: pd.DataFrame, *, n_boot: int | None = None, seed: int = 0, level: float = LEVEL, n_flip: int = 9999,
+    by_layer: bool = True, snap_rtol: float = SNAP_RTOL,
 ) -> dict:
     """Change of the primary (BOS) sink score in masked layers when secondary sinks are masked.
 
     ``effect`` is the mean over target tokens of their average (primary_sink_score -
     clean_primary_sink_score) across the masked layers; a positive value means the BOS sink
-    regains attention when secondary sinks are removed (the compensation claim). CI: trace
-    bootstrap; p: trace-level sign flip; ``did``: target minus control change.
+    regains attention when secondary sinks are removed (the compensation claim). p: trace-level
+    sign flip; CI: its inversion (:func:`trace_mean_test`, with its exact-zero and degenerate
+    cases); ``did``: mean over traces of the target minus control change, tested the same way.
 
     Args:
         rows: effects long-format rows of attention-mask conditions with columns
             ``condition, trace, position, is_control, layer, primary_sink_score,
             clean_primary_sink_score`` (optional ``masked``, ``clean_is_sink``).
-        n_boot: bootstrap replicates.
+        n_boot: ignored (intervals come from test inversion).
         seed: seed.
         level: confidence level.
-        n_flip: Monte-Carlo sign flips beyond 12 traces.
+        n_flip: sign-flip resamples (exact enumeration when ``2**G <= n_flip``).
         by_layer: also report :func:`per_layer_effects` of the masked layers.
+        snap_rtol: exact-null tolerance (:data:`SNAP_RTOL`).
 
     Returns:
-        Dict with ``estimable, effect, ci_low, ci_high, ci_method, p, control_effect, did,
-        did_ci_low, did_ci_high, p_did, n_targets, n_traces, layers, masked_rule, per_layer``.
+        Dict with ``estimable, effect, ci_low, ci_high, ci_method, p, exact_zero, degenerate,
+        degenerate_reason, control_effect, control_ci_low, control_ci_high, did, did_ci_low,
+        did_ci_high, p_did, did_exact_zero, did_degenerate, n_targets, n_traces, layers,
+        masked_rule, per_layer``.
     """
     require_columns(rows, MASK_COLUMNS, what="mask_primary_change")
     d = rows.copy()
     d["is_control"] = as_bool(d["is_control"])
     d, rule = masked_layer_rows(d)
     d = d.dropna(subset=["primary_sink_score", "clean_primary_sink_score"])
-    d["diff"] = d["primary_sink_score"].astype(float) - d["clean_primary_sink_score"].astype(float)
+    value, clean = d["primary_sink_score"].astype(float).to_numpy(), d["clean_primary_sink_score"].astype(float).to_numpy()
+    d["diff"] = snap_small(value - clean, value, clean, rtol=snap_rtol)
     units = d.groupby(["condition", "trace", "position", "is_control"], sort=True)["diff"].mean().reset_index()
     n_targets = int((~units["is_control"]).sum())
     n_traces = int(units.loc[~units["is_control"], "trace"].nunique())
@@ -328,17 +332,21 @@ def mask_primary_change(
     if n_targets == 0:
         return to_jsonable({**base, "estimable": False, "reason": "no target rows in masked layers"})
     s = group_sums(units)
-    eff, ctl, did = cluster_bootstrap(did_stat(s), s["G"], n_boot=n_boot, rng=np.random.default_rng(seed), level=level)
     flip_rng = flip_generator(seed)
-    p, p_method = sign_flip_test(s["S_t"][s["N_t"] > 0], rng=flip_rng, n_flip=n_flip)
-    p_did, _ = sign_flip_test(paired_trace_differences(s), rng=flip_rng, n_flip=n_flip)
-    per_layer = per_layer_effects(d, "primary_sink_score", n_boot=n_boot, seed=seed, level=level,
-                                  n_flip=n_flip) if by_layer else None
+    has_t, has_c = s["N_t"] > 0, s["N_c"] > 0
+    eff = trace_mean_test(s["S_t"][has_t], s["N_t"][has_t], rng=flip_rng, n_flip=n_flip, level=level)
+    ctl = trace_mean_test(s["S_c"][has_c], s["N_c"][has_c], rng=flip_rng, n_flip=n_flip, level=level)
+    did = trace_mean_test(paired_trace_differences(s), rng=flip_rng, n_flip=n_flip, level=level)
+    per_layer = per_layer_effects(d, "primary_sink_score", seed=seed, level=level, n_flip=n_flip,
+                                  snap_rtol=snap_rtol) if by_layer else None
     return to_jsonable({
         **base, "estimable": True, "reason": None, "effect": eff["estimate"], "ci_low": eff["ci_low"],
-        "ci_high": eff["ci_high"], "ci_method": eff["ci_method"], "p": p, "p_method": p_method,
-        "control_effect": ctl["estimate"], "did": did["estimate"], "did_ci_low": did["ci_low"],
-        "did_ci_high": did["ci_high"], "p_did": p_did, "per_layer": per_layer,
+        "ci_high": eff["ci_high"], "ci_method": eff["ci_method"], "p": eff["p"], "p_method": eff["p_method"],
+        "exact_zero": eff["exact_zero"], "degenerate": eff["degenerate"], "degenerate_reason": eff["degenerate_reason"],
+        "control_effect": ctl["estimate"] if has_c.any() else None, "control_ci_low": ctl["ci_low"],
+        "control_ci_high": ctl["ci_high"], "did": did["estimate"], "did_ci_low": did["ci_low"],
+        "did_ci_high": did["ci_high"], "p_did": did["p"], "did_exact_zero": did["exact_zero"],
+        "did_degenerate": did["degenerate"], "per_layer": per_layer,
     })
 
 
@@ -411,7 +419,7 @@ def _profile_with_valley(wide: pd.DataFrame, n_boot: int, rng: np.random.Generat
 
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = stat(np.ones((1, G)))[0]
-        boot = stat(bootstrap_weights(G, n_boot, rng)) if G >= 2 else np.empty((0, layers.size))
+        boot = stat(bootstrap_weights(G, max(n_boot, MIN_BOOT), rng)) if G >= 2 else np.empty((0, layers.size))
         jack = stat(jackknife_weights(G)) if G >= 2 else None
     profile = []
     for j, layer in enumerate(layers):

@@ -13,7 +13,7 @@ import pandas as pd
 import statsmodels.api as sm
 from scipy import stats
 
-from ._common import LEVEL, SNAP_RTOL, as_bool, capture_warnings, require_columns, snap_small, trace_codes, warnings_to_notes
+from ._common import LEVEL, as_bool, capture_warnings, require_columns, snap_small, trace_codes, warnings_to_notes
 from ._isotonic import isotonic_blocks, isotonic_sse
 from ._regression import coef_summary, contrast_summary, gaussian_bic, glm_clustered, ols_clustered
 from ._segmented import fit_segmented
@@ -501,7 +501,7 @@ def _within_slopes(d: pd.DataFrame, measure: str, level: float, notes: list[str]
 
     The token intercepts are explicit dummies (not demeaned away) so that the CR2 leverage
     adjustment sees them. A group whose measure does not change within any token (every
-    within-token deviation within :data:`SNAP_RTOL` of the measure's scale) has slope exactly
+    within-token deviation within ``SNAP_RTOL`` of the measure's scale) has slope exactly
     0: ``exact_zero``, no CI and no p.
     """
     sub = d.dropna(subset=[measure]).copy()
