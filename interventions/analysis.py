@@ -45,6 +45,8 @@ def load_run(run_dir: str | Path) -> dict[str, pd.DataFrame]:
         else pd.DataFrame(),
         "clean_profile": pd.read_parquet(run / "clean_profile.parquet") if (run / "clean_profile.parquet").exists()
         else pd.DataFrame(),
+        "sink_window": pd.read_parquet(run / "sink_window.parquet") if (run / "sink_window.parquet").exists()
+        else pd.DataFrame(),
     }
     sinks_file = run / "clean_sinks.jsonl"
     tables["clean_sinks"] = (pd.read_json(sinks_file, lines=True) if sinks_file.exists() and sinks_file.stat().st_size
@@ -85,7 +87,10 @@ def compute_stats(tables: dict, *, seed: int = 0, n_boot: int = 500) -> dict:
     secondary = secondary[secondary["kind"] == "secondary"] if len(secondary) else secondary
     out: dict = {"format_version": 1, "run_id": tables["manifest"].get("run_id"),
                  "spec_name": tables["manifest"].get("spec_name"), "seed": seed, "notes": out_notes}
-    out["norm_score"] = st.fit_norm_score(tables["sink_layers"]) if len(tables["sink_layers"]) else \
+    # the fixed window after l_start (dead layers included) when the run wrote it; older runs: alive rows only
+    norm_rows = tables.get("sink_window")
+    norm_rows = norm_rows if norm_rows is not None and len(norm_rows) else tables["sink_layers"]
+    out["norm_score"] = st.fit_norm_score(norm_rows) if len(norm_rows) else \
         {"estimable": False, "reason": "no secondary sink in the clean run"}
     out["norm_lifetime"] = st.fit_norm_lifetime(secondary[["trace", "position", "mlp_out_norm", "lifetime",
                                                            "censored"]], seed=seed) if len(secondary) else \
@@ -109,7 +114,9 @@ def compute_stats(tables: dict, *, seed: int = 0, n_boot: int = 500) -> dict:
         for m in PER_LAYER_MEASURES:
             frame[m] = frame[m].astype(float)
             frame["clean_" + m] = frame["clean_" + m].astype(float)
-        layer_effects = st.per_layer_effects(frame, list(PER_LAYER_MEASURES), n_boot=n_boot, seed=seed)
+        dtype = (tables["manifest"].get("model") or {}).get("dtype")
+        layer_effects = st.per_layer_effects(frame, list(PER_LAYER_MEASURES), seed=seed,
+                                             snap_rtol=st.snap_rtol_for(dtype))
         out["per_layer_effects"] = st.to_jsonable(layer_effects.to_dict(orient="records"))
         out["per_layer_notes"] = list(layer_effects.attrs.get("notes", []))
     out["verdicts"] = {

@@ -18,6 +18,7 @@ Run folder ``results/<spec name>/<run id>/``::
     manifest.rank-K.json progress of rank K (torchrun runs only)
     clean_sinks.jsonl    sinks of the clean run (as ``intervene detect`` writes them)
     sink_layers.parquet  one row per clean secondary sink x layer of its life (for the norm fits)
+    sink_window.parquet  one row per clean secondary sink x attention layer after its l_start, alive or not
     clean_profile.parquet per (trace, layer): primary sink score, median token norm (compensation)
     effects.parquet/     one row per trace x target x condition x layer (columns: EFFECT_COLUMNS)
     downstream.parquet/  one row per trace x condition x group x position: KL and delta NLL
@@ -296,6 +297,7 @@ def run_spec(spec, *, results_root: Path | str = "results", run_dir: Path | str 
             write_parquet_atomic(out / "downstream.parquet" / part_name(tr.index), pd.DataFrame(downstream))
             write_parquet_atomic(out / "parts" / "sink_layers" / part_name(tr.index), extra["sink_layers"])
             write_parquet_atomic(out / "parts" / "clean_profile" / part_name(tr.index), extra["clean_profile"])
+            write_parquet_atomic(out / "parts" / "sink_window" / part_name(tr.index), extra["sink_window"])
             shard.data["timings"]["per_condition_s"] = {k: round(v, 4) for k, v in condition_s.items()}
             shard.data["forwards"], shard.data["non_finite"] = dict(forwards), list(non_finite)
             shard.trace_done(tr.index, time.perf_counter() - t_trace)
@@ -319,6 +321,7 @@ def run_spec(spec, *, results_root: Path | str = "results", run_dir: Path | str 
     effects = read_parts(out / "effects.parquet")
     write_parquet_atomic(out / "sink_layers.parquet", read_parts(out / "parts" / "sink_layers"))
     write_parquet_atomic(out / "clean_profile.parquet", read_parts(out / "parts" / "clean_profile"))
+    write_parquet_atomic(out / "sink_window.parquet", read_parts(out / "parts" / "sink_window"))
     summary = summarize(effects)
     write_text_atomic(out / "summary.csv", summary.to_csv(index=False))
     ranks.close()
@@ -468,7 +471,8 @@ def _run_trace(loaded, tr, conditions, config, sinks, sets, condition_s, reuse_p
         condition_s[condition.id] += time.perf_counter() - t_cond
     for k, v in ex.forwards.items():  # tokens: what ran; naive_tokens: one full forward per intervened pass
         forwards[k] += v
-    extra = {"sink_layers": sink_layer_rows(clean, sinks, L), "clean_profile": clean_profile_rows(clean, tr.index)}
+    extra = {"sink_layers": sink_layer_rows(clean, sinks, L), "clean_profile": clean_profile_rows(clean, tr.index),
+             "sink_window": sink_window_rows(clean, sinks, L)}
     return rows, downstream, extra
 
 
@@ -500,6 +504,32 @@ def sink_layer_rows(obs, sinks: list[Sink], n_layers: int) -> pd.DataFrame:
                          "primary_sink_score": float(scores[layer, 0])})
     return pd.DataFrame(rows, columns=["trace", "position", "token", "token_id", "l_start", "lifetime", "censored",
                                        "layer", "mlp_out_norm", "sink_score", "primary_sink_score"])
+
+
+SINK_WINDOW_COLUMNS = ["trace", "position", "token", "l_start", "lifetime", "censored", "layer", "alive",
+                       "mlp_out_norm", "sink_score", "primary_sink_score"]
+
+
+def sink_window_rows(obs, sinks: list[Sink], n_layers: int) -> pd.DataFrame:
+    """One row per clean secondary sink x attention layer after its l_start (l_start + 1 .. L - 1), alive or not.
+
+    The input of the norm -> score fit's fixed window (:func:`interventions.stats.fit_norm_score`):
+    every sink contributes the same layers whatever its lifetime, so late layers are not left to
+    long-lived sinks only. ``layer`` is the attention layer (as in :func:`sink_layer_rows`);
+    ``alive`` says whether the key it reads (the output of ``layer - 1``) is still sink-aligned.
+    """
+    scores = obs.mean_sink_scores()
+    rows = []
+    for s in sinks:
+        if s.kind != "secondary":
+            continue
+        lived = set(s.layers)
+        for layer in range(s.l_start + 1, n_layers):
+            rows.append({"trace": s.trace, "position": s.position, "token": s.token, "l_start": s.l_start,
+                         "lifetime": s.lifetime, "censored": s.censored, "layer": layer, "alive": (layer - 1) in lived,
+                         "mlp_out_norm": s.mlp_out_norm, "sink_score": float(scores[layer, s.position]),
+                         "primary_sink_score": float(scores[layer, 0])})
+    return pd.DataFrame(rows, columns=SINK_WINDOW_COLUMNS)
 
 
 def clean_profile_rows(obs, trace: int) -> pd.DataFrame:
