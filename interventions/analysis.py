@@ -293,12 +293,13 @@ def hypothesis_verdicts(effects: pd.DataFrame, manifest: dict, *, seed: int = 0)
             key = h.id if len(families) == 1 else f"{h.id}/{_family_label(fkey)}"
             verdicts[key] = _family_verdict(h, key, fkey, fconds, conditions, by_id, d, seed=seed,
                                             family_component=family_component, family_report=family_report,
-                                            is_placebo=is_placebo)
+                                            is_placebo=is_placebo,
+                                            tautological={t["condition"] for t in tautologies})
     return verdicts, tautologies
 
 
 def _family_verdict(h, key, fkey, fconds, conditions, by_id, d, *, seed, family_component, family_report,
-                    is_placebo) -> dict:
+                    is_placebo, tautological: set) -> dict:
     from .spec.hypotheses import MEASURES
 
     ids = [c["id"] for c in fconds]
@@ -348,8 +349,8 @@ def _family_verdict(h, key, fkey, fconds, conditions, by_id, d, *, seed, family_
         by_off = pre.assign(offset=pre["clean_l_start"] - pre["intervened_layer"]).groupby("offset")["suppressed"]
         details["rate_by_offset_before_l_start"] = {int(k): float(v) for k, v in by_off.mean().items()}
         notes.append("the trend over swap layers ('more at later layers') is descriptive (rate_by_offset), not tested")
-    excluded = [{"condition": c, "reason": "tautological rows left out (see tautologies)"}
-                for c in ids if c not in set(rows["condition"]) ] if len(d) else []
+    excluded = [{"condition": c, "reason": "tautological: edits the whole hidden state at the target's own "
+                                           "l_start (see tautologies); left out"} for c in ids if c in tautological]
     return family_report(key, h.id, h.claim, h.alpha, components, conditions=ids, comparison=arm,
                          comparison_conditions=comp_ids, excluded=excluded, details=details, notes=notes)
 
