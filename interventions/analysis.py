@@ -283,7 +283,10 @@ def hypothesis_verdicts(effects: pd.DataFrame, manifest: dict, *, seed: int = 0)
         kinds = {MEASURES[m][0] for m in h.measure}
         chosen = [c for c in chosen if c["kind"] in kinds]
         if not chosen:
+            from .stats.verdicts import VERDICT_RULE
+
             verdicts[h.id] = {"hypothesis": h.id, "claim": h.claim, "verdict": "not tested", "conditions": [],
+                              "rule": VERDICT_RULE,
                               "reason": f"the run has no condition this hypothesis selects ({', '.join(sorted(kinds))})"}
             continue
         families: dict[tuple, list[dict]] = {}
