@@ -17,6 +17,8 @@ load neither torch nor transformers; ``from interventions import load_model`` lo
 
 from __future__ import annotations
 
+import sys
+import types
 from importlib import import_module
 from importlib import metadata as _metadata
 from typing import TYPE_CHECKING
@@ -68,6 +70,24 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
+
+
+class _PublicAPI(types.ModuleType):
+    """Keeps a public function from being shadowed by its same-named submodule.
+
+    Loading a submodule sets it as an attribute of its package, so once anything imports the
+    module ``interventions.detect``, ``from interventions import detect`` would return that module
+    instead of the function. Eager imports hid this by rebinding the name afterwards; lazy ones
+    need the package to refuse the module for a public name (``sys.modules`` still has it).
+    """
+
+    def __setattr__(self, name, value):
+        if name in _EXPORTS and isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _PublicAPI
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; never executed

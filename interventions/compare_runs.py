@@ -107,7 +107,7 @@ class Run:
 def load_runs(runs, labels: list[str] | None = None) -> list[Run]:
     """Read run folders (paths, ``results/<name>`` folders, :class:`~interventions.run.RunResult` or :class:`Run`)."""
     from .analysis import resolve_run_dir
-    from .run import read_parts
+    from .store import read_parts
 
     loaded = []
     for given in runs:
@@ -391,6 +391,12 @@ class Comparison:
     effects: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+
+    def row_sides(self) -> list[tuple[str, str]]:
+        """Short names of the two sides of each table row (see :func:`side_labels`)."""
+        t = self.table
+        return [side_labels(r, c, rr, rc) for r, c, rr, rc in
+                zip(t["run"], t["condition"], t["ref_run"], t["ref_condition"])]
 
 
 def compare_runs(

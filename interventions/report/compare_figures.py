@@ -67,12 +67,10 @@ def effect_lines(comparison, path: str | Path) -> Path:
 def difference_heatmap(comparison, path: str | Path) -> Path:
     """Difference to the reference, condition (and run) x aligned layer."""
     table, settings = comparison.table, comparison.settings
-    from ..compare_runs import side_labels
-
     many_conditions = table["condition"].nunique() > 1
     labels = []
-    for r, c, rr, rc in zip(table["run"], table["condition"], table["ref_run"], table["ref_condition"]):
-        a, b = side_labels(r, c, rr, rc)
+    for (a, b), r, c, rr, rc in zip(comparison.row_sides(), table["run"], table["condition"], table["ref_run"],
+                                    table["ref_condition"]):
         labels.append(f"{a} - {b}" + (f"\n{c}" if c == rc and r != rr and many_conditions else ""))
     t = table.assign(row=labels)
     rows = list(dict.fromkeys(t["row"]))
