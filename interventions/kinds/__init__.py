@@ -1,9 +1,31 @@
-"""Intervention kinds. Each module holds the pyvene intervention and a plain-torch oracle
-(``reference_hook``) the tests compare it against."""
+"""Intervention kinds, one file each; importing a kind's module registers it in :data:`KINDS`.
 
-from . import attention_mask, mean_swap, scale, zero
+A kind file holds the spec model (pydantic, ``kind: Literal["name"]``), its expansion into
+conditions, the edits it makes per target, its effect columns, its compile step (a pyvene
+intervention, or an install step on the attention function) and its torch oracle; see
+:class:`interventions.spec.conditions.InterventionBase` for the contract and ``add.py`` or
+``patch.py`` for a complete example. The spec reads :data:`KINDS` at validation time, so a kind
+registered after import (in a notebook, in a plugin) works in the next spec.
+"""
 
-PYVENE_KINDS = {"zero": zero, "scale": scale, "mean_swap": mean_swap}
-ALL_KINDS = {**PYVENE_KINDS, "attention_mask": attention_mask}
+from ..spec.conditions import KINDS, InterventionBase, register_kind
+# Import order is registration order, which error messages list: zero, scale, mean_swap, attention_mask.
+from . import zero  # noqa: I001,F401 - registers the kind
+from . import scale  # noqa: F401
+from . import mean_swap  # noqa: F401
+from . import attention_mask  # noqa: F401
+from .attention_mask import AttentionMask
+from .mean_swap import MeanSwap
+from .scale import Scale
+from .zero import Zero
 
-__all__ = ["ALL_KINDS", "PYVENE_KINDS"]
+BUILTIN_CLASSES = {"Zero": Zero, "Scale": Scale, "MeanSwap": MeanSwap, "AttentionMask": AttentionMask}
+"""Built-in kind classes by class name (``interventions.spec.Scale`` etc. resolve here)."""
+
+
+def site_kinds() -> dict[str, type[InterventionBase]]:
+    """Registered kinds that rewrite a site's output (compiled to pyvene; each has a torch oracle)."""
+    return {name: cls for name, cls in KINDS.items() if cls.COMPILES_TO == "site"}
+
+
+__all__ = ["BUILTIN_CLASSES", "KINDS", "register_kind", "site_kinds"]

@@ -84,13 +84,8 @@ def _model_at(loc: tuple, data: Any) -> type[BaseModel] | None:
 
 
 def _clean(loc: tuple, data: Any) -> tuple:
-    """Drop the union-tag segment pydantic inserts after ``interventions[i]`` / ``targets.<name>``."""
-    loc = tuple(loc)
-    if len(loc) >= 3 and loc[0] in _DISCRIMINATORS:
-        key, _, _ = _DISCRIMINATORS[loc[0]]
-        if loc[2] == _get(data, loc[0], loc[1], key):
-            loc = loc[:2] + loc[3:]
-    return loc
+    """The field path of an error (the registered unions of spec.conditions insert no union-tag segment)."""
+    return tuple(loc)
 
 
 def _field(loc: tuple, data: Any):
