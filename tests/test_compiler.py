@@ -9,7 +9,7 @@ import torch
 from interventions.adapters import decoder_layers, get_module
 from interventions.compiler import Edit, compile_edits
 from interventions.execute import TraceExecutor
-from interventions.kinds import PYVENE_KINDS
+from interventions.spec import KINDS
 
 from .conftest import loaded_tiny
 
@@ -28,7 +28,7 @@ def oracle_logits(loaded, edit: Edit) -> torch.Tensor:
     def hook(module, args, output):
         is_tuple = isinstance(output, tuple)
         out = (output[0] if is_tuple else output).clone()
-        out[0, edit.positions] = PYVENE_KINDS[edit.kind].reference_value(edit, out[0, edit.positions])
+        out[0, edit.positions] = KINDS[edit.kind].reference_value(edit, out[0, edit.positions])
         return (out, *output[1:]) if is_tuple else out
 
     handle = site_module(loaded, edit.site, edit.layer).register_forward_hook(hook)
