@@ -13,7 +13,7 @@ import pandas as pd
 
 BASE_COLUMNS = {
     "condition": "condition id, e.g. scale.mlp_output.l_start.x5",
-    "kind": "the intervention kind (a registered kind: zero, scale, mean_swap, attention_mask, add, patch, ...)",
+    "kind": "the intervention kind (a registered kind: zero, scale, mean_swap, attention_mask, ...)",
     "site": "mlp_output | attention_output | block_output (empty for a kind that edits attention)",
     "intervened_layer": "first layer edited for this target",
     "intervened_layers": "every layer edited for this target, e.g. '4' or '5,6,7'",

@@ -9,11 +9,20 @@ registered after import (in a notebook, in a plugin) works in the next spec.
 """
 
 from ..spec.conditions import KINDS, InterventionBase, register_kind
-# Import order is registration order, which error messages list: zero, scale, mean_swap, attention_mask.
+import importlib
+import pkgutil
+
+# Import order is registration order, which error messages list: the paper's four first, then
+# every other module of this package (a new kind is a new file here; nothing else to edit).
 from . import zero  # noqa: I001,F401 - registers the kind
 from . import scale  # noqa: F401
 from . import mean_swap  # noqa: F401
 from . import attention_mask  # noqa: F401
+
+_NOT_KINDS = {"base"}
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    if _module not in _NOT_KINDS and not _module.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module}")
 from .attention_mask import AttentionMask
 from .mean_swap import MeanSwap
 from .scale import Scale
