@@ -339,7 +339,7 @@ def _run(spec, *, results_root: Path, run_dir: Path | str | None, overwrite: boo
             t_trace = time.perf_counter()
             rows, downstream, extra = run_trace(loaded, tr, conditions, config, clean_sinks.get(tr.index, []),
                                                 sets[tr.index], condition_s, reuse_prefix, forwards, non_finite,
-                                                measures=spec.measures, traces=by_index)
+                                                measures=spec.measures, traces=by_index, all_sets=sets)
             write_parquet_atomic(out / "effects.parquet" / part_name(tr.index), pd.DataFrame(rows))
             write_parquet_atomic(out / "downstream.parquet" / part_name(tr.index), pd.DataFrame(downstream))
             write_parquet_atomic(out / "parts" / "sink_layers" / part_name(tr.index), extra["sink_layers"])
@@ -359,6 +359,7 @@ def _run(spec, *, results_root: Path, run_dir: Path | str | None, overwrite: boo
             "failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted", error=f"{type(exc).__name__}: {exc}")
         raise
 
+    loaded.close()  # the model's attention runs unwrapped again
     clean_frame = pd.DataFrame([s.to_dict() for s in all_sinks])
     if not ranks.is_main:  # rank 0 writes the merged tables, statistics and report
         ranks.close()

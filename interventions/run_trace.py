@@ -33,6 +33,8 @@ class TraceContext:
     """Every target set resolved in this trace."""
     traces: dict = field(default_factory=dict)
     """Every trace of the run by index (:class:`~interventions.traces.Trace`), e.g. a patch's source."""
+    all_sets: dict = field(default_factory=dict)
+    """Resolved target sets of every trace of the run, by trace index."""
 
     def site_values(self, wanted, trace: int | None = None, reduce=None) -> dict:
         """Clean outputs ``{(site, layer): [T, D]}`` of this trace (or trace ``trace`` of the run), one forward."""
@@ -82,13 +84,13 @@ def kind_states(conditions, context: TraceContext) -> dict[str, object]:
 
 
 def run_trace(loaded, tr, conditions, config, sinks, sets, condition_s, reuse_prefix, forwards, non_finite, *,
-              measures, traces=None):
+              measures, traces=None, all_sets=None):
     """Every condition on one trace, its targets resolved from the clean pass (``sinks``, ``sets``).
 
     Returns (effects rows, downstream rows, {"sink_layers", "clean_profile"} frames).
     """
     L = loaded.dims["layers"]
-    context = TraceContext(loaded, tr.index, list(tr.token_ids), sinks, sets, traces or {})
+    context = TraceContext(loaded, tr.index, list(tr.token_ids), sinks, sets, traces or {}, all_sets or {})
     states = kind_states(conditions, context)
     planned = []
     for condition in conditions:

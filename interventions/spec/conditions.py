@@ -137,6 +137,18 @@ class InterventionBase(SpecModel):
         """One-line warnings about settings that are valid but probably not meant."""
         return []
 
+    @classmethod
+    def referenced_sets(cls, raw: dict) -> list[tuple[str, Any]]:
+        """(field path, value) of every target-set name this kind's raw spec entry refers to besides
+        ``targets``/``controls`` (checked against ``targets:`` with the other references)."""
+        return []
+
+    @classmethod
+    def resolve_paths(cls, raw: dict, base_dir, check_files: bool) -> tuple[dict, list[str]]:
+        """This kind's file fields resolved against the spec's folder: (new raw entry, problems as
+        ``<field>: <text>``). The loader calls it before validation; most kinds have no file."""
+        return raw, []
+
     def _condition(self, index: int, cid: str, **kw) -> Condition:
         kw.setdefault("site", getattr(self, "site", None) if isinstance(getattr(self, "site", None), str) else None)
         kw.setdefault("factor", None)
@@ -171,6 +183,18 @@ class InterventionBase(SpecModel):
     def effect_values(cls, condition: Condition, target, layer: int, edited_layers: list[int]) -> dict:
         """This kind's :attr:`EFFECT_COLUMNS` for one effects row (``layer`` is the row's measured layer)."""
         return {}
+
+    @classmethod
+    def api_edits(cls, loaded, *, layers: list[int], positions: list[int], site: str | None, **params) -> list[Edit]:
+        """The edits of one :mod:`interventions.edits` object (``Scale(site=..., layer=..., positions=..., factor=5)``).
+
+        Default: one :class:`Edit` per layer with ``params`` as its fields (``factor``, ``vector``,
+        ``redirect_to`` or ``params``).
+        """
+        from ..compiler.plan import Edit
+
+        return [Edit(cls.model_fields["kind"].default, layer, list(positions), site=site, **params)
+                for layer in layers]
 
     # -- compile side -----------------------------------------------------------------------
 

@@ -237,6 +237,14 @@ def _resolve_paths(data: dict, base_dir: Path, check_files: bool) -> list[str]:
         elif check_files and model.count("/") > 1:
             problems.append(f"model: {show(model)} is not an existing path (looked in {base_dir.resolve()}) "
                             "nor a hub id (owner/name)")
+    interventions = data.get("interventions")
+    if isinstance(interventions, list):  # kinds with file fields (add's direction file) resolve theirs
+        for i, iv in enumerate(interventions):
+            kind = KINDS.get(iv.get("kind")) if isinstance(iv, dict) and isinstance(iv.get("kind"), str) else None
+            if kind is not None:
+                fixed, found = kind.resolve_paths(iv, base_dir, check_files)
+                interventions[i] = fixed
+                problems += [f"interventions[{i}].{p}" for p in found]
     traces = data.get("traces")
     if isinstance(traces, str) and traces.strip() and traces != TESTBED_TRACES:
         p = Path(traces).expanduser()
@@ -280,6 +288,8 @@ def validate_spec_data(data: Any, *, base_dir: str | Path | None = None, check_f
         raise SpecError(problems + [f"(top level): {show(data)} is not a mapping — a spec is key: value lines "
                                     "(name:, model:, traces:, targets:, interventions:)"])
     data = dict(data)
+    if isinstance(data.get("interventions"), list):
+        data["interventions"] = list(data["interventions"])
     if base_dir is not None:
         problems += _resolve_paths(data, Path(base_dir), check_files)
     spec = None

@@ -276,6 +276,9 @@ def reference_problems(data: Any) -> list[str]:
                 for t in sorted({t for t in tl if isinstance(t, str) and tl.count(t) > 1}):
                     problems.append(f"interventions[{i}].targets: {show(t)} is listed twice — list each set once")
             ref(f"interventions[{i}].controls", iv.get("controls"), "controls")
+            kind = KINDS.get(iv.get("kind")) if isinstance(iv.get("kind"), str) else None
+            for path, value in (kind.referenced_sets(iv) if kind is not None else []):
+                ref(f"interventions[{i}].{path}", value, path)
     model, traces = data.get("model"), data.get("traces")
     if traces == TESTBED_TRACES and isinstance(model, str) and not model.startswith(TESTBED_PREFIX):
         problems.append(f"traces: 'testbed' needs a testbed model, but model is {show(model)} — give a JSONL "
