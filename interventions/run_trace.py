@@ -146,7 +146,7 @@ def run_trace(loaded, tr, conditions, config, sinks, sets, condition_s, reuse_pr
                               position=t.position, ref_layer=ref, base=base)
             for row in new:
                 row.update(defaults)
-                row.update(kind.effect_values(condition, t, row["layer"], layers))
+                row.update(kind.effect_values(condition, t, row["layer"], layers, states[condition.kind]))
                 row["non_finite"] = bad is not None
                 for col in [c for c in row if c not in keep]:
                     del row[col]

@@ -160,7 +160,7 @@ class Add(SiteIntervention):
                      factor=condition.params["coefficient"]) for layer in layers]
 
     @classmethod
-    def effect_values(cls, condition, target, layer, edited_layers) -> dict:
+    def effect_values(cls, condition, target, layer, edited_layers, state=None) -> dict:
         return {"coefficient": float(condition.params["coefficient"]), "direction": condition.params["label"]}
 
     @classmethod

@@ -49,7 +49,7 @@ class AttentionMask(InterventionBase):
                 for layer in layers]
 
     @classmethod
-    def effect_values(cls, condition, target, layer, edited_layers) -> dict:
+    def effect_values(cls, condition, target, layer, edited_layers, state=None) -> dict:
         return {"redirect": condition.redirect or "", "masked": layer in edited_layers}
 
     @classmethod

@@ -56,7 +56,7 @@ class Scale(SiteIntervention):
                 for layer in layers]
 
     @classmethod
-    def effect_values(cls, condition, target, layer, edited_layers) -> dict:
+    def effect_values(cls, condition, target, layer, edited_layers, state=None) -> dict:
         return {"factor": float(condition.factor)}
 
     @classmethod

@@ -180,8 +180,10 @@ class InterventionBase(SpecModel):
         return [Edit(condition.kind, layer, [target.position], site=condition.site) for layer in layers]
 
     @classmethod
-    def effect_values(cls, condition: Condition, target, layer: int, edited_layers: list[int]) -> dict:
-        """This kind's :attr:`EFFECT_COLUMNS` for one effects row (``layer`` is the row's measured layer)."""
+    def effect_values(cls, condition: Condition, target, layer: int, edited_layers: list[int], state: Any = None
+                      ) -> dict:
+        """This kind's :attr:`EFFECT_COLUMNS` for one effects row (``layer`` is the row's measured layer;
+        ``state`` is what :meth:`trace_state` returned for this trace)."""
         return {}
 
     @classmethod
