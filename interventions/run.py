@@ -40,7 +40,7 @@ from .errors import SpecError, UserError
 from .progress import track, warn
 from .run_tables import (EFFECT_COLUMNS, STATS_MEASURES, clean_profile_rows, read_parts,  # noqa: F401 - re-exported
                          sink_layer_rows, summarize)
-from .run_trace import edits_for, groups, run_trace
+from .run_trace import groups, run_trace
 from .store import (Manifest, check_output_dir, new_run_id, part_name, prepare_output_dir, write_parquet_atomic,
                     write_text_atomic)
 from .targets import RunFacts, resolve_targets, token_ids_for

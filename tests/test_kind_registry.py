@@ -100,3 +100,15 @@ def test_a_kind_registered_after_import_is_validated_compiled_and_run(negate, tm
     targets = result.effects.drop_duplicates(["trace", "position"])
     assert set(targets.kind) == {"negate"} and len(targets) > 0
     assert (targets.clean_lifetime > 0).all() and (targets.lifetime == 0).mean() > 0.5
+
+
+def test_importing_the_compiler_and_kinds_does_not_load_pyvene():
+    import subprocess
+    import sys
+
+    code = ("import sys, interventions.compiler, interventions.kinds, interventions.spec; "
+            "assert 'pyvene' not in sys.modules, 'pyvene loaded at import'; "
+            "from interventions.spec import KINDS; print(','.join(KINDS))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().startswith("zero,scale,mean_swap,attention_mask")

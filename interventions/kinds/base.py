@@ -12,8 +12,6 @@ from pydantic import Field, field_validator
 from ..spec.conditions import Condition, InterventionBase
 from ..spec.fields import LayerRange, Site, concrete, layer_label, layer_spec_validator, site_validator
 
-LayerSpec = int | list[int] | LayerRange | str
-"""A layer spec as written: int, list, ``{from: a, to: b}`` or ``l_start``."""
 
 
 class SiteIntervention(InterventionBase):
