@@ -5,13 +5,12 @@ Not a kind itself; ``zero``, ``scale``, ``add`` and ``patch`` build on it.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
 from ..spec.conditions import Condition, InterventionBase
 from ..spec.fields import LayerRange, Site, concrete, layer_label, layer_spec_validator, site_validator
-
 
 
 class SiteIntervention(InterventionBase):
@@ -21,7 +20,7 @@ class SiteIntervention(InterventionBase):
     COMPILES_TO: ClassVar[str] = "site"
 
     site: Site = Field(description="Site to edit: mlp_output, attention_output or block_output.")
-    layer: int | list[int] | LayerRange | str = Field(
+    layer: int | list[int] | LayerRange | Literal["l_start"] = Field(
         description="Layers edited together: int, list of ints, {from: a, to: b} or l_start (per sink).")
 
     _site = field_validator("site", mode="before")(lambda v: site_validator(False)(v))

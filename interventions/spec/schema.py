@@ -121,7 +121,8 @@ class Spec(SpecModel):
     interventions: list[Intervention] = Field(min_length=1,
                                               description="The interventions; each expands into conditions.")
     measures: list[Measure] = Field(default_factory=lambda: list(MEASURES),
-                                    description="What to measure; default all of " + ", ".join(MEASURES) + ".")
+                                    description="What to compute and write; default all of " + ", ".join(MEASURES)
+                                    + " (statistics need sinks, hidden, sink_score and primary_sink_score).")
     report: bool = Field(True, description="Write the HTML/markdown report after the run.")
 
     _source_path: Path | None = PrivateAttr(None)
@@ -227,6 +228,18 @@ class Spec(SpecModel):
     def conditions(self) -> list[Condition]:
         """Shorthand for :func:`expand_conditions`."""
         return expand_conditions(self)
+
+    def __repr__(self) -> str:
+        conditions = self.conditions()
+        lines = [f"Spec({self.name!r}: {self.model} on {self.traces}"
+                 f"{f' (first {self.limit})' if self.limit else ''}, {self.dtype} on {self.device})"]
+        lines.append("  targets: " + ", ".join(f"{k} ({getattr(v, 'select', '?')})" for k, v in self.targets.items()))
+        shown = [c.id for c in conditions[:8]]
+        more = f" ... +{len(conditions) - 8}" if len(conditions) > 8 else ""
+        lines.append(f"  {len(self.interventions)} interventions -> {len(conditions)} conditions: "
+                     + ", ".join(shown) + more)
+        lines.append(f"  measures: {', '.join(self.measures)}; seed {self.seed}")
+        return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------
