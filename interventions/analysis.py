@@ -38,7 +38,7 @@ def resolve_run_dir(path: str | Path) -> Path:
 
 def load_run(run_dir: str | Path) -> dict[str, pd.DataFrame]:
     """The tables of a run folder (effects, sink_layers, clean_profile, clean_sinks)."""
-    from .run import read_parts
+    from .run_tables import read_parts
 
     run = resolve_run_dir(run_dir)
     if not (run / "manifest.json").exists():

@@ -14,8 +14,6 @@ from __future__ import annotations
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
-import torch
-
 from .plan import Edit
 
 
@@ -61,6 +59,8 @@ def merge_edits(edits: list[Edit]) -> list[Edit]:
     The kind says what "the same" is (``merge_key``); per-position values (``vector`` [N, D])
     are concatenated with their positions.
     """
+    import torch
+
     merged: dict[tuple, Edit] = {}
     out: list[Edit] = []
     for e in edits:

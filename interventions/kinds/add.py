@@ -21,7 +21,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, field_validator
 
-from ..spec.conditions import Condition, EffectColumn, register_kind
+from ..spec.conditions import Condition, Edit, EffectColumn, register_kind
 from ..spec.fields import SpecModel, fail, show
 from .base import SiteIntervention
 
@@ -151,8 +151,6 @@ class Add(SiteIntervention):
 
     @classmethod
     def edits_for(cls, condition, target, layers, state):
-        from ..compiler.plan import Edit
-
         vectors = state[condition.id]
         if any(vectors[layer] is None for layer in layers):
             return []
@@ -167,8 +165,6 @@ class Add(SiteIntervention):
     def api_edits(cls, loaded, *, layers, positions, site, vector, coefficient: float = 1.0, normalize: bool = False):
         """``Add(site=..., layer=..., positions=..., vector=v, coefficient=c)``: add ``c * v`` (``normalize``: unit v)."""
         import torch
-
-        from ..compiler.plan import Edit
 
         v = torch.as_tensor(vector).float()
         if normalize:

@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from ..spec.conditions import Condition, EffectColumn, InterventionBase, register_kind
+from ..spec.conditions import Condition, Edit, EffectColumn, InterventionBase, register_kind
 from ..spec.fields import LayerRange, concrete, layer_label, layer_spec_validator
 
 
@@ -43,8 +43,6 @@ class AttentionMask(InterventionBase):
 
     @classmethod
     def edits_for(cls, condition, target, layers, state):
-        from ..compiler.plan import Edit
-
         return [Edit("attention_mask", layer, [target.position], redirect_to=0 if condition.redirect == "bos" else None)
                 for layer in layers]
 

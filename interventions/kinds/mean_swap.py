@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from ..spec.conditions import Condition, InterventionBase, register_kind
+from ..spec.conditions import Condition, Edit, InterventionBase, register_kind
 from ..spec.fields import Site, SweepRange, layer_label, layer_spec_validator, site_validator
 
 DEFAULT_MAX_OFFSET = 8
@@ -76,8 +76,6 @@ class MeanSwap(InterventionBase):
 
     @classmethod
     def edits_for(cls, condition, target, layers, state):
-        from ..compiler.plan import Edit
-
         return [Edit("mean_swap", layer, [target.position], site=condition.site, vector=state[condition.site][layer])
                 for layer in layers]
 

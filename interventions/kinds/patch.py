@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from ..errors import UserError
-from ..spec.conditions import Condition, EffectColumn, register_kind
+from ..spec.conditions import Condition, Edit, EffectColumn, register_kind
 from ..spec.fields import SpecModel, fail
 from .base import SiteIntervention
 
@@ -111,8 +111,6 @@ class Patch(SiteIntervention):
 
     @classmethod
     def edits_for(cls, condition, target, layers, state):
-        from ..compiler.plan import Edit
-
         s = state[condition.id]
         row = s["rows"].get(s["source_of"].get(target.position))
         if row is None:
@@ -137,7 +135,6 @@ class Patch(SiteIntervention):
         import torch
 
         from ..capture import capture_sites
-        from ..compiler.plan import Edit
 
         positions = list(positions)
         if values is not None:

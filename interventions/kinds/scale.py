@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, field_validator
 
-from ..spec.conditions import Condition, EffectColumn, register_kind
+from ..spec.conditions import Condition, Edit, EffectColumn, register_kind
 from ..spec.fields import fail, show
 from .base import SiteIntervention
 
@@ -50,8 +50,6 @@ class Scale(SiteIntervention):
 
     @classmethod
     def edits_for(cls, condition, target, layers, state):
-        from ..compiler.plan import Edit
-
         return [Edit("scale", layer, [target.position], site=condition.site, factor=condition.factor)
                 for layer in layers]
 
