@@ -292,7 +292,7 @@ def load_model(
     model,
     *,
     dtype="auto",
-    device: str = "cpu",
+    device: str | None = None,
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
     revision: str | None = None,
@@ -307,8 +307,9 @@ def load_model(
             place, left on its device and dtype unless asked).
         dtype: ``auto`` (float32 on CPU, the checkpoint's dtype on GPU), ``float32``,
             ``bfloat16`` or ``float16``, as a string or a ``torch.dtype``.
-        device: ``cpu``, ``cuda``/``cuda:N``, or ``auto`` (``device_map="auto"``: layers spread
-            over every visible GPU by accelerate).
+        device: ``cpu`` (the default for a model loaded here), ``cuda``/``cuda:N``, or ``auto``
+            (``device_map="auto"``: layers spread over every visible GPU by accelerate). An in-memory
+            model stays on its device unless one is given.
         attn_implementation: ``sdpa`` (default) or ``eager``; both are wrapped so sink scores
             and attention masking work with either.
         trust_remote_code: run code shipped with the checkpoint; off unless asked.
@@ -319,13 +320,13 @@ def load_model(
     as a context manager) to remove it.
     """
     if isinstance(model, torch.nn.Module):
-        return wrap_model(model, tokenizer, dtype=dtype, device=None if device == "cpu" and _on(model, "cpu")
-                          else device, attn_implementation=attn_implementation)
+        return wrap_model(model, tokenizer, dtype=dtype, device=device, attn_implementation=attn_implementation)
     if not isinstance(model, (str, Path)):
         raise UserError(f"model must be a hub id, a folder, a .gguf file or a loaded PreTrainedModel, not "
                         f"{type(model).__name__}", field="model")
     model = str(model)
     dtype = _dtype_name(dtype)
+    device = device or "cpu"
     check_attn_implementation(attn_implementation)
     check_device(device, dtype)
     source = resolve_source(model, revision=revision)
@@ -368,9 +369,3 @@ def load_model(
         restore_attn_implementation=wrapped_from,
     )
 
-
-def _on(model, device: str) -> bool:
-    try:
-        return next(model.parameters()).device.type == device
-    except StopIteration:
-        return True
