@@ -36,9 +36,6 @@ class Adapter:
     """Attention module inside a decoder layer; its output is the attention output o_t^l."""
     mlp: str = "mlp"
     """MLP module inside a decoder layer; its output is the MLP output f_t^l."""
-    final_norm: str = "model.norm"
-    """Final norm applied before the LM head."""
-    embed: str = "model.embed_tokens"
     pyvene_like: str = "Qwen2ForCausalLM"
     """The pyvene-registered class whose component table this family can reuse."""
     qkv_bias: bool = False
@@ -87,15 +84,6 @@ def get_module(root: torch.nn.Module, path: str) -> torch.nn.Module:
 def decoder_layers(model: torch.nn.Module, adapter: Adapter) -> list[torch.nn.Module]:
     return list(get_module(model, adapter.layers))
 
-
-def layer_sites(model: torch.nn.Module, adapter: Adapter, layer: int) -> dict[str, torch.nn.Module]:
-    """The modules of one decoder layer that observation and interventions hook."""
-    block = decoder_layers(model, adapter)[layer]
-    return {
-        "block": block,
-        "attention": get_module(block, adapter.attention),
-        "mlp": get_module(block, adapter.mlp),
-    }
 
 
 def model_dims(config) -> dict[str, int]:

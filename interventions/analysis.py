@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .errors import UserError
-from .store import write_json_atomic
+from .store import check_run_folder, read_parts, write_json_atomic
 
 PER_LAYER_MEASURES = ("is_sink", "hidden_norm", "hidden_cos", "sink_score", "primary_sink_score")
 
@@ -38,16 +37,15 @@ def resolve_run_dir(path: str | Path) -> Path:
 
 def load_run(run_dir: str | Path) -> dict[str, pd.DataFrame]:
     """The tables of a run folder (effects, sink_layers, clean_profile, clean_sinks)."""
-    from .run_tables import read_parts
-
     run = resolve_run_dir(run_dir)
-    if not (run / "manifest.json").exists():
-        raise UserError(f"{run} has no manifest.json; give a folder written by `intervene run`", field="run_dir")
+    check_run_folder(run)
     tables = {
         "effects": read_parts(run / "effects.parquet"),
         "sink_layers": pd.read_parquet(run / "sink_layers.parquet") if (run / "sink_layers.parquet").exists()
         else pd.DataFrame(),
         "clean_profile": pd.read_parquet(run / "clean_profile.parquet") if (run / "clean_profile.parquet").exists()
+        else pd.DataFrame(),
+        "sink_window": pd.read_parquet(run / "sink_window.parquet") if (run / "sink_window.parquet").exists()
         else pd.DataFrame(),
     }
     sinks_file = run / "clean_sinks.jsonl"
@@ -89,7 +87,10 @@ def compute_stats(tables: dict, *, seed: int = 0, n_boot: int = 500) -> dict:
     secondary = secondary[secondary["kind"] == "secondary"] if len(secondary) else secondary
     out: dict = {"format_version": 1, "run_id": tables["manifest"].get("run_id"),
                  "spec_name": tables["manifest"].get("spec_name"), "seed": seed, "notes": out_notes}
-    out["norm_score"] = st.fit_norm_score(tables["sink_layers"]) if len(tables["sink_layers"]) else \
+    # the fixed window after l_start (dead layers included) when the run wrote it; older runs: alive rows only
+    norm_rows = tables.get("sink_window")
+    norm_rows = norm_rows if norm_rows is not None and len(norm_rows) else tables["sink_layers"]
+    out["norm_score"] = st.fit_norm_score(norm_rows) if len(norm_rows) else \
         {"estimable": False, "reason": "no secondary sink in the clean run"}
     out["norm_lifetime"] = st.fit_norm_lifetime(secondary[["trace", "position", "mlp_out_norm", "lifetime",
                                                            "censored"]], seed=seed) if len(secondary) else \
@@ -113,7 +114,9 @@ def compute_stats(tables: dict, *, seed: int = 0, n_boot: int = 500) -> dict:
         for m in PER_LAYER_MEASURES:
             frame[m] = frame[m].astype(float)
             frame["clean_" + m] = frame["clean_" + m].astype(float)
-        layer_effects = st.per_layer_effects(frame, list(PER_LAYER_MEASURES), n_boot=n_boot, seed=seed)
+        dtype = (tables["manifest"].get("model") or {}).get("dtype")
+        layer_effects = st.per_layer_effects(frame, list(PER_LAYER_MEASURES), seed=seed,
+                                             snap_rtol=st.snap_rtol_for(dtype))
         out["per_layer_effects"] = st.to_jsonable(layer_effects.to_dict(orient="records"))
         out["per_layer_notes"] = list(layer_effects.attrs.get("notes", []))
     out["verdicts"] = {
@@ -151,14 +154,3 @@ def analyze_run(run_dir, *, progress: bool = True, report: bool = True, seed: in
         report_path = render_report(run, tables, stats)
     return stats, report_path
 
-
-def verdict_table(stats: dict) -> list[tuple[str, str, str]]:
-    """(hypothesis, verdict, one-line reason) for the terminal."""
-    rows = []
-    for key, v in stats.get("verdicts", {}).items():
-        effect = v.get("effect")
-        detail = v.get("reason", "")
-        if isinstance(effect, (int, float)) and np.isfinite(effect):
-            detail = f"effect {effect:.3g}, p {v.get('p')}; {detail}" if v.get("p") is not None else detail
-        rows.append((key, v.get("verdict", "?"), detail))
-    return rows

@@ -18,6 +18,7 @@ Run folder ``results/<spec name>/<run id>/``::
     manifest.rank-K.json progress of rank K (torchrun runs only)
     clean_sinks.jsonl    sinks of the clean run (as ``intervene detect`` writes them)
     sink_layers.parquet  one row per clean secondary sink x layer of its life (for the norm fits)
+    sink_window.parquet  one row per clean secondary sink x attention layer after its l_start, alive or not
     clean_profile.parquet per (trace, layer): primary sink score, median token norm (compensation)
     effects.parquet/     one row per trace x target x condition x layer (columns: EFFECT_COLUMNS)
     downstream.parquet/  one row per trace x condition x group x position: KL and delta NLL
@@ -36,14 +37,14 @@ import pandas as pd
 
 from .detect import decode_tokens
 from .detection import DetectionConfig, Sink, detect_sinks
-from .errors import SpecError, UserError
-from .progress import track, warn
+from .errors import UserError
+from .progress import compact_ranges, info, track, warn
 from .run_tables import (EFFECT_COLUMNS, STATS_MEASURES, clean_profile_rows, read_parts,  # noqa: F401 - re-exported
                          sink_layer_rows, summarize)
-from .run_trace import groups, run_trace
+from .run_trace import groups, run_trace, skip_reason, skipped_targets
 from .store import (Manifest, check_output_dir, new_run_id, part_name, prepare_output_dir, write_parquet_atomic,
                     write_text_atomic)
-from .targets import RunFacts, resolve_targets, token_ids_for
+from .targets import RunFacts, resolve_targets
 
 
 
@@ -85,18 +86,6 @@ class RunResult:
         return "\n".join(lines)
 
 
-def _spec_records(spec, truth_folder: str | None):
-    """Trace records of a spec: its JSONL file, or the planted model's own traces."""
-    from .traces import read_trace_records
-
-    if spec.traces == "testbed":
-        from .testbed.planted import load_truth, planted_traces
-
-        texts = planted_traces(load_truth(truth_folder), n=spec.limit or 8, seed=spec.seed, gated=True)
-        return [{"text": t} for t in texts]
-    return read_trace_records(spec.traces, limit=spec.limit)
-
-
 @dataclass
 class Prepared:
     """What :func:`prepare` checked and read, all without weights."""
@@ -117,33 +106,10 @@ def prepare(spec, *, results_root: Path = Path("results"), run_dir: Path | None 
 
     Raises SpecError / UserError with one line per problem; nothing is written.
     """
-    from .adapters import model_dims
-    from .detect import check_trace_lengths
     from .distributed import Ranks
-    from .memory import check_memory, estimate_memory
-    from .models import check_device, load_config, load_tokenizer, resolve_dtype, resolve_source
-    from .spec import check_against_model
-    from .traces import traces_from_records
+    from .spec.load import check_inputs
 
-    device = (ranks or Ranks()).device(spec.device)
-    check_device(device, spec.dtype)
-    source = resolve_source(spec.model, revision=getattr(spec, "revision", None))
-    config = load_config(source, trust_remote_code=spec.trust_remote_code)
-    dims = model_dims(config)
-    problems = check_against_model(spec, dims)
-    if problems:
-        raise SpecError(problems)
-    records = _spec_records(spec, source.path)
-    tokenizer = load_tokenizer(source, trust_remote_code=spec.trust_remote_code)
-    traces = traces_from_records(records, tokenizer, max_tokens=spec.max_tokens, chat_template=spec.chat_template)
-    check_trace_lengths(traces, dims)
-    for name, target in spec.targets.items():  # a multi-token string fails now, not mid-run
-        if getattr(target, "tokens", None):
-            token_ids_for(tokenizer, target.tokens, field=f"targets.{name}.tokens")
-    memory = estimate_memory(config, dtype=resolve_dtype(config, spec.dtype, device),
-                             tokens=max((tr.length for tr in traces), default=1),
-                             attn_implementation=spec.attn_implementation)
-    check_memory(memory, device, force=force)
+    checked = check_inputs(spec, device=(ranks or Ranks()).device(spec.device), force=force)
     out = run_dir if run_dir is not None else results_root / spec.name / (run_id or new_run_id())
     if resume:
         if not (out / "manifest.json").exists():
@@ -151,24 +117,16 @@ def prepare(spec, *, results_root: Path = Path("results"), run_dir: Path | None 
         previous = Manifest.load(out / "manifest.json")
         if previous.get("spec_hash") != spec.spec_hash:
             raise UserError(f"{out} was made from a different spec (hash {previous.get('spec_hash')} vs "
-                            f"{spec.spec_hash}); start a new run, or replace it with --run-dir {out} --overwrite",
+                            f"{spec.spec_hash}); start a new run, or replace it with --out {out} --overwrite",
                             field="resume")
     check_output_dir(out, overwrite=overwrite, resume=resume,
-                     option="--run-dir" if run_dir is not None else "--results")
-    return Prepared(source, config, dims, tokenizer, traces, out, device, memory)
+                     option="--out" if run_dir is not None else "--results")
+    return Prepared(checked.source, checked.config, checked.dims, checked.tokenizer, checked.traces, out,
+                    checked.device, checked.memory)
 
 
 def _needs_l_start(conditions) -> list[str]:
     return [c.id for c in conditions if isinstance(c.layer, str) and c.layer.startswith("l_start")]
-
-
-def _resolvable(condition, target, n_layers: int) -> bool:
-    """Whether ``condition`` has a layer in the model for ``target`` (its l_start / lifetime resolve)."""
-    try:
-        return any(0 <= layer < n_layers for layer in condition.layers_for(l_start=target.l_start,
-                                                                           lifetime=target.ref_lifetime))
-    except ValueError:
-        return False
 
 
 def completed_traces(out: Path) -> set[int]:
@@ -274,6 +232,7 @@ def _run(spec, *, results_root: Path, run_dir: Path | str | None, overwrite: boo
     t0 = time.perf_counter()
     tokens = {tr.index: decode_tokens(loaded.tokenizer, tr.token_ids) for tr in traces}
     clean_sinks = _load_clean_sinks(out) if resume else None
+    reused_clean = clean_sinks is not None
     if clean_sinks is None:
         local: dict[int, list[Sink]] = {}
         for tr in track([tr for tr in traces if ranks.owns(tr.index)], description="clean pass", enabled=progress):
@@ -290,10 +249,14 @@ def _run(spec, *, results_root: Path, run_dir: Path | str | None, overwrite: boo
     sets = {tr.index: resolve_targets(spec.targets, trace=tr.index, token_ids=np.asarray(tr.token_ids),
                                       tokens=tokens[tr.index], sinks=clean_sinks.get(tr.index, []), facts=facts,
                                       tokenizer=loaded.tokenizer) for tr in traces}
-    if not any(_resolvable(c, t, prep.dims["layers"])
+    if not any(skip_reason(c, t, prep.dims["layers"]) is None
                for s in sets.values() for c in conditions for _, group in groups(c, s) for t in group):
         raise UserError("every target set resolved to no position in every trace; check the targets "
                         "(e.g. no secondary sink was detected)", field="targets")
+    skipped = skipped_targets(conditions, sets, prep.dims["layers"])
+    if ranks.is_main:
+        for cid, reasons in skipped.items():
+            warn(f"{cid}: " + "; ".join(f"{n} target(s) skipped: {why}" for why, n in reasons.items()))
     empty_sets: dict[str, int] = {}
     for s in sets.values():
         for name, members in s.items():
@@ -305,6 +268,10 @@ def _run(spec, *, results_root: Path, run_dir: Path | str | None, overwrite: boo
 
     # Only now, with every check passed, does the run folder appear.
     done = completed_traces(out) if resume else set()
+    if resume and ranks.is_main:
+        info(f"resuming {out}: clean pass {'reused from clean_sinks.jsonl' if reused_clean else 'rerun'}; "
+             f"skipping {len(done)} of {len(traces)} traces already done"
+             + (f" ({compact_ranges(done)})" if done else "") + f"; running {len(traces) - len(done)}")
     previous = Manifest.load(out / "manifest.json") if resume else {}
     manifest = Manifest(out / "manifest.json", command=command, kind="run", run_id=out.name, seed=spec.seed,
                         spec_name=spec.name, spec_hash=spec.spec_hash, spec=json.loads(spec.canonical_json()),
@@ -312,6 +279,7 @@ def _run(spec, *, results_root: Path, run_dir: Path | str | None, overwrite: boo
                         traces_total=len(traces), reuse_prefix=reuse_prefix, world_size=ranks.world_size,
                         memory_estimate={**prep.memory.parts, "total": prep.memory.total_bytes},
                         resumes=previous.get("resumes", 0) + bool(resume), empty_target_sets=empty_sets,
+                        skipped_targets=skipped,
                         run_facts={"modal_l_start": facts.modal_l_start,
                                    "sink_token_ids": sorted(facts.sink_token_ids)})
     manifest.data["traces_completed"] = sorted(done)
@@ -344,6 +312,7 @@ def _run(spec, *, results_root: Path, run_dir: Path | str | None, overwrite: boo
             write_parquet_atomic(out / "downstream.parquet" / part_name(tr.index), pd.DataFrame(downstream))
             write_parquet_atomic(out / "parts" / "sink_layers" / part_name(tr.index), extra["sink_layers"])
             write_parquet_atomic(out / "parts" / "clean_profile" / part_name(tr.index), extra["clean_profile"])
+            write_parquet_atomic(out / "parts" / "sink_window" / part_name(tr.index), extra["sink_window"])
             shard.data["timings"]["per_condition_s"] = {k: round(v, 4) for k, v in condition_s.items()}
             shard.data["forwards"], shard.data["non_finite"] = dict(forwards), list(non_finite)
             shard.trace_done(tr.index, time.perf_counter() - t_trace)
@@ -368,9 +337,9 @@ def _run(spec, *, results_root: Path, run_dir: Path | str | None, overwrite: boo
     effects = read_parts(out / "effects.parquet")
     write_parquet_atomic(out / "sink_layers.parquet", read_parts(out / "parts" / "sink_layers"))
     write_parquet_atomic(out / "clean_profile.parquet", read_parts(out / "parts" / "clean_profile"))
+    write_parquet_atomic(out / "sink_window.parquet", read_parts(out / "parts" / "sink_window"))
     summary = summarize(effects)
     write_text_atomic(out / "summary.csv", summary.to_csv(index=False))
-    manifest.finish("complete")
     ranks.close()
     result = RunResult(out=out, effects=effects, summary=summary, clean_sinks=clean_frame, manifest=manifest.data)
     if report if report is not None else spec.report:
@@ -379,9 +348,18 @@ def _run(spec, *, results_root: Path, run_dir: Path | str | None, overwrite: boo
             warn(f"statistics and report skipped: they need the measures {', '.join(missing)} "
                  "(add them to measures:, or leave measures out)")
         else:
+            # "complete" means every file the run promises is written: a run killed during its
+            # statistics stays "analyzing" (resume it, or run `intervene report` on it).
             from .analysis import analyze_run
 
-            result.stats, result.report = analyze_run(out, progress=progress, report=write_report)
+            manifest.update(status="analyzing")
+            try:
+                result.stats, result.report = analyze_run(out, progress=progress, report=write_report)
+            except BaseException as exc:
+                manifest.finish("failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted",
+                                error=f"statistics: {type(exc).__name__}: {exc}")
+                raise
+    manifest.finish("complete")
     return result
 
 

@@ -6,10 +6,11 @@ Pure functions (observations and rows in, frames out); :mod:`interventions.run` 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .store import read_parts  # noqa: F401 - re-exported (interventions.run.read_parts)
 
 BASE_COLUMNS = {
     "condition": "condition id, e.g. scale.mlp_output.l_start.x5",
@@ -110,14 +111,6 @@ def measured_columns(measures) -> set[str]:
     return cols
 
 
-def read_parts(folder: Path) -> pd.DataFrame:
-    """Concatenate a folder of ``part-*.parquet`` files (one per trace)."""
-    parts = sorted(Path(folder).glob("part-*.parquet"))
-    frames = [pd.read_parquet(p) for p in parts]
-    frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
 def sink_layer_rows(obs, sinks, n_layers: int) -> pd.DataFrame:
     """One row per clean secondary sink x attention layer that sees it: the norm -> score fit's input.
 
@@ -137,6 +130,32 @@ def sink_layer_rows(obs, sinks, n_layers: int) -> pd.DataFrame:
                          "primary_sink_score": float(scores[layer, 0])})
     return pd.DataFrame(rows, columns=["trace", "position", "token", "token_id", "l_start", "lifetime", "censored",
                                        "layer", "mlp_out_norm", "sink_score", "primary_sink_score"])
+
+
+SINK_WINDOW_COLUMNS = ["trace", "position", "token", "l_start", "lifetime", "censored", "layer", "alive",
+                       "mlp_out_norm", "sink_score", "primary_sink_score"]
+
+
+def sink_window_rows(obs, sinks: list[Sink], n_layers: int) -> pd.DataFrame:
+    """One row per clean secondary sink x attention layer after its l_start (l_start + 1 .. L - 1), alive or not.
+
+    The input of the norm -> score fit's fixed window (:func:`interventions.stats.fit_norm_score`):
+    every sink contributes the same layers whatever its lifetime, so late layers are not left to
+    long-lived sinks only. ``layer`` is the attention layer (as in :func:`sink_layer_rows`);
+    ``alive`` says whether the key it reads (the output of ``layer - 1``) is still sink-aligned.
+    """
+    scores = obs.mean_sink_scores()
+    rows = []
+    for s in sinks:
+        if s.kind != "secondary":
+            continue
+        lived = set(s.layers)
+        for layer in range(s.l_start + 1, n_layers):
+            rows.append({"trace": s.trace, "position": s.position, "token": s.token, "l_start": s.l_start,
+                         "lifetime": s.lifetime, "censored": s.censored, "layer": layer, "alive": (layer - 1) in lived,
+                         "mlp_out_norm": s.mlp_out_norm, "sink_score": float(scores[layer, s.position]),
+                         "primary_sink_score": float(scores[layer, 0])})
+    return pd.DataFrame(rows, columns=SINK_WINDOW_COLUMNS)
 
 
 def clean_profile_rows(obs, trace: int) -> pd.DataFrame:

@@ -14,7 +14,8 @@ from .capture import capture_sites
 from .execute import TraceExecutor, first_position
 from .measures import first_non_finite, next_token_divergence, per_layer, target_rows
 from .progress import warn
-from .run_tables import BASE_COLUMNS, clean_profile_rows, kind_columns, measured_columns, sink_layer_rows
+from .run_tables import (BASE_COLUMNS, clean_profile_rows, kind_columns, measured_columns, sink_layer_rows,
+                         sink_window_rows)
 from .targets import Target
 
 
@@ -47,6 +48,33 @@ def groups(condition, sets: dict[str, list[Target]]) -> list[tuple[bool, list[Ta
     out = [(False, _unique([t for name in condition.targets for t in sets.get(name, [])]))]
     if condition.controls:
         out.append((True, sets.get(condition.controls, [])))
+    return out
+
+
+def skip_reason(condition, target: Target, n_layers: int) -> str | None:
+    """Why ``condition`` has nothing to edit for ``target`` (its layers do not resolve in this model), or None."""
+    try:
+        layers = condition.layers_for(l_start=target.l_start, lifetime=target.ref_lifetime)
+    except ValueError as exc:
+        if condition.layer == "sink_lifetime":
+            return "neither a sink nor paired with one, so no lifetime to mask"
+        return f"layer not resolvable ({exc})"
+    if not any(0 <= layer < n_layers for layer in layers):
+        return f"every layer outside 0..{n_layers - 1}"
+    return None
+
+
+def skipped_targets(conditions, sets_by_trace: dict, n_layers: int) -> dict[str, dict[str, int]]:
+    """Per condition id: how many targets (over all traces) it skips, by reason (only conditions that skip)."""
+    out: dict[str, dict[str, int]] = {}
+    for sets in sets_by_trace.values():
+        for c in conditions:
+            for _, group in groups(c, sets):
+                for t in group:
+                    reason = skip_reason(c, t, n_layers)
+                    if reason is not None:
+                        counts = out.setdefault(c.id, {})
+                        counts[reason] = counts.get(reason, 0) + 1
     return out
 
 
@@ -154,7 +182,8 @@ def run_trace(loaded, tr, conditions, config, sinks, sets, condition_s, reuse_pr
         condition_s[condition.id] += time.perf_counter() - t_cond
     for k, v in ex.forwards.items():  # tokens: what ran; naive_tokens: one full forward per intervened pass
         forwards[k] += v
-    extra = {"sink_layers": sink_layer_rows(clean, sinks, L), "clean_profile": clean_profile_rows(clean, tr.index)}
+    extra = {"sink_layers": sink_layer_rows(clean, sinks, L), "clean_profile": clean_profile_rows(clean, tr.index),
+             "sink_window": sink_window_rows(clean, sinks, L)}
     return rows, downstream, extra
 
 

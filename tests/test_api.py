@@ -88,10 +88,12 @@ def test_observe_keeps_only_what_the_names_ask_for():
     assert (head - full.logits).abs().max() < 1e-4
     assert "mlp_output: layers 0-2" in repr(rec)
     # inside edit(), the observed values are the edited ones
+    plain = observe(loaded, IDS, names="mlp_output.1")  # the same forward as below, without the edit
     with edit(loaded, [Scale(site="mlp_output", layer=1, positions=[6], factor=3.0)]):
         scaled = observe(loaded, IDS, names="mlp_output.1")
-    assert torch.allclose(scaled["mlp_output.1"][6], 3 * rec["mlp_output.1"][6], atol=1e-5)
-    assert torch.equal(scaled["mlp_output.1"][:6], rec["mlp_output.1"][:6])
+    assert torch.allclose(scaled["mlp_output.1"][6], 3 * plain["mlp_output.1"][6], atol=1e-6)
+    assert torch.equal(scaled["mlp_output.1"][:6], plain["mlp_output.1"][:6])
+    assert torch.allclose(plain["mlp_output.1"], rec["mlp_output.1"], atol=1e-5)  # sink scores on or off
 
 
 def test_load_model_takes_a_loaded_model_and_puts_its_attention_back():
@@ -114,7 +116,7 @@ def test_load_model_takes_a_loaded_model_and_puts_its_attention_back():
 
 def test_run_spec_is_in_memory_and_leaves_global_random_state_alone(tmp_path, cache_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    spec = Spec.from_dict({**PLANTED_BASE, "limit": 1, "report": True, "interventions": [
+    spec = Spec.from_dict({**PLANTED_BASE, "report": True, "interventions": [
         {"kind": "zero", "site": "mlp_output", "layer": "l_start", "targets": ["sinks"], "controls": "ctrl"}]})
     torch.manual_seed(1234)
     np.random.seed(1234)
