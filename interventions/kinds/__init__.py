@@ -29,7 +29,7 @@ from .scale import Scale
 from .zero import Zero
 
 BUILTIN_CLASSES = {"Zero": Zero, "Scale": Scale, "MeanSwap": MeanSwap, "AttentionMask": AttentionMask}
-"""Built-in kind classes by class name (``interventions.spec.Scale`` etc. resolve here)."""
+"""Built-in kind classes (spec models) by class name."""
 
 
 def site_kinds() -> dict[str, type[InterventionBase]]:

@@ -157,6 +157,17 @@ def _verdicts(stats: dict) -> list[str]:
     if comp_rows:
         lines += ["Components of compound hypotheses (each must be supported):", ""]
         lines += _table(["", "component", "verdict", "effect", "95% CI", "p", "n", "margin", "reason"], comp_rows)
+    rested = [f"- **{k}** rests on {', '.join(f'`{c}`' for c in v['conditions'])}; compared with "
+              f"{v.get('compared_with')}" + (f" ({', '.join(f'`{c}`' for c in v['comparison_conditions'])})"
+                                             if v.get("comparison_conditions") else "")
+              for k, v in verdicts.items() if v.get("conditions")]
+    if rested:
+        lines += ["Conditions each verdict rests on (one verdict per hypothesis and condition family, never "
+                  "pooled across sites or layers):", "", *rested, ""]
+    for t in stats.get("tautologies") or []:
+        lines += [f"- Tautological, left out of every verdict: `{t['condition']}`: {t['reason']}"]
+    if stats.get("tautologies"):
+        lines += [""]
     rule = next((v.get("rule") for v in verdicts.values() if v.get("rule")), None)
     if rule is None:
         from ..stats import VERDICT_RULE

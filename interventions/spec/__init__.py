@@ -7,7 +7,8 @@
 Modules by job: ``fields.py`` (base model, sites, layer specs), ``target_sets.py`` (selectors),
 ``conditions.py`` (the kind registry and condition expansion), ``schema.py`` (the top-level
 :class:`Spec`), ``load.py`` (reading files, one-line error messages). The kinds themselves live
-one per file in ``interventions/kinds/``.
+one per file in ``interventions/kinds/`` (``from interventions.kinds import Scale``); :data:`KINDS`
+loads them on first use.
 """
 
 from ..errors import SpecError
@@ -35,23 +36,11 @@ from .target_sets import (
     register_target,
 )
 
-_KIND_CLASSES = ("Zero", "Scale", "MeanSwap", "AttentionMask")
-
-
-def __getattr__(name: str):
-    """The built-in kind classes (spec models) live in ``interventions/kinds/``; imported on first use."""
-    if name in _KIND_CLASSES:
-        from ..kinds import BUILTIN_CLASSES
-
-        return BUILTIN_CLASSES[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
-    "KINDS", "MEASURES", "SITES", "TARGETS", "AttentionMask", "Condition", "Detection", "EffectColumn",
-    "InterventionBase", "LayerRange", "MatchedControls", "MeanSwap", "Positions", "PrimarySinks",
-    "SameTokenNonSinks", "Scale", "SecondarySinks", "Spec", "SpecError", "SpecWarning", "SweepRange", "TargetBase",
-    "Tokens", "Zero", "check_against_model", "expand_conditions", "layer_label", "load_spec", "load_spec_text",
+    "KINDS", "MEASURES", "SITES", "TARGETS", "Condition", "Detection", "EffectColumn",
+    "InterventionBase", "LayerRange", "MatchedControls", "Positions", "PrimarySinks",
+    "SameTokenNonSinks", "SecondarySinks", "Spec", "SpecError", "SpecWarning", "SweepRange", "TargetBase",
+    "Tokens", "check_against_model", "expand_conditions", "layer_label", "load_spec", "load_spec_text",
     "parse_yaml", "register_kind", "register_target", "resolve_layers", "spec_json_schema", "spec_warnings",
     "translate_errors", "validate_spec_data",
 ]

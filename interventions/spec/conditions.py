@@ -28,6 +28,7 @@ from pydantic_core import PydanticCustomError, core_schema
 
 from ..registry import Registry
 from .fields import SITES, SpecModel, resolve_layers, show
+from .hypotheses import placebo_conditions
 
 if TYPE_CHECKING:
     import torch
@@ -335,6 +336,7 @@ Intervention = registered_union(KINDS, "kind", InterventionBase)
 
 def _expand(spec) -> tuple[list[Condition], list[str]]:
     per = [(i, iv.conditions(i)) for i, iv in enumerate(spec.interventions)]
+    per.append((len(per), placebo_conditions(spec, [c for _, cs in per for c in cs])))
     counts: dict[str, int] = {}
     for _, conds in per:
         for c in conds:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from ..errors import SpecError
 from .schema import (
     _SKIP_CROSS,
+    VALIDATOR,
     KINDS,
     TARGETS,
     TESTBED_PREFIX,
@@ -498,3 +499,6 @@ def check_inputs(spec: Spec, *, device: str | None = None, force: bool = False) 
                              attn_implementation=spec.attn_implementation)
     check_memory(memory, device, force=force)
     return CheckedInputs(source, config, dims, tokenizer, traces, device, memory)
+
+
+VALIDATOR[:] = [validate_spec_data]  # Spec.from_dict validates through the loader (see schema.VALIDATOR)

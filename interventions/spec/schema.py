@@ -30,6 +30,7 @@ from .conditions import (  # noqa: F401 - re-exported
     expand_conditions,
     register_kind,
 )
+from .hypotheses import Hypothesis
 from .fields import (  # noqa: F401 - re-exported
     MEASURES,
     SITES,
@@ -73,14 +74,10 @@ _SKIP_CROSS = "interventions.spec.skip_cross_checks"
 
 _fail = fail  # the name load.py and older code use
 
-
-def __getattr__(name: str):
-    """The built-in kind classes (``Zero``, ``Scale`` ...) live in ``interventions/kinds/``; reached lazily."""
-    from ..kinds import BUILTIN_CLASSES
-
-    if name in BUILTIN_CLASSES:
-        return BUILTIN_CLASSES[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+VALIDATOR: list = []
+"""The loader's ``validate_spec_data``, installed by ``spec/load.py`` when it is imported (the
+``interventions.spec`` package imports it first), so :meth:`Spec.from_dict` reports problems
+exactly as a file would without this module importing the loader back."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,6 +121,8 @@ class Spec(SpecModel):
                                     description="What to compute and write; default all of " + ", ".join(MEASURES)
                                     + " (statistics need sinks, hidden, sink_score and primary_sink_score).")
     report: bool = Field(True, description="Write the HTML/markdown report after the run.")
+    hypotheses: list[Hypothesis] = Field(default_factory=list, description=(
+        "Pre-declared hypotheses (spec/hypotheses.py); none: H1-H4 generated from the interventions."))
 
     _source_path: Path | None = PrivateAttr(None)
     _raw_text: str | None = PrivateAttr(None)
@@ -221,9 +220,7 @@ class Spec(SpecModel):
         With ``base_dir`` the model and traces paths resolve relative to it (and with
         ``check_files`` must exist); without it they are kept as given.
         """
-        from .load import validate_spec_data
-
-        return validate_spec_data(data, base_dir=base_dir, check_files=check_files, source_name=source_name)
+        return VALIDATOR[0](data, base_dir=base_dir, check_files=check_files, source_name=source_name)
 
     def conditions(self) -> list[Condition]:
         """Shorthand for :func:`expand_conditions`."""
