@@ -17,7 +17,9 @@ load neither torch nor transformers; ``from interventions import load_model`` lo
 
 from __future__ import annotations
 
+import sys as _sys
 from importlib import import_module
+from types import ModuleType as _ModuleType
 from importlib import metadata as _metadata
 from typing import TYPE_CHECKING
 
@@ -55,6 +57,24 @@ try:
     __version__ = _metadata.version("interventions")
 except _metadata.PackageNotFoundError:  # running from a checkout without install
     __version__ = "0.0.0+checkout"
+
+
+class _Package(_ModuleType):
+    """The package module: a public function keeps its name over a same-named submodule.
+
+    ``interventions.detect`` is both the function ``detect`` and the module ``detect.py``.
+    Importing the module (``run.py`` does) would bind the module to the package's attribute and
+    hide the function; this keeps the name for the public API (the module stays reachable as
+    ``sys.modules["interventions.detect"]`` and ``from interventions.detect import ...``).
+    """
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _EXPORTS and isinstance(value, _ModuleType) and value.__name__ == f"{__name__}.{name}":
+            return
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str):
