@@ -17,9 +17,9 @@ load neither torch nor transformers; ``from interventions import load_model`` lo
 
 from __future__ import annotations
 
-import sys
-import types
+import sys as _sys
 from importlib import import_module
+from types import ModuleType as _ModuleType
 from importlib import metadata as _metadata
 from typing import TYPE_CHECKING
 
@@ -27,10 +27,14 @@ from typing import TYPE_CHECKING
 _EXPORTS: dict[str, str] = {
     # models and traces
     "load_model": ".models",
+    "wrap_model": ".models",
     "LoadedModel": ".models",
     "load_traces": ".traces",
     "Trace": ".traces",
     # observation and detection
+    "observe": ".api",
+    "edit": ".api",
+    "Activations": ".api",
     "observe_tokens": ".observe",
     "Observation": ".observe",
     "detect": ".detect",
@@ -59,6 +63,24 @@ except _metadata.PackageNotFoundError:  # running from a checkout without instal
     __version__ = "0.0.0+checkout"
 
 
+class _Package(_ModuleType):
+    """The package module: a public function keeps its name over a same-named submodule.
+
+    ``interventions.detect`` is both the function ``detect`` and the module ``detect.py``.
+    Importing the module (``run.py`` does) would bind the module to the package's attribute and
+    hide the function; this keeps the name for the public API (the module stays reachable as
+    ``sys.modules["interventions.detect"]`` and ``from interventions.detect import ...``).
+    """
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _EXPORTS and isinstance(value, _ModuleType) and value.__name__ == f"{__name__}.{name}":
+            return
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
+
+
 def __getattr__(name: str):
     module = _EXPORTS.get(name)
     if module is None:
@@ -72,30 +94,13 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
 
 
-class _PublicAPI(types.ModuleType):
-    """Keeps a public function from being shadowed by its same-named submodule.
-
-    Loading a submodule sets it as an attribute of its package, so once anything imports the
-    module ``interventions.detect``, ``from interventions import detect`` would return that module
-    instead of the function. Eager imports hid this by rebinding the name afterwards; lazy ones
-    need the package to refuse the module for a public name (``sys.modules`` still has it).
-    """
-
-    def __setattr__(self, name, value):
-        if name in _EXPORTS and isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _PublicAPI
-
-
 if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from .analysis import analyze_run
+    from .api import Activations, edit, observe
     from .detect import DetectionResult, detect, load_detection, load_sink_scores
     from .detection import DetectionConfig, Sink, detect_sinks
     from .errors import SpecError, UserError
-    from .models import LoadedModel, load_model
+    from .models import LoadedModel, load_model, wrap_model
     from .observe import Observation, observe_tokens
     from .run import RunResult, run_spec
     from .spec import Spec, load_spec

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 from .errors import UserError
 
@@ -130,3 +131,30 @@ def ranks_from_env(environ=None) -> Ranks:
         raise UserError(f"RANK {rank} is not in 0..WORLD_SIZE-1 (WORLD_SIZE {world}); launch with torchrun",
                         field="distributed")
     return Ranks(rank=rank, world_size=world, local_rank=local)
+
+
+def _load_manifest(path: Path) -> dict:
+    from .store import Manifest
+
+    return Manifest.load(path)
+
+
+def merge_rank_manifests(manifest, out: Path, world_size: int, done: set[int]) -> None:
+    """Rank 0: fold every rank's manifest (traces done, timings, forwards, warnings) into manifest.json."""
+    completed, per_trace, per_condition = set(done), dict(manifest.data["timings"].get("per_trace_s", {})), {}
+    forwards: dict[str, float] = {}
+    non_finite: list[dict] = []
+    for rank in range(world_size):
+        data = _load_manifest(out / f"manifest.rank-{rank}.json")
+        completed |= set(data.get("traces_completed", []))
+        per_trace.update(data["timings"].get("per_trace_s", {}))
+        for k, v in data["timings"].get("per_condition_s", {}).items():
+            per_condition[k] = round(per_condition.get(k, 0.0) + v, 4)
+        for k, v in data.get("forwards", {}).items():
+            forwards[k] = forwards.get(k, 0) + v
+        non_finite += data.get("non_finite", [])
+    manifest.data["traces_completed"] = sorted(completed)
+    manifest.data["timings"].update(per_trace_s=per_trace, per_condition_s=per_condition)
+    manifest.data["forwards"] = forwards
+    manifest.data["non_finite"] = sorted(non_finite, key=lambda e: (e["trace"], e["condition"], e["is_control"]))
+    manifest.save()

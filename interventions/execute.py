@@ -17,12 +17,29 @@ paths give the same numbers.
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 
 from .compiler import Edit, compile_edits
 from .models import LoadedModel
 from .observe import Observation, Observer
+
+
+def cache_argument(model) -> str:
+    """The forward's name for a KV cache: ``cache`` in transformers >= 5.2x, ``past_key_values`` before.
+
+    Passing the old name to a newer model works but warns on every call, so ask the signature.
+    """
+    params = inspect.signature(type(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def returned_cache(out):
+    """The KV cache a forward returned, under either name (see :func:`cache_argument`)."""
+    cache = getattr(out, "cache", None) if "cache" in getattr(out, "__dataclass_fields__", {}) else None
+    return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
 def _column_sums_to_scores(column_sums: np.ndarray) -> np.ndarray:
@@ -85,7 +102,7 @@ class TraceExecutor:
             else:
                 out = plan.forward(0, input_ids=self.ids, use_cache=False)
         if keep:
-            cache = out.past_key_values
+            cache = returned_cache(out)
             if all(not getattr(layer, "is_sliding", False) for layer in getattr(cache, "layers", [None])):
                 self._clean_cache = cache
         return observer.collect(self.ids[0].tolist(), out.logits[0])
@@ -101,7 +118,7 @@ class TraceExecutor:
             self.forwards["tokens"] += p0
             with Observer(self.loaded, block_size=self.block_size, keep_column_sums=True) as observer:
                 out = self.loaded.model(input_ids=self.ids[:, :p0], use_cache=True, logits_to_keep=1)
-            self._prefixes[p0] = (out.past_key_values, observer.collect(self.ids[0, :p0].tolist()))
+            self._prefixes[p0] = (returned_cache(out), observer.collect(self.ids[0, :p0].tolist()))
         return self._prefixes[p0]
 
     def _clean_prefix(self, p0: int):
@@ -128,7 +145,8 @@ class TraceExecutor:
         try:
             with Observer(self.loaded, block_size=self.block_size, keep_column_sums=True,
                           references=references) as observer:
-                out = plan.forward(p0, input_ids=self.ids[:, p0:], past_key_values=cache, use_cache=True)
+                out = plan.forward(p0, input_ids=self.ids[:, p0:], use_cache=True,
+                                   **{cache_argument(self.loaded.model): cache})
             suffix = observer.collect(self.ids[0, p0:].tolist())
         finally:
             added = cache.get_seq_length() - p0

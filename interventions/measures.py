@@ -94,14 +94,17 @@ def first_non_finite(obs: Observation, clean: Observation) -> dict | None:
     return {"quantity": name, "layer": layer, "position": position, "value": str(value)}
 
 
-def mean_after(values: np.ndarray, position: int) -> float:
+def mean_after(values: np.ndarray | None, position: int) -> float:
+    """Mean of the finite ``values`` from ``position`` on (NaN when there are none, or no values)."""
+    if values is None:
+        return float("nan")
     tail = values[position:]
     tail = tail[np.isfinite(tail)]
     return float(tail.mean()) if tail.size else float("nan")
 
 
-def target_rows(*, clean: dict[str, np.ndarray], edited: dict[str, np.ndarray], kl: np.ndarray,
-                delta_nll: np.ndarray, position: int, ref_layer: int | None, base: dict) -> list[dict]:
+def target_rows(*, clean: dict[str, np.ndarray], edited: dict[str, np.ndarray], kl: np.ndarray | None,
+                delta_nll: np.ndarray | None, position: int, ref_layer: int | None, base: dict) -> list[dict]:
     """One row per layer for one target: intervened and ``clean_`` values side by side."""
     L = clean["is_sink"].shape[0]
     l_start, lifetime = first_run(edited["is_sink"][:, position])

@@ -50,6 +50,25 @@ class LoadedModel:
     device: str
     attn_implementation: str
     identity: dict = field(default_factory=dict)
+    restore_attn_implementation: str | None = None
+    """The model's attention implementation before it was wrapped; :meth:`close` puts it back."""
+
+    def close(self) -> None:
+        """Remove the hookable attention wrapper from the model (it runs as before loading)."""
+        if self.restore_attn_implementation is not None:
+            self.model.set_attn_implementation(self.restore_attn_implementation)
+            self.restore_attn_implementation = None
+
+    def __enter__(self) -> LoadedModel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        d = self.dims
+        return (f"LoadedModel({self.source.given!r}: {self.adapter.model_type}, {d['layers']} layers, "
+                f"hidden {d['hidden']}, {self.dtype} on {self.device}, attention {self.attn_implementation})")
 
     @property
     def dims(self) -> dict[str, int]:
@@ -224,11 +243,56 @@ def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False):
     return tokenizer
 
 
+def _dtype_name(dtype) -> str:
+    """``torch.float32`` or ``"float32"`` -> ``"float32"`` (``"auto"`` stays)."""
+    if isinstance(dtype, torch.dtype):
+        name = str(dtype).replace("torch.", "")
+        if name not in DTYPES:
+            raise UserError(f"dtype {dtype} is not one of auto, {', '.join(DTYPES)}", field="dtype")
+        return name
+    return dtype
+
+
+def wrap_model(model, tokenizer=None, *, dtype="auto", device: str | None = None,
+               attn_implementation: str | None = None) -> LoadedModel:
+    """An already loaded Hugging Face causal LM, ready for observation and interventions.
+
+    The model is used in place (not copied). Its attention implementation is switched to the
+    hookable wrapper of the same implementation for as long as the returned object is open;
+    :meth:`LoadedModel.close` (or leaving a ``with`` block) switches it back. ``dtype`` and
+    ``device``, when given, convert the model in place; by default it stays as it is.
+    """
+    from .attention import PREFIX
+
+    adapter = adapter_for(model.config)
+    dtype = _dtype_name(dtype)
+    if dtype != "auto":
+        check_dtype_supported(DTYPES[dtype], "cpu" if device in (None, "cpu") else device)
+        model.to(DTYPES[dtype])
+    if device is not None:
+        check_device(device, dtype)
+        model.to(device)
+    previous = model.config._attn_implementation or "eager"
+    wanted = attn_implementation or (previous[len(PREFIX):] if previous.startswith(PREFIX) else previous)
+    check_attn_implementation(wanted)
+    if wanted != previous and not previous.endswith(wanted):
+        model.set_attn_implementation(wanted)
+    model.eval()
+    make_hookable(model)
+    param = next(model.parameters())
+    name = getattr(model, "name_or_path", None) or type(model).__name__
+    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter,
+                       source=ModelSource(f"in-memory:{name}", str(name)),
+                       dtype=str(param.dtype).replace("torch.", ""), device=str(param.device),
+                       attn_implementation=wanted,
+                       restore_attn_implementation=None if previous.startswith(PREFIX) else previous)
+
+
 def load_model(
-    model: str,
+    model,
     *,
-    dtype: str = "auto",
-    device: str = "cpu",
+    dtype="auto",
+    device: str | None = None,
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
     revision: str | None = None,
@@ -237,18 +301,32 @@ def load_model(
     """Load a decoder-only causal LM for observation and interventions.
 
     Args:
-        model: hub id (``Qwen/Qwen2.5-Math-1.5B``), local folder, local ``.gguf`` file, or
-            ``testbed:planted`` / ``testbed:planted-llama``.
+        model: hub id (``Qwen/Qwen2.5-Math-1.5B``), local folder, local ``.gguf`` file,
+            ``testbed:planted`` / ``testbed:planted-llama``, or an already loaded Hugging Face
+            ``PreTrainedModel`` (then pass its ``tokenizer``; see :func:`wrap_model`: used in
+            place, left on its device and dtype unless asked).
         dtype: ``auto`` (float32 on CPU, the checkpoint's dtype on GPU), ``float32``,
-            ``bfloat16`` or ``float16``.
-        device: ``cpu``, ``cuda``/``cuda:N``, or ``auto`` (``device_map="auto"``: layers spread
-            over every visible GPU by accelerate).
+            ``bfloat16`` or ``float16``, as a string or a ``torch.dtype``.
+        device: ``cpu`` (the default for a model loaded here), ``cuda``/``cuda:N``, or ``auto``
+            (``device_map="auto"``: layers spread over every visible GPU by accelerate). An in-memory
+            model stays on its device unless one is given.
         attn_implementation: ``sdpa`` (default) or ``eager``; both are wrapped so sink scores
             and attention masking work with either.
         trust_remote_code: run code shipped with the checkpoint; off unless asked.
         revision: hub revision (branch, tag or commit) to pin.
         tokenizer: an already loaded tokenizer of this model (``load_tokenizer``), to skip loading it again.
+
+    The attention wrapper is installed on this model only; ``close()`` the result (or use it
+    as a context manager) to remove it.
     """
+    if isinstance(model, torch.nn.Module):
+        return wrap_model(model, tokenizer, dtype=dtype, device=device, attn_implementation=attn_implementation)
+    if not isinstance(model, (str, Path)):
+        raise UserError(f"model must be a hub id, a folder, a .gguf file or a loaded PreTrainedModel, not "
+                        f"{type(model).__name__}", field="model")
+    model = str(model)
+    dtype = _dtype_name(dtype)
+    device = device or "cpu"
     check_attn_implementation(attn_implementation)
     check_device(device, dtype)
     source = resolve_source(model, revision=revision)
@@ -275,6 +353,7 @@ def load_model(
         hf_model.to(device)
     hf_model.eval()
     hf_model.requires_grad_(False)
+    wrapped_from = hf_model.config._attn_implementation
     make_hookable(hf_model)
     identity = _folder_identity(Path(source.path)) if source.is_local else {
         "revision": getattr(hf_model.config, "_commit_hash", None) or source.revision}
@@ -287,4 +366,6 @@ def load_model(
         device=device,
         attn_implementation=attn_implementation,
         identity=identity,
+        restore_attn_implementation=wrapped_from,
     )
+

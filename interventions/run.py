@@ -35,65 +35,55 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .compiler import Edit
 from .detect import decode_tokens
 from .detection import DetectionConfig, Sink, detect_sinks
 from .errors import UserError
-from .execute import TraceExecutor, first_position
-from .measures import first_non_finite, next_token_divergence, per_layer, target_rows
 from .progress import compact_ranges, info, track, warn
-from .store import (Manifest, check_output_dir, new_run_id, part_name, prepare_output_dir, read_parts,
-                    write_parquet_atomic, write_text_atomic)
-from .targets import RunFacts, Target, resolve_targets
+from .run_tables import (EFFECT_COLUMNS, STATS_MEASURES, clean_profile_rows, read_parts,  # noqa: F401 - re-exported
+                         sink_layer_rows, summarize)
+from .run_trace import groups, run_trace, skip_reason, skipped_targets
+from .store import (Manifest, check_output_dir, new_run_id, part_name, prepare_output_dir, write_parquet_atomic,
+                    write_text_atomic)
+from .targets import RunFacts, resolve_targets
 
-EFFECT_COLUMNS = {
-    "condition": "condition id, e.g. scale.mlp_output.l_start.x5",
-    "kind": "zero | scale | mean_swap | attention_mask",
-    "site": "mlp_output | attention_output | block_output (empty for attention_mask)",
-    "intervened_layer": "first layer edited for this target",
-    "intervened_layers": "every layer edited for this target, e.g. '4' or '5,6,7'",
-    "factor": "scale factor (NaN for other kinds)",
-    "redirect": "attention_mask: none | bos",
-    "target_set": "name of the spec's target set",
-    "is_control": "True for matched-control positions",
-    "trace": "0-based trace index",
-    "position": "token position of the target",
-    "token": "decoded token",
-    "token_id": "token id",
-    "clean_kind": "primary | secondary | none in the clean run",
-    "layer": "layer at which the per-layer measures are taken",
-    "is_sink": "target is sink-aligned at this layer (detection rule)",
-    "hidden_norm": "||h|| of the target at this layer",
-    "hidden_cos": "cosine of h to the primary sink's h at this layer",
-    "mlp_out_norm": "||MLP output|| of the target at this layer",
-    "sink_score": "Eq. 1 sink score of the target (mean over heads) at this layer",
-    "primary_sink_score": "sink score of the primary sink (position 0) at this layer",
-    "l_start": "first sink layer of the target after the intervention (-1: not a sink)",
-    "lifetime": "contiguous sink layers from l_start after the intervention (0: not a sink)",
-    "ref_layer": "layer where ref_mlp_out_norm is read: the intervened layer, else the clean l_start",
-    "ref_mlp_out_norm": "||MLP output|| at ref_layer after the intervention",
-    "ref_sink_score": "sink score at ref_layer + 1, the first attention that sees an edit at ref_layer",
-    "kl": "mean KL(clean || intervened) of next-token distributions at positions >= target",
-    "delta_nll": "mean change in NLL of the actual next tokens at positions >= target",
-    "suppressed": "target was a sink in the clean run and is none after the intervention",
-    "masked": "attention_mask: this layer is one of the layers masked for this target",
-    "non_finite": "the intervened forward produced NaN/inf where the clean one is finite (see manifest non_finite)",
-}
-"""Each measure also has a ``clean_`` twin (the same measure in the clean run)."""
 
 
 @dataclass
 class RunResult:
-    """What a run produced; everything is also on disk under ``out``."""
+    """What a run produced; with a run folder, everything is also on disk under ``out``."""
 
-    out: Path
+    out: Path | None
+    """The run folder, or None for an in-memory run."""
     effects: pd.DataFrame
+    """One row per trace x target x condition x layer (columns: :data:`EFFECT_COLUMNS`)."""
     summary: pd.DataFrame
+    """Per condition and group (targets / controls): the terminal table."""
     clean_sinks: pd.DataFrame
+    """Sinks of the clean run, one row per sink."""
     manifest: dict
+    """Spec, model, versions, seed, timings, traces done."""
     stats: dict | None = None
+    """``stats.json``: fits, effects and verdicts (None when statistics were not run)."""
     report: Path | None = None
+    """The Markdown report, when one was written."""
     timings: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        lines = [f"RunResult({self.manifest.get('spec_name', '?')}, run {self.manifest.get('run_id', '?')}, "
+                 f"{self.manifest.get('status', '?')}; {'in memory' if self.out is None else self.out})"]
+        n_sec = int((self.clean_sinks["kind"] == "secondary").sum()) if "kind" in self.clean_sinks else 0
+        lines.append(f"  traces {self.manifest.get('traces_total', '?')}, clean secondary sinks {n_sec}, "
+                     f"effects rows {len(self.effects)}")
+        if len(self.summary):
+            for _, r in self.summary.head(12).iterrows():
+                group = "controls" if r["is_control"] else "targets"
+                lines.append(f"  {r['condition']:<44} {group:<8} n={int(r['targets']):<4} "
+                             f"sinks {r['sinks_clean']:.2f} -> {r['sinks_after']:.2f}  KL {r['mean_kl']:.3g}")
+            if len(self.summary) > 12:
+                lines.append(f"  ... {len(self.summary) - 12} more rows in .summary")
+        for key, v in (self.stats or {}).get("verdicts", {}).items():
+            lines.append(f"  {key}: {v.get('verdict', '?')}")
+        return "\n".join(lines)
 
 
 @dataclass
@@ -161,10 +151,19 @@ def _load_clean_sinks(out: Path) -> dict[int, list[Sink]] | None:
     return sinks
 
 
-def run_spec(spec, *, results_root: Path | str = "results", run_dir: Path | str | None = None,
+def run_spec(spec, *, results_root: Path | str | None = None, run_dir: Path | str | None = None,
              overwrite: bool = False, resume: bool = False, progress: bool = True, report: bool | None = None,
              reuse_prefix: bool = True, force: bool = False, command: str = "interventions.run_spec(...)") -> RunResult:
     """Run every condition of ``spec`` (a :class:`~interventions.spec.Spec` or a YAML path).
+
+    In memory unless given a folder: without ``results_root`` or ``run_dir`` the run works in a
+    temporary folder that is removed when it is done, and :class:`RunResult` holds the tables
+    (``out`` is None, no report file). With ``results_root`` the run goes to
+    ``results_root/<spec name>/<run id>/``; with ``run_dir`` exactly there (``resume`` needs one).
+
+    Nothing global changes: no global torch/numpy seed is set (every random draw, such as
+    matched controls, uses its own seeded generator), and the model's attention wrapper is
+    removed again when the run ends.
 
     Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) each process runs the traces ``i`` with
     ``i % WORLD_SIZE == RANK`` into the same run folder, and rank 0 merges (see
@@ -172,12 +171,33 @@ def run_spec(spec, *, results_root: Path | str = "results", run_dir: Path | str 
 
     Example:
         >>> from interventions import run_spec
-        >>> result = run_spec("specs/norm_scale.yaml")
+        >>> result = run_spec("specs/norm_scale.yaml")                      # in memory
+        >>> result = run_spec("specs/norm_scale.yaml", results_root="results")  # results/norm_scale/<run id>/
         >>> result.summary
     """
-    import torch
+    if results_root is not None or run_dir is not None:
+        return _run(spec, results_root=Path(results_root if results_root is not None else "results"),
+                    run_dir=run_dir, overwrite=overwrite, resume=resume, progress=progress, report=report,
+                    reuse_prefix=reuse_prefix, force=force, command=command)
+    if resume:
+        raise UserError("resume needs the folder of the run to resume: pass run_dir=", field="resume")
+    import shutil
+    import tempfile
 
-    from .distributed import ranks_from_env
+    scratch = Path(tempfile.mkdtemp(prefix="interventions-run-"))
+    try:
+        result = _run(spec, results_root=scratch, run_dir=scratch / "run", overwrite=False, resume=False,
+                      progress=progress, report=report, reuse_prefix=reuse_prefix, force=force, command=command,
+                      write_report=False)
+        result.out, result.report = None, None
+        return result
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(spec, *, results_root: Path, run_dir: Path | str | None, overwrite: bool, resume: bool, progress: bool,
+         report: bool | None, reuse_prefix: bool, force: bool, command: str, write_report: bool = True) -> RunResult:
+    from .distributed import merge_rank_manifests, ranks_from_env
     from .models import load_model
     from .observe import observe_tokens
     from .spec import load_spec
@@ -197,8 +217,6 @@ def run_spec(spec, *, results_root: Path | str = "results", run_dir: Path | str 
     progress = progress and ranks.is_main
     conditions = spec.conditions()
     config = DetectionConfig(**spec.detection.model_dump())
-    torch.manual_seed(spec.seed)
-    np.random.seed(spec.seed)
 
     t_load = time.perf_counter()
     loaded = load_model(spec.model, dtype=spec.dtype, device=prep.device, attn_implementation=spec.attn_implementation,
@@ -231,16 +249,11 @@ def run_spec(spec, *, results_root: Path | str = "results", run_dir: Path | str 
     sets = {tr.index: resolve_targets(spec.targets, trace=tr.index, token_ids=np.asarray(tr.token_ids),
                                       tokens=tokens[tr.index], sinks=clean_sinks.get(tr.index, []), facts=facts,
                                       tokenizer=loaded.tokenizer) for tr in traces}
-    if not any(_edits_for(c, group, None, prep.dims["layers"])[0]
-               for s in sets.values() for c in conditions for _, group in _groups(c, s)):
+    if not any(skip_reason(c, t, prep.dims["layers"]) is None
+               for s in sets.values() for c in conditions for _, group in groups(c, s) for t in group):
         raise UserError("every target set resolved to no position in every trace; check the targets "
                         "(e.g. no secondary sink was detected)", field="targets")
-    skipped: dict[str, dict[str, int]] = {}
-    for s in sets.values():
-        for c in conditions:
-            for _, group in _groups(c, s):
-                _edits_for(c, group, None, prep.dims["layers"], skipped=skipped.setdefault(c.id, {}))
-    skipped = {cid: reasons for cid, reasons in skipped.items() if reasons}
+    skipped = skipped_targets(conditions, sets, prep.dims["layers"])
     if ranks.is_main:
         for cid, reasons in skipped.items():
             warn(f"{cid}: " + "; ".join(f"{n} target(s) skipped: {why}" for why, n in reasons.items()))
@@ -288,11 +301,13 @@ def run_spec(spec, *, results_root: Path | str = "results", run_dir: Path | str 
     non_finite: list[dict] = []
     try:
         # Phase 2: conditions, trace by trace.
+        by_index = {tr.index: tr for tr in traces}
         mine = [tr for tr in traces if ranks.owns(tr.index) and tr.index not in done]
         for tr in track(mine, description=f"{len(conditions)} conditions", enabled=progress):
             t_trace = time.perf_counter()
-            rows, downstream, extra = _run_trace(loaded, tr, conditions, config, clean_sinks.get(tr.index, []),
-                                                 sets[tr.index], condition_s, reuse_prefix, forwards, non_finite)
+            rows, downstream, extra = run_trace(loaded, tr, conditions, config, clean_sinks.get(tr.index, []),
+                                                sets[tr.index], condition_s, reuse_prefix, forwards, non_finite,
+                                                measures=spec.measures, traces=by_index, all_sets=sets)
             write_parquet_atomic(out / "effects.parquet" / part_name(tr.index), pd.DataFrame(rows))
             write_parquet_atomic(out / "downstream.parquet" / part_name(tr.index), pd.DataFrame(downstream))
             write_parquet_atomic(out / "parts" / "sink_layers" / part_name(tr.index), extra["sink_layers"])
@@ -306,13 +321,14 @@ def run_spec(spec, *, results_root: Path | str = "results", run_dir: Path | str 
             shard.finish("complete")
         ranks.barrier()  # rank 0 merges once every rank's parts are on disk
         if ranks.active and ranks.is_main:
-            _merge_shards(manifest, out, ranks.world_size, done)
+            merge_rank_manifests(manifest, out, ranks.world_size, done)
         manifest.data["forwards"] = _forward_totals(manifest.data.get("forwards", forwards), traces)
     except BaseException as exc:
         (shard if ranks.active else manifest).finish(
             "failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted", error=f"{type(exc).__name__}: {exc}")
         raise
 
+    loaded.close()  # the model's attention runs unwrapped again
     clean_frame = pd.DataFrame([s.to_dict() for s in all_sinks])
     if not ranks.is_main:  # rank 0 writes the merged tables, statistics and report
         ranks.close()
@@ -327,40 +343,24 @@ def run_spec(spec, *, results_root: Path | str = "results", run_dir: Path | str 
     ranks.close()
     result = RunResult(out=out, effects=effects, summary=summary, clean_sinks=clean_frame, manifest=manifest.data)
     if report if report is not None else spec.report:
-        # "complete" means every file the run promises is written: a run killed during its
-        # statistics stays "analyzing" (resume it, or run `intervene report` on it).
-        from .analysis import analyze_run
+        missing = [m for m in STATS_MEASURES if m not in spec.measures]
+        if missing:
+            warn(f"statistics and report skipped: they need the measures {', '.join(missing)} "
+                 "(add them to measures:, or leave measures out)")
+        else:
+            # "complete" means every file the run promises is written: a run killed during its
+            # statistics stays "analyzing" (resume it, or run `intervene report` on it).
+            from .analysis import analyze_run
 
-        manifest.update(status="analyzing")
-        try:
-            result.stats, result.report = analyze_run(out, progress=progress)
-        except BaseException as exc:
-            manifest.finish("failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted",
-                            error=f"statistics: {type(exc).__name__}: {exc}")
-            raise
+            manifest.update(status="analyzing")
+            try:
+                result.stats, result.report = analyze_run(out, progress=progress, report=write_report)
+            except BaseException as exc:
+                manifest.finish("failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted",
+                                error=f"statistics: {type(exc).__name__}: {exc}")
+                raise
     manifest.finish("complete")
     return result
-
-
-def _merge_shards(manifest: Manifest, out: Path, world_size: int, done: set[int]) -> None:
-    """Rank 0: fold every rank's manifest (traces done, timings, forwards, warnings) into manifest.json."""
-    completed, per_trace, per_condition = set(done), dict(manifest.data["timings"].get("per_trace_s", {})), {}
-    forwards: dict[str, float] = {}
-    non_finite: list[dict] = []
-    for rank in range(world_size):
-        data = Manifest.load(out / f"manifest.rank-{rank}.json")
-        completed |= set(data.get("traces_completed", []))
-        per_trace.update(data["timings"].get("per_trace_s", {}))
-        for k, v in data["timings"].get("per_condition_s", {}).items():
-            per_condition[k] = round(per_condition.get(k, 0.0) + v, 4)
-        for k, v in data.get("forwards", {}).items():
-            forwards[k] = forwards.get(k, 0) + v
-        non_finite += data.get("non_finite", [])
-    manifest.data["traces_completed"] = sorted(completed)
-    manifest.data["timings"].update(per_trace_s=per_trace, per_condition_s=per_condition)
-    manifest.data["forwards"] = forwards
-    manifest.data["non_finite"] = sorted(non_finite, key=lambda e: (e["trace"], e["condition"], e["is_control"]))
-    manifest.save()
 
 
 def _forward_totals(forwards: dict, traces) -> dict:
@@ -370,202 +370,3 @@ def _forward_totals(forwards: dict, traces) -> dict:
     return out
 
 
-def _groups(condition, sets: dict[str, list[Target]]) -> list[tuple[bool, list[Target]]]:
-    """(is_control, targets) groups of one condition in one trace: targets, then its controls."""
-    groups = [(False, _unique([t for name in condition.targets for t in sets.get(name, [])]))]
-    if condition.controls:
-        groups.append((True, sets.get(condition.controls, [])))
-    return groups
-
-
-def _edits_for(condition, group: list[Target], vectors, L: int, skipped: dict[str, int] | None = None
-               ) -> tuple[list[Edit], dict[int, list[int]]]:
-    """Edits of one condition for one group of targets, and the layers edited per position.
-
-    A target with nothing to edit is skipped; ``skipped`` (when given) counts them by reason.
-    """
-    edits, layers_of = [], {}
-
-    def skip(reason: str) -> None:
-        if skipped is not None:
-            skipped[reason] = skipped.get(reason, 0) + 1
-
-    for t in group:
-        if condition.kind == "attention_mask" and condition.layer == "sink_lifetime" and t.ref_lifetime is None:
-            skip("neither a sink nor paired with one, so no lifetime to mask")
-            continue
-        try:
-            layers = condition.layers_for(l_start=t.l_start, lifetime=t.ref_lifetime)
-        except ValueError as exc:
-            skip(f"layer not resolvable ({exc})")
-            continue
-        layers = [l for l in layers if 0 <= l < L]
-        if not layers:
-            skip(f"every layer outside 0..{L - 1}")
-            continue
-        layers_of[t.position] = layers
-        for layer in layers:
-            edits.append(Edit(
-                condition.kind, layer, [t.position], site=condition.site, factor=condition.factor,
-                vector=None if vectors is None else vectors[condition.site][layer],
-                redirect_to=0 if condition.redirect == "bos" else None,
-            ))
-    return edits, layers_of
-
-
-def _run_trace(loaded, tr, conditions, config, sinks, sets, condition_s, reuse_prefix, forwards, non_finite):
-    """Every condition on one trace, its targets resolved from the clean pass (``sinks``, ``sets``)."""
-    from .kinds.mean_swap import site_means
-
-    L = loaded.dims["layers"]
-    swap_sites = sorted({c.site for c in conditions if c.kind == "mean_swap"})
-    vectors = site_means(loaded, tr.token_ids, {s.position for s in sinks}, swap_sites) if swap_sites else None
-    planned = []
-    for condition in conditions:
-        for is_control, group in _groups(condition, sets):
-            edits, layers_of = _edits_for(condition, group, vectors if condition.kind == "mean_swap" else None, L)
-            if edits:
-                planned.append((condition, is_control, group, edits, layers_of))
-    # The clean forward also serves as the prefix of every intervened forward (see execute.py).
-    ex = TraceExecutor(loaded, tr.token_ids, reuse_prefix=reuse_prefix,
-                       starts=[first_position(p[3]) for p in planned])
-    clean = ex.clean()
-    clean_layers = per_layer(clean, config)
-
-    rows, downstream = [], []
-    for condition, is_control, group, edits, layers_of in planned:
-        t_cond = time.perf_counter()
-        edited = ex.intervened(edits)
-        bad = first_non_finite(edited, clean)
-        if bad is not None:
-            event = {"trace": tr.index, "condition": condition.id, "is_control": is_control, **bad}
-            non_finite.append(event)
-            warn(f"trace {tr.index}, {condition.id} ({'controls' if is_control else 'targets'}): non-finite "
-                 f"{bad['quantity']} ({bad['value']}) from layer {bad['layer']}, position {bad['position']}; "
-                 "its rows are kept and marked non_finite")
-        edited_layers = per_layer(edited, config)
-        kl, dnll = next_token_divergence(clean.logits, edited.logits, clean.token_ids)
-        first = min(layers_of)
-        downstream += [{"trace": tr.index, "condition": condition.id, "is_control": is_control, "position": p,
-                        "kl": kl[p], "delta_nll": dnll[p], "non_finite": bad is not None}
-                       for p in range(first, tr.length)]
-        for t in group:
-            if t.position not in layers_of:
-                continue
-            layers = layers_of[t.position]
-            base = {
-                "condition": condition.id, "kind": condition.kind, "site": condition.site or "",
-                "intervened_layer": layers[0], "intervened_layers": ",".join(map(str, layers)),
-                "factor": float(condition.factor) if condition.factor is not None else float("nan"),
-                "redirect": condition.redirect or "", "target_set": t.target_set, "is_control": is_control,
-                "trace": tr.index, "position": t.position, "token": t.token, "token_id": t.token_id,
-                "clean_kind": t.clean_kind,
-            }
-            ref = layers[0] if condition.kind != "attention_mask" else None
-            new = target_rows(clean=clean_layers, edited=edited_layers, kl=kl, delta_nll=dnll,
-                              position=t.position, ref_layer=ref, base=base)
-            for row in new:
-                row["masked"] = condition.kind == "attention_mask" and row["layer"] in layers
-                row["non_finite"] = bad is not None
-            rows += new
-        condition_s[condition.id] += time.perf_counter() - t_cond
-    for k, v in ex.forwards.items():  # tokens: what ran; naive_tokens: one full forward per intervened pass
-        forwards[k] += v
-    extra = {"sink_layers": sink_layer_rows(clean, sinks, L), "clean_profile": clean_profile_rows(clean, tr.index),
-             "sink_window": sink_window_rows(clean, sinks, L)}
-    return rows, downstream, extra
-
-
-def _unique(targets: list[Target]) -> list[Target]:
-    seen, out = set(), []
-    for t in targets:
-        if t.position not in seen:
-            seen.add(t.position)
-            out.append(t)
-    return out
-
-
-def sink_layer_rows(obs, sinks: list[Sink], n_layers: int) -> pd.DataFrame:
-    """One row per clean secondary sink x attention layer that sees it: the norm -> score fit's input.
-
-    A sink-aligned hidden state at layer l (the output of layer l) becomes a key in the attention
-    of layer l + 1, so a sink living on layers [l_start, l_start + lifetime) is attended to as a
-    sink in layers l_start + 1 .. l_start + lifetime; ``layer`` is that attention layer.
-    """
-    scores = obs.mean_sink_scores()
-    rows = []
-    for s in sinks:
-        if s.kind != "secondary":
-            continue
-        for layer in (l + 1 for l in s.layers if l + 1 < n_layers):
-            rows.append({"trace": s.trace, "position": s.position, "token": s.token, "token_id": s.token_id,
-                         "l_start": s.l_start, "lifetime": s.lifetime, "censored": s.censored, "layer": layer,
-                         "mlp_out_norm": s.mlp_out_norm, "sink_score": float(scores[layer, s.position]),
-                         "primary_sink_score": float(scores[layer, 0])})
-    return pd.DataFrame(rows, columns=["trace", "position", "token", "token_id", "l_start", "lifetime", "censored",
-                                       "layer", "mlp_out_norm", "sink_score", "primary_sink_score"])
-
-
-SINK_WINDOW_COLUMNS = ["trace", "position", "token", "l_start", "lifetime", "censored", "layer", "alive",
-                       "mlp_out_norm", "sink_score", "primary_sink_score"]
-
-
-def sink_window_rows(obs, sinks: list[Sink], n_layers: int) -> pd.DataFrame:
-    """One row per clean secondary sink x attention layer after its l_start (l_start + 1 .. L - 1), alive or not.
-
-    The input of the norm -> score fit's fixed window (:func:`interventions.stats.fit_norm_score`):
-    every sink contributes the same layers whatever its lifetime, so late layers are not left to
-    long-lived sinks only. ``layer`` is the attention layer (as in :func:`sink_layer_rows`);
-    ``alive`` says whether the key it reads (the output of ``layer - 1``) is still sink-aligned.
-    """
-    scores = obs.mean_sink_scores()
-    rows = []
-    for s in sinks:
-        if s.kind != "secondary":
-            continue
-        lived = set(s.layers)
-        for layer in range(s.l_start + 1, n_layers):
-            rows.append({"trace": s.trace, "position": s.position, "token": s.token, "l_start": s.l_start,
-                         "lifetime": s.lifetime, "censored": s.censored, "layer": layer, "alive": (layer - 1) in lived,
-                         "mlp_out_norm": s.mlp_out_norm, "sink_score": float(scores[layer, s.position]),
-                         "primary_sink_score": float(scores[layer, 0])})
-    return pd.DataFrame(rows, columns=SINK_WINDOW_COLUMNS)
-
-
-def clean_profile_rows(obs, trace: int) -> pd.DataFrame:
-    """Per layer of one clean trace: the primary sink's score and norm, the median token norm."""
-    scores = obs.mean_sink_scores()
-    norm = obs.profiles["hidden_norm"]
-    return pd.DataFrame({"trace": trace, "layer": np.arange(scores.shape[0]), "primary_sink_score": scores[:, 0],
-                         "primary_hidden_norm": norm[:, 0], "median_hidden_norm": np.median(norm, axis=1),
-                         "primary_key_norm": obs.profiles["key_norm"][:, 0],
-                         "median_key_norm": np.median(obs.profiles["key_norm"], axis=1),
-                         "primary_value_norm": obs.profiles["value_norm"][:, 0],
-                         "median_value_norm": np.median(obs.profiles["value_norm"], axis=1)})
-
-
-def summarize(effects: pd.DataFrame) -> pd.DataFrame:
-    """Per condition and group (targets / controls): the numbers the terminal table shows."""
-    if effects.empty:
-        return pd.DataFrame()
-    per_target = effects.drop_duplicates(["condition", "is_control", "trace", "position"])
-    if "non_finite" not in per_target:
-        per_target = per_target.assign(non_finite=False)
-    # An overflowing condition keeps its rows (marked non_finite); its inf values do not enter the means.
-    means = ["ref_sink_score", "kl", "delta_nll"]
-    per_target = per_target.assign(**{c: per_target[c].replace([np.inf, -np.inf], np.nan) for c in means})
-    grouped = per_target.groupby(["condition", "is_control"], sort=False)
-    table = pd.DataFrame({
-        "kind": grouped.kind.first(),
-        "factor": grouped.factor.first(),
-        "targets": grouped.size(),
-        "sinks_clean": grouped.apply(lambda g: (g.clean_lifetime > 0).mean(), include_groups=False),
-        "sinks_after": grouped.apply(lambda g: (g.lifetime > 0).mean(), include_groups=False),
-        "mean_lifetime": grouped.lifetime.mean(),
-        "mean_clean_lifetime": grouped.clean_lifetime.mean(),
-        "mean_sink_score": grouped.ref_sink_score.mean(),
-        "mean_kl": grouped.kl.mean(),
-        "mean_delta_nll": grouped.delta_nll.mean(),
-        "non_finite": grouped.non_finite.sum().astype(int),
-    }).reset_index()
-    return table

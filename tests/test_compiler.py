@@ -9,7 +9,8 @@ import torch
 from interventions.adapters import decoder_layers, get_module
 from interventions.compiler import Edit, compile_edits
 from interventions.execute import TraceExecutor
-from interventions.kinds import PYVENE_KINDS
+from interventions.kinds import site_kinds
+from interventions.spec import KINDS
 
 from .conftest import loaded_tiny
 
@@ -28,7 +29,7 @@ def oracle_logits(loaded, edit: Edit) -> torch.Tensor:
     def hook(module, args, output):
         is_tuple = isinstance(output, tuple)
         out = (output[0] if is_tuple else output).clone()
-        out[0, edit.positions] = PYVENE_KINDS[edit.kind].reference_value(edit, out[0, edit.positions])
+        out[0, edit.positions] = KINDS[edit.kind].reference_value(edit, out[0, edit.positions])
         return (out, *output[1:]) if is_tuple else out
 
     handle = site_module(loaded, edit.site, edit.layer).register_forward_hook(hook)
@@ -39,13 +40,22 @@ def oracle_logits(loaded, edit: Edit) -> torch.Tensor:
 
 
 def make_edit(kind, site, layer, loaded):
-    vector = torch.randn(loaded.dims["hidden"], generator=torch.Generator().manual_seed(1)) if kind == "mean_swap" \
-        else None
+    gen = torch.Generator().manual_seed(1)
+    vector = {"mean_swap": lambda: torch.randn(loaded.dims["hidden"], generator=gen),
+              "add": lambda: torch.randn(loaded.dims["hidden"], generator=gen),
+              "patch": lambda: torch.randn(len(POSITIONS), loaded.dims["hidden"], generator=gen)}.get(kind, lambda: None)()
     return Edit(kind, layer, POSITIONS, site=site, factor=3.5 if kind == "scale" else None, vector=vector)
 
 
+SITE_KINDS = ["zero", "scale", "mean_swap", "add", "patch"]
+
+
+def test_every_registered_site_kind_is_checked_here():
+    assert set(site_kinds()) == set(SITE_KINDS)
+
+
 @pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama", "mistral", "phi3"])
-@pytest.mark.parametrize("kind", ["zero", "scale", "mean_swap"])
+@pytest.mark.parametrize("kind", SITE_KINDS)
 @pytest.mark.parametrize("site", ["mlp_output", "attention_output", "block_output"])
 def test_pyvene_equals_torch_oracle(family, kind, site):
     loaded = loaded_tiny(family, layers=3)

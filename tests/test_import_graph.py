@@ -108,10 +108,6 @@ def test_a_planted_cycle_is_found():
 
 
 KNOWN_ELSEWHERE = {
-    # Fixed on other branches of issue 11 (helper "kinds"); delete each entry once merged.
-    frozenset({"interventions.compiler.compile", "interventions.kinds.scale"}):
-        "compiler/compile.py <-> kinds/*.py through the packages' __init__ (kinds)",
-    frozenset({"interventions.spec.load", "interventions.spec.schema"}): "Spec.from_dict calls load.py (kinds)",
 }
 
 

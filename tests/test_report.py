@@ -98,7 +98,10 @@ def _target_rows(base: dict, *, trace: int, position: int, clean_life: int, clea
 
 def _base(condition: str, kind: str, site: str, layers: list[int], target_set: str, is_control: bool,
           factor: float = np.nan, redirect: str = "") -> dict:
-    return {"condition": condition, "kind": kind, "site": site, "intervened_layer": layers[0],
+    from interventions.run_tables import kind_columns
+
+    others = {name: col.default for name, col in kind_columns().items()}  # every registered kind's columns
+    return {**others, "condition": condition, "kind": kind, "site": site, "intervened_layer": layers[0],
             "intervened_layers": ",".join(map(str, layers)), "factor": factor, "redirect": redirect,
             "target_set": target_set, "is_control": is_control, "non_finite": False}
 

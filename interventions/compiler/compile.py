@@ -1,5 +1,9 @@
-"""Edits -> an executable plan: one pyvene IntervenableModel for the module-output edits,
-plus attention edits installed on the attention function.
+"""Edits -> an executable plan: one pyvene IntervenableModel for the site edits, plus the edits
+of attention kinds installed on the attention function.
+
+Everything kind-specific comes from the kind's class (:data:`interventions.spec.KINDS`):
+``COMPILES_TO`` says which of the two an edit is, ``pyvene_intervention`` / ``install`` do it.
+pyvene is imported only when a plan has a site edit.
 
 The plan runs a forward whose input may start at ``offset`` (a suffix over a cached prefix):
 pyvene positions are relative to the input, so they are shifted here, in one place.
@@ -10,7 +14,6 @@ from __future__ import annotations
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
-from ..kinds import PYVENE_KINDS, attention_mask
 from .plan import Edit
 
 
@@ -20,9 +23,11 @@ class CompiledPlan:
 
     loaded: object
     module_edits: list[Edit]
+    """Edits of a site's output (``COMPILES_TO = "site"``), one pyvene intervention each."""
     attention_edits: list[Edit]
+    """Edits of attention (``COMPILES_TO = "attention"``), installed by their kind."""
     intervenable: object | None
-    """A :class:`HookSafeIntervenableModel`, or None when there is no module-output edit."""
+    """A :class:`HookSafeIntervenableModel`, or None when there is no site edit."""
 
     def unit_locations(self, offset: int = 0) -> dict:
         # Fully nested form: {"sources->base": (None, [per intervention: [per example: [positions]]])}
@@ -30,8 +35,13 @@ class CompiledPlan:
 
     @contextmanager
     def applied(self):
+        """Install the attention edits (site edits run through pyvene in :meth:`forward`)."""
         with ExitStack() as stack:
-            stack.enter_context(attention_mask.applied(self.loaded, self.attention_edits))
+            by_kind: dict[str, list[Edit]] = {}
+            for e in self.attention_edits:
+                by_kind.setdefault(e.kind, []).append(e)
+            for edits in by_kind.values():
+                stack.enter_context(edits[0].kind_class.install(self.loaded, edits))
             yield self
 
     def forward(self, offset: int = 0, **model_inputs):
@@ -44,23 +54,36 @@ class CompiledPlan:
 
 
 def merge_edits(edits: list[Edit]) -> list[Edit]:
-    """Edits of one kind at the same (site, layer) with the same parameters become one."""
+    """Edits of one kind at the same (site, layer) with the same parameters become one edit.
+
+    The kind says what "the same" is (``merge_key``); per-position values (``vector`` [N, D])
+    are concatenated with their positions.
+    """
+    import torch
+
     merged: dict[tuple, Edit] = {}
+    out: list[Edit] = []
     for e in edits:
-        key = (e.kind, e.site, e.layer, e.factor, e.redirect_to, e.vector.data_ptr() if e.vector is not None else None)
+        key = e.kind_class.merge_key(e)
+        if key is None:
+            out.append(e)
+            continue
         if key in merged:
-            merged[key] = Edit(e.kind, e.layer, merged[key].positions + e.positions, site=e.site, factor=e.factor,
-                               vector=e.vector, redirect_to=e.redirect_to)
+            m = merged[key]
+            per_position = m.vector is not None and m.vector.dim() == 2
+            vector = torch.cat([m.vector, e.vector.to(m.vector.device)]) if per_position else m.vector
+            merged[key] = Edit(e.kind, e.layer, m.positions + e.positions, site=e.site, factor=e.factor,
+                               vector=vector, redirect_to=e.redirect_to, params=e.params)
         else:
             merged[key] = e
-    return list(merged.values())
+    return list(merged.values()) + out
 
 
 def compile_edits(loaded, edits: list[Edit]) -> CompiledPlan:
     """Compile resolved edits for ``loaded`` into a :class:`CompiledPlan`."""
     edits = [e for e in merge_edits(edits) if e.positions]
-    module_edits = [e for e in edits if e.kind in PYVENE_KINDS]
-    attention_edits = [e for e in edits if e.kind == "attention_mask"]
+    module_edits = [e for e in edits if e.kind_class.COMPILES_TO == "site"]
+    attention_edits = [e for e in edits if e.kind_class.COMPILES_TO == "attention"]
     seen = {}
     for e in module_edits:
         if (e.site, e.layer) in seen:
@@ -75,7 +98,7 @@ def compile_edits(loaded, edits: list[Edit]) -> CompiledPlan:
         dims = loaded.dims
         representations = [
             pv.RepresentationConfig(layer=e.layer, component=e.site, unit="pos", max_number_of_units=len(e.positions),
-                                    intervention=PYVENE_KINDS[e.kind].pyvene_intervention(e, dims))
+                                    intervention=e.kind_class.pyvene_intervention(e, dims))
             for e in module_edits
         ]
         config = pv.IntervenableConfig(representations=representations, model_type=type(loaded.model))

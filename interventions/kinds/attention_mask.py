@@ -9,27 +9,69 @@ by the softmax, or (``redirect: bos``) the removed mass moved onto the primary s
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import ClassVar, Literal
 
-from ..adapters import get_module
-from ..attention import AttentionEdit
+from pydantic import Field, field_validator
+
+from ..spec.conditions import Condition, Edit, EffectColumn, InterventionBase, register_kind
+from ..spec.fields import LayerRange, concrete, layer_label, layer_spec_validator
 
 
-@contextmanager
-def applied(loaded, edits):
-    """Install the attention edits on their layers for the duration of the block."""
-    from ..adapters import decoder_layers
+@register_kind
+class AttentionMask(InterventionBase):
+    """Stop every query from attending to the target tokens (as keys) in the given layers (one condition)."""
 
-    layers = decoder_layers(loaded.model, loaded.adapter)
-    touched = []
-    try:
-        for edit in edits:
-            attn = get_module(layers[edit.layer], loaded.adapter.attention)
-            previous = getattr(attn, "_interventions_edit", None)
-            keys = tuple(sorted(set(edit.positions) | set(previous.masked_keys if previous else ())))
-            attn._interventions_edit = AttentionEdit(masked_keys=keys, redirect_to=edit.redirect_to)
-            touched.append(attn)
-        yield
-    finally:
-        for attn in touched:
-            if hasattr(attn, "_interventions_edit"):
-                del attn._interventions_edit
+    LAYER_FIELDS: ClassVar[tuple[str, ...]] = ("layers",)
+    COMPILES_TO: ClassVar[str] = "attention"
+    EFFECT_COLUMNS: ClassVar[dict[str, EffectColumn]] = {
+        "redirect": EffectColumn("attention_mask: none | bos", ""),
+        "masked": EffectColumn("attention_mask: this layer is one of the layers masked for this target", False),
+    }
+
+    kind: Literal["attention_mask"] = Field("attention_mask", description="Mask attention to the target tokens.")
+    layers: int | list[int] | LayerRange | Literal["sink_lifetime"] = Field(
+        description="Layers masked together: int, list, {from: a, to: b} or sink_lifetime "
+                    "(where each target is a sink).")
+    redirect: Literal["none", "bos"] = Field(
+        "none", description="Where the removed attention goes: none (renormalise) or bos (to the primary sink).")
+
+    _layers = field_validator("layers", mode="before")(lambda v: layer_spec_validator(("sink_lifetime",))(v))
+
+    def conditions(self, index: int) -> list[Condition]:
+        cid = f"attention_mask.{layer_label(self.layers)}.redirect-{self.redirect}"
+        return [self._condition(index, cid, site=None, layer=concrete(self.layers), redirect=self.redirect)]
+
+    @classmethod
+    def edits_for(cls, condition, target, layers, state):
+        return [Edit("attention_mask", layer, [target.position], redirect_to=0 if condition.redirect == "bos" else None)
+                for layer in layers]
+
+    @classmethod
+    def effect_values(cls, condition, target, layer, edited_layers, state=None) -> dict:
+        return {"redirect": condition.redirect or "", "masked": layer in edited_layers}
+
+    @classmethod
+    @contextmanager
+    def install(cls, loaded, edits):
+        """Install the attention edits on their layers for the duration of the block."""
+        from ..adapters import decoder_layers, get_module
+        from ..attention import AttentionEdit
+
+        layers = decoder_layers(loaded.model, loaded.adapter)
+        touched = []
+        try:
+            for edit in edits:
+                attn = get_module(layers[edit.layer], loaded.adapter.attention)
+                previous = getattr(attn, "_interventions_edit", None)
+                keys = tuple(sorted(set(edit.positions) | set(previous.masked_keys if previous else ())))
+                attn._interventions_edit = AttentionEdit(masked_keys=keys, redirect_to=edit.redirect_to)
+                touched.append(attn)
+            yield
+        finally:
+            for attn in touched:
+                if hasattr(attn, "_interventions_edit"):
+                    del attn._interventions_edit
+
+
+applied = AttentionMask.install
+"""The install step under its old name."""

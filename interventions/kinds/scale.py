@@ -2,28 +2,91 @@
 
 from __future__ import annotations
 
-import torch
+import math
+from typing import Annotated, ClassVar, Literal
 
-from ..compiler.pyvene_compat import pv
+from pydantic import AfterValidator, Field, field_validator
 
-
-class ScaleIntervention(pv.SourcelessIntervention, pv.LocalistRepresentationIntervention):
-    """Multiply the selected representations by ``factor`` (pyvene keeps the [B, units, D] shape)."""
-
-    def __init__(self, factor: float, **kwargs):
-        super().__init__(**kwargs)
-        self.factor = float(factor)
-
-    def forward(self, base, source=None, subspaces=None, **kwargs):
-        return base * self.factor
-
-    def __str__(self):
-        return f"ScaleIntervention(factor={self.factor})"
+from ..spec.conditions import Condition, Edit, EffectColumn, register_kind
+from ..spec.fields import fail, show
+from .base import SiteIntervention
 
 
-def pyvene_intervention(edit, dims):
-    return ScaleIntervention(edit.factor, embed_dim=dims["hidden"])
+def _check_factor(v: float) -> float:
+    if not math.isfinite(v):
+        raise fail(f"{show(v)} is not a finite number — factors are positive numbers such as 2, 5, 10")
+    if v == 0:
+        raise fail("0 is not allowed — a factor of 0 removes the output: use kind: zero")
+    if v < 0:
+        raise fail(f"{show(v)} is not allowed — factors must be > 0 (a negative factor flips the sign)")
+    return v
 
 
-def reference_value(edit, original: torch.Tensor) -> torch.Tensor:
-    return original * edit.factor
+@register_kind
+class Scale(SiteIntervention):
+    """Multiply a site's output for the target tokens; each factor is its own condition."""
+
+    EFFECT_COLUMNS: ClassVar[dict[str, EffectColumn]] = {
+        "factor": EffectColumn("scale factor (NaN for other kinds)", float("nan"))}
+
+    kind: Literal["scale"] = Field("scale", description="Scale the site output of the target tokens.")
+    factors: list[Annotated[float, AfterValidator(_check_factor)]] = Field(
+        min_length=1, description="Scale factors, each its own condition; > 0 (use kind: zero for 0).")
+
+    @field_validator("factors")
+    @classmethod
+    def _unique(cls, v: list[float]) -> list[float]:
+        dups = sorted({f for f in v if v.count(f) > 1})
+        if dups:
+            raise fail(f"{show(dups[0])} is listed twice — each factor is one condition; list it once")
+        return v
+
+    def conditions(self, index: int) -> list[Condition]:
+        return [self._site_condition(index, f".x{f:g}", factor=f) for f in self.factors]
+
+    def warnings(self, index: int) -> list[str]:
+        return [f"interventions[{index}].factors[{j}]: 1 leaves the output unchanged (identity) — "
+                "fine as a sanity check, otherwise remove it" for j, f in enumerate(self.factors) if f == 1]
+
+    @classmethod
+    def edits_for(cls, condition, target, layers, state):
+        return [Edit("scale", layer, [target.position], site=condition.site, factor=condition.factor)
+                for layer in layers]
+
+    @classmethod
+    def effect_values(cls, condition, target, layer, edited_layers, state=None) -> dict:
+        return {"factor": float(condition.factor)}
+
+    @classmethod
+    def pyvene_intervention(cls, edit, dims):
+        return _scale_intervention_class()(edit.factor, embed_dim=dims["hidden"])
+
+    @classmethod
+    def reference_value(cls, edit, original):
+        return original * edit.factor
+
+
+_SCALE_CLASS = None
+
+
+def _scale_intervention_class():
+    """The pyvene intervention class, defined on first use (pyvene loads only when a plan needs it)."""
+    global _SCALE_CLASS
+    if _SCALE_CLASS is None:
+        from ..compiler.pyvene_compat import pv
+
+        class ScaleIntervention(pv.SourcelessIntervention, pv.LocalistRepresentationIntervention):
+            """Multiply the selected representations by ``factor`` (pyvene keeps the [B, units, D] shape)."""
+
+            def __init__(self, factor: float, **kwargs):
+                super().__init__(**kwargs)
+                self.factor = float(factor)
+
+            def forward(self, base, source=None, subspaces=None, **kwargs):
+                return base * self.factor
+
+            def __str__(self):
+                return f"ScaleIntervention(factor={self.factor})"
+
+        _SCALE_CLASS = ScaleIntervention
+    return _SCALE_CLASS

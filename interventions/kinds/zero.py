@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
-import torch
+from typing import Literal
+
+from pydantic import Field
+
+from ..spec.conditions import Condition, register_kind
+from .base import SiteIntervention
 
 
-def pyvene_intervention(edit, dims):
-    from ..compiler.pyvene_compat import pv
+@register_kind
+class Zero(SiteIntervention):
+    """Set a site's output to zero for the target tokens (one condition)."""
 
-    ZeroIntervention = pv.ZeroIntervention
+    kind: Literal["zero"] = Field("zero", description="Zero the site output of the target tokens.")
 
-    return ZeroIntervention(embed_dim=dims["hidden"])
+    def conditions(self, index: int) -> list[Condition]:
+        return [self._site_condition(index)]
 
+    @classmethod
+    def pyvene_intervention(cls, edit, dims):
+        from ..compiler.pyvene_compat import pv
 
-def reference_value(edit, original: torch.Tensor) -> torch.Tensor:
-    """Oracle: what the edited positions hold afterwards ([N, D] in, [N, D] out)."""
-    return torch.zeros_like(original)
+        return pv.ZeroIntervention(embed_dim=dims["hidden"])
+
+    @classmethod
+    def reference_value(cls, edit, original):
+        """Oracle: what the edited positions hold afterwards ([N, D] in, [N, D] out)."""
+        return original.new_zeros(original.shape)

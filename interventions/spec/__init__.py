@@ -4,11 +4,16 @@
 >>> problems = check_against_model(spec, dims)        # once the model config is read
 >>> conditions = expand_conditions(spec)              # one Condition per experimental setting
 
-See ``schema.py`` for the fields (and how to add an intervention kind), ``load.py`` for loading
-and error messages.
+Modules by job: ``fields.py`` (base model, sites, layer specs), ``target_sets.py`` (selectors),
+``conditions.py`` (the kind registry and condition expansion), ``schema.py`` (the top-level
+:class:`Spec`), ``load.py`` (reading files, one-line error messages). The kinds themselves live
+one per file in ``interventions/kinds/`` (``from interventions.kinds import Scale``); :data:`KINDS`
+loads them on first use.
 """
 
 from ..errors import SpecError
+from .conditions import KINDS, Condition, EffectColumn, InterventionBase, expand_conditions, register_kind
+from .fields import MEASURES, SITES, LayerRange, SweepRange, layer_label, resolve_layers
 from .load import (
     SpecWarning,
     check_against_model,
@@ -18,42 +23,24 @@ from .load import (
     translate_errors,
     validate_spec_data,
 )
-from .schema import (
-    KINDS,
-    MEASURES,
-    SITES,
+from .schema import Detection, Spec, spec_json_schema, spec_warnings
+from .target_sets import (
     TARGETS,
-    AttentionMask,
-    Condition,
-    Detection,
-    InterventionBase,
-    LayerRange,
     MatchedControls,
-    MeanSwap,
     Positions,
     PrimarySinks,
     SameTokenNonSinks,
-    Scale,
     SecondarySinks,
-    Spec,
-    SweepRange,
     TargetBase,
     Tokens,
-    Zero,
-    expand_conditions,
-    layer_label,
-    register_kind,
     register_target,
-    resolve_layers,
-    spec_json_schema,
-    spec_warnings,
 )
 
 __all__ = [
-    "KINDS", "MEASURES", "SITES", "TARGETS", "AttentionMask", "Condition", "Detection", "InterventionBase",
-    "LayerRange", "MatchedControls", "MeanSwap", "Positions", "PrimarySinks", "SameTokenNonSinks", "Scale",
-    "SecondarySinks", "Spec", "SpecError", "SpecWarning", "SweepRange", "TargetBase", "Tokens", "Zero",
-    "check_against_model", "expand_conditions", "layer_label", "load_spec", "load_spec_text", "parse_yaml",
-    "register_kind", "register_target", "resolve_layers", "spec_json_schema", "spec_warnings",
+    "KINDS", "MEASURES", "SITES", "TARGETS", "Condition", "Detection", "EffectColumn",
+    "InterventionBase", "LayerRange", "MatchedControls", "Positions", "PrimarySinks",
+    "SameTokenNonSinks", "SecondarySinks", "Spec", "SpecError", "SpecWarning", "SweepRange", "TargetBase",
+    "Tokens", "check_against_model", "expand_conditions", "layer_label", "load_spec", "load_spec_text",
+    "parse_yaml", "register_kind", "register_target", "resolve_layers", "spec_json_schema", "spec_warnings",
     "translate_errors", "validate_spec_data",
 ]

@@ -137,7 +137,7 @@ def placebo_conditions(spec, conditions: list) -> list:
     """
     from dataclasses import replace
 
-    from .schema import layer_label
+    from .fields import layer_label
 
     out, seen = [], {c.id for c in conditions}
     for h in getattr(spec, "hypotheses", None) or []:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from ..errors import SpecError
 from .schema import (
     _SKIP_CROSS,
+    VALIDATOR,
     KINDS,
     TARGETS,
     TESTBED_PREFIX,
@@ -85,13 +86,8 @@ def _model_at(loc: tuple, data: Any) -> type[BaseModel] | None:
 
 
 def _clean(loc: tuple, data: Any) -> tuple:
-    """Drop the union-tag segment pydantic inserts after ``interventions[i]`` / ``targets.<name>``."""
-    loc = tuple(loc)
-    if len(loc) >= 3 and loc[0] in _DISCRIMINATORS:
-        key, _, _ = _DISCRIMINATORS[loc[0]]
-        if loc[2] == _get(data, loc[0], loc[1], key):
-            loc = loc[:2] + loc[3:]
-    return loc
+    """The field path of an error (the registered unions of spec.conditions insert no union-tag segment)."""
+    return tuple(loc)
 
 
 def _field(loc: tuple, data: Any):
@@ -243,6 +239,14 @@ def _resolve_paths(data: dict, base_dir: Path, check_files: bool) -> list[str]:
         elif check_files and model.count("/") > 1:
             problems.append(f"model: {show(model)} is not an existing path (looked in {base_dir.resolve()}) "
                             "nor a hub id (owner/name)")
+    interventions = data.get("interventions")
+    if isinstance(interventions, list):  # kinds with file fields (add's direction file) resolve theirs
+        for i, iv in enumerate(interventions):
+            kind = KINDS.get(iv.get("kind")) if isinstance(iv, dict) and isinstance(iv.get("kind"), str) else None
+            if kind is not None:
+                fixed, found = kind.resolve_paths(iv, base_dir, check_files)
+                interventions[i] = fixed
+                problems += [f"interventions[{i}].{p}" for p in found]
     traces = data.get("traces")
     if isinstance(traces, str) and traces.strip() and traces != TESTBED_TRACES:
         p = Path(traces).expanduser()
@@ -286,6 +290,8 @@ def validate_spec_data(data: Any, *, base_dir: str | Path | None = None, check_f
         raise SpecError(problems + [f"(top level): {show(data)} is not a mapping — a spec is key: value lines "
                                     "(name:, model:, traces:, targets:, interventions:)"])
     data = dict(data)
+    if isinstance(data.get("interventions"), list):
+        data["interventions"] = list(data["interventions"])
     if base_dir is not None:
         problems += _resolve_paths(data, Path(base_dir), check_files)
     spec = None
@@ -493,3 +499,6 @@ def check_inputs(spec: Spec, *, device: str | None = None, force: bool = False) 
                              attn_implementation=spec.attn_implementation)
     check_memory(memory, device, force=force)
     return CheckedInputs(source, config, dims, tokenizer, traces, device, memory)
+
+
+VALIDATOR[:] = [validate_spec_data]  # Spec.from_dict validates through the loader (see schema.VALIDATOR)

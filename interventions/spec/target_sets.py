@@ -1,0 +1,96 @@
+"""Target sets: named groups of token positions, resolved per trace from the clean run."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from ..registry import Registry
+from .conditions import registered_union
+from .fields import SpecModel, fail, show, tokens_validator
+
+TARGETS: Registry[type[TargetBase]] = Registry("selector")
+"""Target selectors by ``select`` name, in the order error messages list them."""
+
+
+def register_target(cls: type[TargetBase]) -> type[TargetBase]:
+    """Class decorator: register a target selector under its ``select`` literal (usable after import).
+
+    The spec accepts it at once; resolving it to positions is :func:`interventions.targets.resolve_targets`'
+    job (a selector it does not know is reported there).
+    """
+    return TARGETS.register(cls.model_fields["select"].default, cls)
+
+
+class TargetBase(SpecModel):
+    """A named set of token positions, resolved per trace from the clean run's detection."""
+
+    LAYER_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+
+@register_target
+class SecondarySinks(TargetBase):
+    """Every detected secondary sink (optionally filtered)."""
+
+    select: Literal["secondary_sinks"] = Field("secondary_sinks", description="Detected secondary sinks.")
+    level: list[int] | None = Field(None, min_length=2, max_length=2,
+                                    description="Keep only sinks of this level, written [l_start, lifetime].")
+    l_start: int | None = Field(None, ge=0, description="Keep only sinks whose first sink layer is this layer.")
+    tokens: list[str | int] | None = Field(None, description="Keep only sinks on these tokens (strings or ids).")
+
+    _tokens = field_validator("tokens", mode="before")(lambda v: tokens_validator(v))
+
+    @field_validator("level")
+    @classmethod
+    def _level(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (v[0] < 0 or v[1] < 1):
+            raise fail(f"{show(v)} is not a level — write [l_start, lifetime] with l_start >= 0 and lifetime >= 1")
+        return v
+
+
+@register_target
+class Tokens(TargetBase):
+    """Every position holding one of the given tokens (sinks or not)."""
+
+    select: Literal["tokens"] = Field("tokens", description="Positions of the given tokens.")
+    tokens: list[str | int] = Field(description="Token strings (quote leading spaces: \" ~\") or token ids.")
+
+    _tokens = field_validator("tokens", mode="before")(lambda v: tokens_validator(v))
+
+
+@register_target
+class SameTokenNonSinks(TargetBase):
+    """Positions holding the same token as some secondary sink but not themselves sinks."""
+
+    select: Literal["same_token_non_sinks"] = Field(
+        "same_token_non_sinks", description="Non-sink occurrences of the tokens that become sinks elsewhere.")
+
+
+@register_target
+class PrimarySinks(TargetBase):
+    """The primary sink(s): the first token / BOS that absorbs attention in every layer."""
+
+    select: Literal["primary_sinks"] = Field("primary_sinks", description="The primary (BOS) sink positions.")
+
+
+@register_target
+class Positions(TargetBase):
+    """Fixed positions in every trace (negative counts from the end: -1 is the last token)."""
+
+    select: Literal["positions"] = Field("positions", description="Fixed token positions.")
+    positions: list[int] = Field(min_length=1, description="Positions; negative ones count from the end (-1 = last).")
+
+
+@register_target
+class MatchedControls(TargetBase):
+    """Random non-sink positions, as many per trace as the target set ``match`` holds."""
+
+    select: Literal["matched_controls"] = Field(
+        "matched_controls", description="Random non-sink positions matched in count to another set.")
+    match: str = Field(description="Name of the target set whose per-trace count is matched.")
+    seed: int = Field(0, description="Seed of the random draw (the same seed gives the same positions).")
+
+
+TargetSet = registered_union(TARGETS, "select", TargetBase)
+"""The spec type of one ``targets:`` entry: any registered selector, chosen by ``select``."""
