@@ -218,10 +218,12 @@ def find_primary_sinks(norm: np.ndarray, config: DetectionConfig = DetectionConf
     massive = norm_ratios(norm) > config.massive_ratio
     last_needed = max(0, L - 1 - config.end_slack)
     out = []
-    for t in np.flatnonzero(massive[last_needed:].all(axis=0)):
+    for t in np.flatnonzero(massive[last_needed]):
         col = massive[:, t]
-        end = int(np.flatnonzero(col)[-1])
-        onset = end
+        end = last_needed
+        while end + 1 < L and col[end + 1]:
+            end += 1
+        onset = last_needed
         while onset > 0 and col[onset - 1]:
             onset -= 1
         if onset > config.max_onset * L:

@@ -12,7 +12,13 @@ def print_detection(result) -> None:
     n_traces = len(result.traces)
     primary = sinks[sinks.kind == "primary"]
     secondary = sinks[sinks.kind == "secondary"]
-    console.print(f"{n_traces} traces: {len(primary)} primary sinks, {len(secondary)} secondary sinks", highlight=False)
+    missing = int(result.traces["no_primary"].sum()) if "no_primary" in result.traces else 0
+    console.print(f"{n_traces} traces: {len(primary)} primary sinks, {len(secondary)} secondary sinks"
+                  + (f"; {missing} traces without a primary sink" if missing else ""), highlight=False)
+    if len(primary):
+        spots = primary.groupby(["position", "l_start"]).size()
+        console.print("primary sinks (position @ onset layer: traces): "
+                      + ", ".join(f"{p} @ {o}: {n}" for (p, o), n in spots.items()), highlight=False)
     if len(result.levels):
         table = Table(title="secondary sink levels")
         for col in ("l_start", "lifetime", "count"):
