@@ -66,7 +66,7 @@ EFFECT_COLUMNS = {
     "hidden_cos": "cosine of h to the primary sink's h at this layer",
     "mlp_out_norm": "||MLP output|| of the target at this layer",
     "sink_score": "Eq. 1 sink score of the target (mean over heads) at this layer",
-    "primary_sink_score": "sink score of the primary sink (position 0) at this layer",
+    "primary_sink_score": "sink score of the reference primary sink at this layer",
     "l_start": "first sink layer of the target after the intervention (-1: not a sink)",
     "lifetime": "contiguous sink layers from l_start after the intervention (0: not a sink)",
     "ref_layer": "layer where ref_mlp_out_norm is read: the intervened layer, else the clean l_start",
@@ -250,8 +250,9 @@ def run_spec(spec, *, results_root: Path | str = "results", run_dir: Path | str 
     if clean_sinks is None:
         local: dict[int, list[Sink]] = {}
         for tr in track([tr for tr in traces if ranks.owns(tr.index)], description="clean pass", enabled=progress):
-            obs = observe_tokens(loaded, tr.token_ids)
-            local[tr.index] = detect_sinks(obs, trace=tr.index, tokens=tokens[tr.index], config=config)
+            obs = observe_tokens(loaded, tr.token_ids, reference=config.reference, massive_ratio=config.massive_ratio)
+            local[tr.index] = detect_sinks(obs, trace=tr.index, tokens=tokens[tr.index], config=config,
+                                           chat_template=spec.chat_template)
         clean_sinks = {i: s for part in ranks.gather(local) for i, s in part.items()}
     clean_pass_s = time.perf_counter() - t0
     all_sinks = [s for i in sorted(clean_sinks) for s in clean_sinks[i]]
@@ -430,10 +431,12 @@ def _run_trace(loaded, tr, conditions, config, sinks, sets, condition_s, reuse_p
             if edits:
                 planned.append((condition, is_control, group, edits, layers_of))
     # The clean forward also serves as the prefix of every intervened forward (see execute.py).
+    # Cosines in every forward are measured against the clean run's reference primary sink.
+    reference = next((s.position for s in sinks if s.kind == "primary" and s.reference), 0)
     ex = TraceExecutor(loaded, tr.token_ids, reuse_prefix=reuse_prefix,
-                       starts=[first_position(p[3]) for p in planned])
+                       starts=[first_position(p[3]) for p in planned], reference=reference)
     clean = ex.clean()
-    clean_layers = per_layer(clean, config)
+    clean_layers = per_layer(clean, config, primary_position=reference)
 
     rows, downstream = [], []
     for condition, is_control, group, edits, layers_of in planned:
@@ -446,7 +449,7 @@ def _run_trace(loaded, tr, conditions, config, sinks, sets, condition_s, reuse_p
             warn(f"trace {tr.index}, {condition.id} ({'controls' if is_control else 'targets'}): non-finite "
                  f"{bad['quantity']} ({bad['value']}) from layer {bad['layer']}, position {bad['position']}; "
                  "its rows are kept and marked non_finite")
-        edited_layers = per_layer(edited, config)
+        edited_layers = per_layer(edited, config, primary_position=reference)
         kl, dnll = next_token_divergence(clean.logits, edited.logits, clean.token_ids)
         first = min(layers_of)
         downstream += [{"trace": tr.index, "condition": condition.id, "is_control": is_control, "position": p,
@@ -495,6 +498,7 @@ def sink_layer_rows(obs, sinks: list[Sink], n_layers: int) -> pd.DataFrame:
     sink in layers l_start + 1 .. l_start + lifetime; ``layer`` is that attention layer.
     """
     scores = obs.mean_sink_scores()
+    ref = obs.reference_position or 0
     rows = []
     for s in sinks:
         if s.kind != "secondary":
@@ -503,7 +507,7 @@ def sink_layer_rows(obs, sinks: list[Sink], n_layers: int) -> pd.DataFrame:
             rows.append({"trace": s.trace, "position": s.position, "token": s.token, "token_id": s.token_id,
                          "l_start": s.l_start, "lifetime": s.lifetime, "censored": s.censored, "layer": layer,
                          "mlp_out_norm": s.mlp_out_norm, "sink_score": float(scores[layer, s.position]),
-                         "primary_sink_score": float(scores[layer, 0])})
+                         "primary_sink_score": float(scores[layer, ref])})
     return pd.DataFrame(rows, columns=["trace", "position", "token", "token_id", "l_start", "lifetime", "censored",
                                        "layer", "mlp_out_norm", "sink_score", "primary_sink_score"])
 
@@ -512,11 +516,12 @@ def clean_profile_rows(obs, trace: int) -> pd.DataFrame:
     """Per layer of one clean trace: the primary sink's score and norm, the median token norm."""
     scores = obs.mean_sink_scores()
     norm = obs.profiles["hidden_norm"]
-    return pd.DataFrame({"trace": trace, "layer": np.arange(scores.shape[0]), "primary_sink_score": scores[:, 0],
-                         "primary_hidden_norm": norm[:, 0], "median_hidden_norm": np.median(norm, axis=1),
-                         "primary_key_norm": obs.profiles["key_norm"][:, 0],
+    ref = obs.reference_position or 0  # the reference primary sink (position 0 when the trace has none)
+    return pd.DataFrame({"trace": trace, "layer": np.arange(scores.shape[0]), "primary_sink_score": scores[:, ref],
+                         "primary_hidden_norm": norm[:, ref], "median_hidden_norm": np.median(norm, axis=1),
+                         "primary_key_norm": obs.profiles["key_norm"][:, ref],
                          "median_key_norm": np.median(obs.profiles["key_norm"], axis=1),
-                         "primary_value_norm": obs.profiles["value_norm"][:, 0],
+                         "primary_value_norm": obs.profiles["value_norm"][:, ref],
                          "median_value_norm": np.median(obs.profiles["value_norm"], axis=1)})
 
 

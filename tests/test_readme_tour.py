@@ -43,7 +43,7 @@ def test_readme_tour_runs_verbatim(tmp_path, cache_dir):
         assert proc.returncode == 0, f"{command}\n{proc.stdout}\n{proc.stderr}"
     detect_dir = tmp_path / "results" / "detect-demo"
     levels = pd.read_csv(detect_dir / "levels.csv")
-    assert set(zip(levels.l_start, levels.lifetime)) == {(4, 2), (4, 3), (4, 4), (4, 6)}
+    assert set(zip(levels.l_start, levels.lifetime)) == {(4, 2), (4, 3), (4, 4), (4, 7)}
     (run,) = list((tmp_path / "results" / "norm_scale").iterdir())
     stats = json.loads((run / "stats.json").read_text())
     assert stats["verdicts"]["H2"]["verdict"] == "supported"

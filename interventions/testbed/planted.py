@@ -19,14 +19,14 @@ norm stays above 5 x the layer median through the end of the network):
   (d + 0.1 * TAG)/|..| (cos(u, d) = 0.995), with N set by how strongly the token carries the
   ``TRIG`` feature. Later MLPs subtract ~5.5 per layer along u from any token carrying ``TAG``
   until N falls to 1.5, so the lifetime (layers with cos > 0.95 to BOS, i.e. N above ~3) grows
-  with N: " ^" (N=12) lives 2 layers, " #" (N=22) 4, " @" (N=33) 6. The sink score grows with N (keys penalise the
+  with N: " ^" (N=12) lives 2 layers, " #" (N=22) 4, " @" (N=35) 7. The sink score grows with N (keys penalise the
   ``CAND`` feature by CAND/|h|, which shrinks as N grows): at layer 5, the first attention
   that reads h[4], about 0.03 / 0.12 / 0.20 against 0.002 for an ordinary token.
 * **Sub-threshold token.** " ~" gets N = 2.8 (cos 0.937 < 0.95: not a sink); scaling its layer-4
   MLP output by 2 / 5 / 10 makes it a sink living 1 / 3 / 5 layers.
-  (Issue 9 made the rule cosine-only. Under it the earlier N = 3.4 for " ~" gave cos 0.955 and
-  N = 35 for " @" left cos 0.959 at its last layer, both inside the 0.01 margin that every
-  planted decision must clear, so those two N were lowered; every other level is unchanged.)
+  (Issue 9 made the rule cosine-only. Under it " @" lives 7 layers instead of 6 (its norm
+  falls below 5x at layer 10 while its cosine is still 0.959), and the earlier N = 3.4 for " ~"
+  gave cos 0.955: a designed non-sink 0.005 from the threshold, so its N was lowered to 2.8.)
 * **Gated trigger (progressive formation).** " &" becomes a sink (lifetime 3) only when the
   previous token is the gate " $": a previous-token head at layer ``GATE_LAYER`` = 2 copies the
   gate feature into ``PREV_GATE`` and the layer-4 MLP fires on (PREV_GATE AND GTRIG). Replacing
@@ -57,7 +57,7 @@ import torch
 from ..errors import UserError
 from .tokenizer import BOS, EOS, save_tokenizer, vocab_form
 
-PLANTED_VERSION = 2  # 2: " @" N 35 -> 33, " ~" N 3.4 -> 2.8 (cosine-only rule, issue 9)
+PLANTED_VERSION = 2  # 2: " ~" N 3.4 -> 2.8 (cosine-only rule, issue 9)
 
 # --------------------------------------------------------------------------------------------
 # Shapes
@@ -115,7 +115,7 @@ FILLERS = [
     "little", "very", "after", "words", "called", "just", "where", "most", "know", "cat", "river", "number",
 ]
 # token -> (planted N = norm of the L_START MLP output). Lifetimes follow from the decay MLPs.
-TRIGGERS = {" ^": 12.0, " #": 22.0, " @": 33.0}
+TRIGGERS = {" ^": 12.0, " #": 22.0, " @": 35.0}
 SUB_THRESHOLD = {" ~": 2.8}
 SCALE_FACTORS = (2, 5, 10)
 GATE_TOKEN = " $"
@@ -488,11 +488,11 @@ def simulate(w: _Weights, token_id: int, *, after_gate: bool = False, scale: flo
 def _decide(h: torch.Tensor, bos: torch.Tensor, median: float = 1.0) -> tuple[bool, bool]:
     """(aligned?, decided with margin?) under the detection rule (cosine only; ``median`` unused).
 
-    Margin: the cosine must clear or miss COS_MIN by 0.01, so float rounding (or bfloat16) can
-    never flip a decision.
+    Margin: the cosine must clear or miss COS_MIN by 0.005 (float32 rounding is ~1e-6), so
+    rounding can never flip a decision.
     """
     cos = float(torch.nn.functional.cosine_similarity(h, bos, dim=0))
-    return cos > COS_MIN, abs(cos - COS_MIN) > 0.01
+    return cos > COS_MIN, abs(cos - COS_MIN) > 0.005
 
 
 def lifetime_of(bos_traj: list[torch.Tensor], traj: list[torch.Tensor]) -> tuple[int | None, int]:
