@@ -72,7 +72,9 @@ class TraceExecutor:
         p0 = first_position(plan.module_edits + plan.attention_edits)
         if p0 is None:
             return self.clean()
-        if not self.reuse_prefix or p0 < 1:
+        if not self.reuse_prefix or p0 < 1 or (isinstance(self.reference, int) and self.reference >= p0):
+            # An edit at or before the reference changes the reference state itself, and with it the
+            # cosines of the prefix positions: only a full forward has them.
             return self._full(plan)
         return self._suffix(plan, p0)
 
