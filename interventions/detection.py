@@ -2,24 +2,34 @@
 
 Primary sinks (every rule)
 --------------------------
-A primary sink is a position carrying a *massive activation* (Sun et al. 2024): its hidden-state
-norm exceeds ``massive_ratio`` x the median token norm of the layer on every layer from an onset
-through (nearly) the last layer. Precisely: the position's last run of massive layers must reach
-layer ``L - 1 - end_slack`` and start at an onset ``<= max_onset * L``; the onset is the first
-layer of that run. Every such position is a primary sink, wherever it is (position 0, a
-chat-template token, the first delimiter). ``end_slack`` (default 1) lets the last decoder layer
-erase the massive norm, as it does in every model we measured; ``max_onset`` (default 0.5) keeps
-out a secondary sink that lives to the end (secondary sinks start in middle layers). A dip
-before the final run only moves the onset: SmolLM2 has position 0 at 9x the median on layers
-2-7, 1.1x on layers 9-10 and 176x from layer 11 on, so its onset is 11.
+A primary sink is a position carrying a *massive activation* (Sun et al. 2024) that appears early
+and persists through the network. With r = hidden-state norm / the layer's median token norm:
+the activation is *born* where r > ``massive_ratio`` (5) and *persists* while r >
+``persist_ratio`` (2). A position is a primary sink when its persisting run reaches layer
+``L - 1 - end_slack`` (``end_slack`` 1: the last decoder layer may erase it) and the run holds a
+birth at a layer ``<= max_onset * L`` (0.5); the onset is the first birth layer in that run.
+Every such position is a primary sink, wherever it is (position 0, a chat-template token, the
+first delimiter). A dip before the final run only moves the onset: SmolLM2 has position 0 at 9x
+on layers 2-7, 1.1x on layers 9-10 and 176x from layer 11 on, so its onset is 11.
 
-Default ``massive_ratio`` = 5, from the real models in ``tests/test_real_detection.py``
-(observer norms, AIME prefixes of 160-200 tokens, with and without chat template): the primary
-sinks' smallest ratio over their run is 13x (SmolLM2-135M, position 0, layer 28; 140-180x in
-the middle layers); ordinary tokens stay below 1.5x from the onset on; transient high-norm tokens
-(SmolLM2's " the" at 6-9x on layers 2-8) never reach the end of the network. Five sits between
-the delimiter-type sinks' plateau (~7x, Qwen2.5 first ``".\\n\\n"`` as reported in issue 9) and
-ordinary tokens, so a lower value adds nothing and a value of 10 would lose those.
+Defaults from the real models of ``tests/test_real_detection.py`` (observer norms, AIME
+prefixes of 120-200 tokens; L-2 is the layer the run must reach):
+
+=========================  ==============  ===========  =============  =====================
+model                      sink            peak r       r at L-2       other tokens after
+                                                                       the first 2 layers
+=========================  ==============  ===========  =============  =====================
+SmolLM2-135M (L=30)        position 0      185          13             <= 1.5 (" the": 9 on 2-8)
+Gemma-3-270M (L=18)        ``<bos>``       26 (layer 0) 2.5            <= 1.7
+Qwen2.5-Coder-1.5B (L=28)  position 0      227          4.6            <= 1.5 (first ".\n\n":
+                                                                       7 on 5-10, < 2 from 22)
+=========================  ==============  ===========  =============  =====================
+
+A single threshold cannot serve: Gemma's and Qwen's sinks end the network below 5x (the median
+norm grows 300-fold through Gemma), while transient tokens reach 7-9x early on. Birth at 5x
+separates massive activations from ordinary tokens (<= 2x); persistence at 2x sits between
+ordinary tokens (<= 1.7x) and the weakest sink at L-2 (Gemma, 2.5x); ``end_slack`` 1 keeps out
+the paper's secondary sinks (Qwen3-4B's live on layers 16-33 of 36, ending at L-3).
 
 The reference (the state every cosine is measured against) is one primary sink: the earliest
 onset, ties to the largest norm at that onset (``reference: auto``), or a fixed position
@@ -108,11 +118,13 @@ class DetectionConfig:
     rule: Literal["default", "paper-code", "legacy"] = "default"
     """``default`` (cosine > cos_threshold, longest run) or ``paper-code`` (the released detector)."""
     massive_ratio: float = MASSIVE_RATIO
-    """A massive activation: hidden-state norm above this x the layer's median norm."""
+    """A massive activation is born where the hidden-state norm exceeds this x the layer's median norm."""
+    persist_ratio: float = 2.0
+    """... and persists while it stays above this x the median."""
     reference: str | int = "auto"
     """``auto`` (the primary sink with the earliest onset, ties to the largest norm) or a position."""
     end_slack: int = 1
-    """A primary sink's massive run must reach layer L - 1 - end_slack."""
+    """A primary sink's persisting run must reach layer L - 1 - end_slack."""
     max_onset: float = 0.5
     """... and start at a layer <= max_onset x L."""
     top_channels: int = 4
@@ -213,22 +225,27 @@ def norm_ratios(norm: np.ndarray) -> np.ndarray:
 
 
 def find_primary_sinks(norm: np.ndarray, config: DetectionConfig = DetectionConfig()) -> list[PrimarySink]:
-    """Every position whose massive run reaches the end of the network (module docstring)."""
+    """Every position whose massive activation persists to the end of the network (module docstring)."""
     L, T = norm.shape
-    massive = norm_ratios(norm) > config.massive_ratio
+    ratio = norm_ratios(norm)
+    born = ratio > config.massive_ratio
+    alive = ratio > config.persist_ratio
     last_needed = max(0, L - 1 - config.end_slack)
     out = []
-    for t in np.flatnonzero(massive[last_needed]):
-        col = massive[:, t]
-        end = last_needed
+    for t in np.flatnonzero(alive[last_needed]):
+        col = alive[:, t]
+        start, end = last_needed, last_needed
+        while start > 0 and col[start - 1]:
+            start -= 1
         while end + 1 < L and col[end + 1]:
             end += 1
-        onset = last_needed
-        while onset > 0 and col[onset - 1]:
-            onset -= 1
+        births = np.flatnonzero(born[start:end + 1, t])
+        if not births.size:
+            continue
+        onset = start + int(births[0])
         if onset > config.max_onset * L:
             continue
-        out.append(PrimarySink(position=int(t), onset=onset, end=end, first_massive=int(np.flatnonzero(col)[0]),
+        out.append(PrimarySink(position=int(t), onset=onset, end=end, first_massive=int(np.flatnonzero(born[:, t])[0]),
                                onset_norm=float(norm[onset, t])))
     return out
 
@@ -364,9 +381,9 @@ def detect_trace(obs: Observation, *, trace: int = 0, tokens: list[str] | None =
     if ref is not None and ref != obs.reference_position:
         obs.select_reference(ref)
     if not primaries:
-        notes.append(f"trace {trace}: no primary sink (no position above {config.massive_ratio:g}x the layer "
-                     f"median norm through layer {L - 1 - config.end_slack}); cosines are against position "
-                     f"{obs.reference_position}")
+        notes.append(f"trace {trace}: no primary sink (no position born above {config.massive_ratio:g}x the "
+                     f"layer median norm stays above {config.persist_ratio:g}x through layer "
+                     f"{L - 1 - config.end_slack}); its secondary sinks are not searched")
     sinks = [_primary_sink(obs, p, trace=trace, tokens=tokens, config=config, is_reference=p.position == ref,
                            scores=scores) for p in primaries]
     onset = next((p.onset for p in primaries if p.position == ref), None)

@@ -107,7 +107,15 @@ def test_primary_onset_is_the_start_of_the_run_that_reaches_the_end():
     norm[:, 0] = ratio
     (p,) = find_primary_sinks(norm)
     assert (p.position, p.onset, p.end, p.first_massive) == (0, 11, 28, 2)
-    assert find_primary_sinks(norm, DetectionConfig(end_slack=0)) == []
+    assert find_primary_sinks(norm, DetectionConfig(end_slack=0)) == []  # layer 29 is at 1.0x
+    # Gemma-3-270M's <bos>: born at 26x, falls below 5x at layer 14 but stays above 2x through L-2.
+    gemma = np.ones((18, 10), dtype=np.float32)
+    gemma[:, 0] = [25.7, 5.05, 5.15, 7.3, 12.1, 12.8, 16.5, 13.1, 15.3, 14.1, 9.7, 8.9, 7.3, 5.5, 4.85, 4.1, 2.46, 1.78]
+    gemma[3:12, 2] = 7.0  # a transient high-norm token (Qwen's first ".\n\n"): dies before the end
+    gemma[12:17, 2] = 1.5
+    (g,) = find_primary_sinks(gemma)
+    assert (g.position, g.onset, g.end) == (0, 0, 16)
+    assert find_primary_sinks(gemma, DetectionConfig(persist_ratio=3.0)) == []
     late = np.ones((30, 4), dtype=np.float32)
     late[16:29, 1] = 50.0  # starts after max_onset * L = 15: a long-lived secondary sink, not a primary one
     assert find_primary_sinks(late) == []

@@ -7,8 +7,8 @@ AIME trace prefixes, with and without the chat template, the tests check:
 
 * the tokens are exactly what the tokenizer itself produces (no inserted BOS);
 * the primary sinks reported are exactly the positions that plain ``output_hidden_states``
-  shows as massive (norm > 5x the layer median at layer L-2, the run back from there starting
-  by layer L/2), with the same onset; the reference is one of them;
+  shows as massive (born above 5x the layer median by layer L/2, above 2x from there through
+  layer L-2), with the same onset; the reference is one of them;
 * the reference's sink score is at least 10x the median key's over its layers.
 
 What each model shows (recorded on these prefixes, see the README's detection table):
@@ -81,26 +81,27 @@ def _tokenizer_ids(tok, record, chat_template: bool, n: int) -> list[int]:
     return list(tok(record["prompt"] + record["output"])["input_ids"])[:n]
 
 
-def massive_positions(model, ids, *, ratio: float = 5.0) -> dict[int, int]:
+def massive_positions(model, ids, *, born: float = 5.0, persist: float = 2.0) -> dict[int, int]:
     """{position: onset} from plain ``output_hidden_states`` (independent of the observer).
 
     ``hidden_states[1:]`` are the decoder layers' outputs except the last entry, which is after
-    the final norm; so layers 0..L-2 are used: massive at layer L-2 (end_slack 1), the run back
-    from there starting at a layer <= L/2.
+    the final norm; so layers 0..L-2 are used: above ``persist`` x the median from layer L-2
+    back to the start of that run, the onset the first layer in it above ``born`` x, at <= L/2.
     """
     with torch.inference_mode():
         out = model.model(input_ids=torch.tensor([ids]), output_hidden_states=True, use_cache=False)
     hs = torch.stack(out.hidden_states[1:-1])[:, 0].float()  # [L-1, T, D]: layers 0..L-2
     L = hs.shape[0] + 1
     norm = hs.norm(dim=-1)
-    massive = (norm > ratio * norm.median(dim=1, keepdim=True).values).numpy()
+    ratio = (norm / norm.median(dim=1, keepdim=True).values).numpy()
     found = {}
-    for t in np.flatnonzero(massive[-1]):
-        onset = L - 2
-        while onset > 0 and massive[onset - 1, t]:
-            onset -= 1
-        if onset <= 0.5 * L:
-            found[int(t)] = onset
+    for t in np.flatnonzero(ratio[-1] > persist):
+        start = L - 2
+        while start > 0 and ratio[start - 1, t] > persist:
+            start -= 1
+        births = [lay for lay in range(start, L - 1) if ratio[lay, t] > born]
+        if births and births[0] <= 0.5 * L:
+            found[int(t)] = births[0]
     return found
 
 
