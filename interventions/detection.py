@@ -8,8 +8,11 @@ the activation is *born* where r > ``massive_ratio`` (5) and *persists* while r 
 ``persist_ratio`` (2). A position is a primary sink when its persisting run reaches layer
 ``L - 1 - end_slack`` (``end_slack`` 1: the last decoder layer may erase it) and the run holds a
 birth at a layer ``<= max_onset * L`` (0.5); the onset is the first birth layer in that run.
-Every such position is a primary sink, wherever it is (position 0, a chat-template token, the
-first delimiter). A dip before the final run only moves the onset: SmolLM2 has position 0 at 9x
+Primary sinks "emerge at the same layer" (the paper, Sec. 2; Sun et al.): the earliest onset
+is a primary sink, and so is every other such position whose onset is at most ``onset_spread``
+(2) layers later; a later-born one is a long-lived secondary sink (the planted " @", born at
+layer 4 and above 2x until layer 10, beside the BOS born at layer 1). Every primary sink is
+reported, wherever it is (position 0, a chat-template token, the first delimiter). A dip before the final run only moves the onset: SmolLM2 has position 0 at 9x
 on layers 2-7, 1.1x on layers 9-10 and 176x from layer 11 on, so its onset is 11.
 
 Defaults from the real models of ``tests/test_real_detection.py`` (observer norms, AIME
@@ -126,7 +129,9 @@ class DetectionConfig:
     end_slack: int = 1
     """A primary sink's persisting run must reach layer L - 1 - end_slack."""
     max_onset: float = 0.5
-    """... and start at a layer <= max_onset x L."""
+    """... and be born at a layer <= max_onset x L ..."""
+    onset_spread: int = 2
+    """... and at most this many layers after the earliest primary sink's onset."""
     top_channels: int = 4
     """Massive channels (index, value) reported per primary sink."""
 
@@ -247,6 +252,9 @@ def find_primary_sinks(norm: np.ndarray, config: DetectionConfig = DetectionConf
             continue
         out.append(PrimarySink(position=int(t), onset=onset, end=end, first_massive=int(np.flatnonzero(born[:, t])[0]),
                                onset_norm=float(norm[onset, t])))
+    if out:
+        first = min(p.onset for p in out)
+        out = [p for p in out if p.onset <= first + config.onset_spread]
     return out
 
 

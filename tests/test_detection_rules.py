@@ -116,6 +116,10 @@ def test_primary_onset_is_the_start_of_the_run_that_reaches_the_end():
     (g,) = find_primary_sinks(gemma)
     assert (g.position, g.onset, g.end) == (0, 0, 16)
     assert find_primary_sinks(gemma, DetectionConfig(persist_ratio=3.0)) == []
+    late_born = gemma.copy()
+    late_born[4:17, 5] = 30.0  # born at layer 4, persists to the end: 4 > 0 + onset_spread
+    assert [q.position for q in find_primary_sinks(late_born)] == [0]
+    assert [q.position for q in find_primary_sinks(late_born, DetectionConfig(onset_spread=4))] == [0, 5]
     late = np.ones((30, 4), dtype=np.float32)
     late[16:29, 1] = 50.0  # starts after max_onset * L = 15: a long-lived secondary sink, not a primary one
     assert find_primary_sinks(late) == []
