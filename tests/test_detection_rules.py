@@ -262,3 +262,16 @@ def test_shared_reference_windows_are_contiguous_from_the_reference():
         rec = json.loads(line)
         ref = rec["candidate_sinks"]["0"]["layer"]
         assert ref == list(range(ref[0], ref[-1] + 1)) == list(range(6, 35))
+
+
+def test_compare_recomputes_the_reference_labels_with_the_paper_code():
+    from interventions.compare import label_agreement, read_reference
+
+    for name, n_layers in _reference_files().items():
+        path = SHARED / name
+        if not path.is_file():
+            pytest.skip(f"shared reference file {path} not found")
+        ref = read_reference(path, model_layers=n_layers)
+        agreement = label_agreement(ref)
+        assert agreement["n"] == len(ref) and agreement["share"] == 1.0
+        assert (ref["lifetime"] == ref["n_layers"]).all()  # the code's count, not the contiguous run
