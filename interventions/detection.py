@@ -28,6 +28,12 @@ Qwen2.5-Coder-1.5B (L=28)  position 0      227          4.6            <= 1.5 (f
                                                                        7 on 5-10, < 2 from 22)
 =========================  ==============  ===========  =============  =====================
 
+With Qwen's chat template, the template's "\n" and "You" (positions 2-3) are born at layer 4
+(32x) and still at 3x at L-2: they are kept out of the primary sinks only by ``onset_spread``
+(born 3 layers after ``<|im_start|>``), and come out as secondary sinks at (4, 22). That is
+the decision this rule is least sure of; ``sensitivity.csv`` and the per-sink
+``hidden_norm_ratio`` show it, and ``onset_spread: 3`` makes them primary.
+
 A single threshold cannot serve: Gemma's and Qwen's sinks end the network below 5x (the median
 norm grows 300-fold through Gemma), while transient tokens reach 7-9x early on. Birth at 5x
 separates massive activations from ordinary tokens (<= 2x); persistence at 2x sits between
