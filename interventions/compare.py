@@ -12,7 +12,12 @@ as ours is) and only inside the window where the BOS norm is high. ``sink_type``
 ``bos_sink``, ``secondary`` or ``noise``; one published file also uses ``cliff`` for
 sinks that start at the paper's creation layer (DeepSeek-14B: l_start 22), so ``cliff``
 counts as secondary by default (:data:`SECONDARY_TYPES`). A reference level is
-``(l_start, lifetime)`` = (first listed layer, length of the contiguous run from it).
+``(l_start, lifetime)`` = (first listed layer, number of listed layers), as the released code
+counts it (``rule: paper-code`` in :mod:`interventions.detection`); when the model's layer count
+is known (from our manifest), every reference label is also recomputed from its layer list with
+the code's ``sink_labeling_machine`` and the agreement reported (``reference_summary.paper_code_labels``).
+Compare like with like: detect with ``--rule paper-code`` (and the paper's chat-template setting);
+a folder made with another rule is compared all the same, with a note in ``settings.note``.
 
 Ours: ``sinks.jsonl`` of an ``intervene detect`` folder or ``clean_sinks.jsonl`` of an
 ``intervene run`` folder. Traces are matched by index (our ``trace`` = their
@@ -34,11 +39,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from .detection import paper_code_label
 from .errors import UserError
 
 PRIMARY_TYPES = ("bos_sink",)
 SECONDARY_TYPES = ("secondary", "cliff")
-REF_COLUMNS = ["trace", "position", "token_id", "sink_type", "kind", "l_start", "lifetime", "n_layers", "layers"]
+REF_COLUMNS = ["trace", "position", "token_id", "sink_type", "kind", "l_start", "lifetime", "n_layers", "layers",
+               "run", "paper_label"]
 OURS_COLUMNS = ["trace", "position", "token_id", "token", "kind", "l_start", "lifetime"]
 OFFSET_SHARE = 0.9
 """A layer offset 'explains the data' when at least this share of matched sinks has it."""
@@ -77,9 +84,13 @@ def _contiguous_run(layers: list[int]) -> int:
     return n if layers else 0
 
 
-def reference_rows(records: list[dict], *, secondary_types=SECONDARY_TYPES, primary_types=PRIMARY_TYPES
-                   ) -> pd.DataFrame:
-    """Flatten paper-format records into one row per candidate sink (REF_COLUMNS)."""
+def reference_rows(records: list[dict], *, secondary_types=SECONDARY_TYPES, primary_types=PRIMARY_TYPES,
+                   model_layers: int | None = None) -> pd.DataFrame:
+    """Flatten paper-format records into one row per candidate sink (REF_COLUMNS).
+
+    ``lifetime`` is the number of listed layers (the code's count), ``run`` the contiguous run
+    from the first; ``paper_label`` the code's label recomputed from the list and ``model_layers``.
+    """
     rows = []
     for i, rec in enumerate(records):
         if not isinstance(rec, dict) or not isinstance(rec.get("candidate_sinks"), dict):
@@ -94,7 +105,9 @@ def reference_rows(records: list[dict], *, secondary_types=SECONDARY_TYPES, prim
             kind = "primary" if stype in primary_types else "secondary" if stype in secondary_types else "other"
             rows.append({"trace": trace, "position": int(pos), "token_id": int(info.get("token_id", -1)),
                          "sink_type": stype, "kind": kind, "l_start": layers[0] if layers else -1,
-                         "lifetime": _contiguous_run(layers), "n_layers": len(layers), "layers": layers})
+                         "lifetime": len(layers), "n_layers": len(layers), "layers": layers,
+                         "run": _contiguous_run(layers),
+                         "paper_label": paper_code_label(len(layers), model_layers) if model_layers else None})
     return pd.DataFrame(rows, columns=REF_COLUMNS)
 
 
@@ -146,8 +159,8 @@ def read_ours(path: str | Path) -> pd.DataFrame:
 def to_reference_records(sinks: pd.DataFrame, *, n_traces: int | None = None) -> list[dict]:
     """Our sinks in the paper's format (primary -> ``bos_sink``, secondary -> ``secondary``).
 
-    ``layers`` is our contiguous run (``l_start .. l_start + lifetime - 1``). Traces with no
-    sink still get a record when ``n_traces`` is given.
+    ``layers`` is our sink's layer list (``l_start .. l_start + lifetime - 1`` when the table has
+    no ``layers`` column). Traces with no sink still get a record when ``n_traces`` is given.
     """
     traces = sorted(set(int(t) for t in sinks["trace"])) if len(sinks) else []
     if n_traces is not None:
@@ -157,8 +170,11 @@ def to_reference_records(sinks: pd.DataFrame, *, n_traces: int | None = None) ->
         cand = {}
         for r in sinks[sinks["trace"] == t].itertuples():
             stype = {"primary": "bos_sink", "secondary": "secondary"}.get(r.kind, str(r.kind))
-            cand[str(int(r.position))] = {"layer": list(range(int(r.l_start), int(r.l_start) + int(r.lifetime))),
-                                          "token_id": int(r.token_id), "sink_type": stype}
+            layers = getattr(r, "layers", None)
+            if not isinstance(layers, list) or len(layers) != int(r.lifetime):
+                layers = list(range(int(r.l_start), int(r.l_start) + int(r.lifetime)))
+            cand[str(int(r.position))] = {"layer": [int(x) for x in layers], "token_id": int(r.token_id),
+                                          "sink_type": stype}
         out.append({"candidate_sinks": cand, "sample_index": t})
     return out
 
@@ -295,7 +311,8 @@ def compare(ours_path: str | Path, reference_path: str | Path, out: str | Path |
         >>> result.totals["recall"], result.layer_offset
     """
     ours = read_ours(ours_path)
-    ref = read_reference(reference_path, secondary_types=tuple(secondary_types))
+    facts = _our_facts(Path(ours_path))
+    ref = read_reference(reference_path, secondary_types=tuple(secondary_types), model_layers=facts["n_layers"])
     covered = _our_traces(Path(ours_path), ours, n_traces)
     ref_traces = sorted(set(int(t) for t in ref["trace"]))
     traces = sorted(set(covered) & set(ref_traces))
@@ -321,9 +338,11 @@ def compare(ours_path: str | Path, reference_path: str | Path, out: str | Path |
         per_trace=per_trace, totals=totals, layer_offset=offset,
         primary={k: p_totals[k] for k in ("ours", "reference", "both", "only_ours", "only_reference", "precision",
                                           "recall", "token_agreement")},
-        reference_summary=_summary(ref[ref["trace"].isin(traces)], "sink_type"),
+        reference_summary={**_summary(ref[ref["trace"].isin(traces)], "sink_type"),
+                           "paper_code_labels": label_agreement(ref, secondary_types=tuple(secondary_types))},
         ours_summary=_summary(ours[ours["trace"].isin(traces)].assign(sink_type=lambda d: d["kind"]), "sink_type"),
-        settings={"ours": str(sinks_file(ours_path)), "reference": str(reference_path),
+        settings={"ours": str(sinks_file(ours_path)), "reference": str(reference_path), "our_rule": facts["rule"],
+                  "n_layers": facts["n_layers"], "note": _rule_note(facts["rule"]),
                   "secondary_types": list(secondary_types), "layer_offset": layer_offset, "traces": traces,
                   "traces_only_ours": sorted(set(covered) - set(ref_traces)),
                   "traces_only_reference": sorted(set(ref_traces) - set(covered))},
@@ -334,6 +353,38 @@ def compare(ours_path: str | Path, reference_path: str | Path, out: str | Path |
         Path(out).mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(out) / "compare.json", result.to_dict())
     return result
+
+
+def label_agreement(ref: pd.DataFrame, *, secondary_types=SECONDARY_TYPES) -> dict:
+    """How many reference labels the released code's labelling reproduces from the layer lists
+    (``secondary_types`` all count as ``secondary``); None when the layer count is unknown."""
+    known = ref[ref["paper_label"].notna()] if "paper_label" in ref else ref.iloc[:0]
+    if not len(known):
+        return {"n": 0, "agree": 0, "share": None}
+    given = known["sink_type"].map(lambda t: "secondary" if t in secondary_types else t)
+    agree = int((given == known["paper_label"]).sum())
+    return {"n": int(len(known)), "agree": agree, "share": agree / len(known)}
+
+
+def _our_facts(path: Path) -> dict:
+    """Layer count and detection rule from our folder's manifest (None when unknown)."""
+    folder = path if path.is_dir() else path.parent
+    facts = {"n_layers": None, "rule": None}
+    if (folder / "manifest.json").is_file():
+        m = json.loads((folder / "manifest.json").read_text())
+        settings = m.get("settings", {})
+        model = settings.get("model") or m.get("model") or {}
+        detection = settings.get("detection") or m.get("detection") or {}
+        facts["n_layers"] = model.get("n_layers")
+        facts["rule"] = detection.get("rule")
+    return facts
+
+
+def _rule_note(rule: str | None) -> str:
+    if rule in ("paper-code", "legacy"):
+        return ""
+    return (f"ours were detected with rule {rule or 'unknown'}; the reference was written by the paper's released "
+            "code: detect with --rule paper-code to compare like with like")
 
 
 def _span(traces: list[int]) -> str:
@@ -396,3 +447,9 @@ def print_compare(result: CompareResult, *, max_rows: int = 40) -> None:
     console.print(f"primary sinks: {p['both']} in both, {p['only_ours']} only ours, {p['only_reference']} only "
                   f"reference", highlight=False)
     console.print(f"levels: ours {t['levels_ours']}, reference {t['levels_reference']}", highlight=False)
+    labels = result.reference_summary.get("paper_code_labels", {})
+    if labels.get("n"):
+        console.print(f"reference labels reproduced by the paper's labelling (L = {result.settings.get('n_layers')}): "
+                      f"{labels['agree']}/{labels['n']} ({labels['share']:.0%})", highlight=False)
+    if result.settings.get("note"):
+        console.print(f"[yellow]note:[/yellow] {result.settings['note']}", highlight=False)

@@ -5,11 +5,15 @@ Output folder (``out``)::
     sinks.jsonl          one row per sink (see :class:`interventions.detection.Sink`)
     levels.csv           secondary-sink counts per level (l_start, lifetime)
     tokens.csv           secondary-sink token frequencies (the paper's Table 1)
-    traces.csv           one row per trace: length, prompt tokens, onset layer, sink counts
+    traces.csv           one row per trace: length, prompt tokens, reference, onset layer, primary
+                         positions, ``no_primary`` (True: no massive activation found), sink counts
+    sensitivity.csv      secondary levels and counts under cosine 0.9 / 0.95 / 0.98 x norm gate
+                         off / 5x / 10x, against the same reference (how much a law depends on the rule)
     profiles.parquet/    per (trace, layer, position) scalars, one Parquet part per trace
     sink_scores/         per trace: float32 [layers, heads, positions] (safetensors)
-    parts/sinks/         per-trace sink rows (what sinks.jsonl is merged from; kept for --resume)
-    manifest.json        command, model identity, versions, thresholds, timings, traces completed
+    parts/               per-trace sink, summary and sensitivity rows (merged into the tables; kept for --resume)
+    manifest.json        command, model identity, versions, thresholds, tokenisation policy and the
+                         first tokens of each trace, timings, traces completed, primary-sink summary
 """
 
 from __future__ import annotations
@@ -23,14 +27,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .detection import DetectionConfig, Sink, detect_sinks, level_counts, onset_layer, token_frequencies
+from .detection import (DetectionConfig, Sink, detect_trace, level_counts, sensitivity_rows, sensitivity_table,
+                        token_frequencies)
 from .errors import UserError
 from .models import LoadedModel, load_model
 from .observe import Observation, observe_tokens
 from .progress import track, warn
 from .store import (Manifest, part_name, prepare_output_dir, check_output_dir, read_arrays, write_arrays_atomic,
                     write_parquet_atomic, write_text_atomic)
-from .traces import Trace, load_traces
+from .traces import Trace, load_traces, tokenizer_policy
 
 
 @dataclass
@@ -41,12 +46,17 @@ class DetectionResult:
     traces: pd.DataFrame
     levels: pd.DataFrame
     tokens: pd.DataFrame
+    sensitivity: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """Secondary levels and counts per (cos_threshold, norm_gate) setting (``sensitivity.csv``)."""
     out: Path | None = None
     observations: dict[int, Observation] = field(default_factory=dict)
     """Kept in memory only when ``out`` is None (notebook use)."""
 
     def secondary(self) -> pd.DataFrame:
         return self.sinks[self.sinks["kind"] == "secondary"]
+
+    def primary(self) -> pd.DataFrame:
+        return self.sinks[self.sinks["kind"] == "primary"]
 
 
 def decode_tokens(tokenizer, ids) -> list[str]:
@@ -72,6 +82,7 @@ def detect(
     out: str | Path | None = None,
     *,
     chat_template: bool = False,
+    prepend_bos: str = "auto",
     max_tokens: int | None = None,
     limit: int | None = None,
     dtype: str = "auto",
@@ -91,7 +102,10 @@ def detect(
         model: hub id, local folder, ``.gguf`` file, ``testbed:planted``, or a loaded model.
         traces: JSONL file (``{"text"}`` or ``{"prompt", "output"}`` lines) or tokenized traces.
         out: output folder; None keeps everything in memory (``result.observations``).
-        config: detection thresholds (:class:`DetectionConfig`).
+        chat_template: wrap each prompt in the tokenizer's chat template.
+        prepend_bos: ``auto`` (encode as the tokenizer does), ``always`` or ``never``
+            (see :mod:`interventions.traces`).
+        config: detection rule and thresholds (:class:`DetectionConfig`).
         overwrite / resume: replace an existing ``out`` / continue an interrupted run there.
         force: skip the memory check (it refuses when the estimate exceeds free memory).
 
@@ -105,8 +119,13 @@ def detect(
     """
     if not 0 < config.cos_threshold < 1:
         raise UserError(f"cos_threshold is {config.cos_threshold}; use a value in (0, 1)", field="cos_threshold")
-    if config.norm_ratio <= 0:
-        raise UserError(f"norm_ratio is {config.norm_ratio}; use a positive number", field="norm_ratio")
+    if config.norm_ratio is not None and config.norm_ratio <= 0:
+        raise UserError(f"norm_ratio is {config.norm_ratio}; use a positive number (or leave it unset: no norm gate)",
+                        field="norm_ratio")
+    if config.massive_ratio <= 1:
+        raise UserError(f"massive_ratio is {config.massive_ratio}; use a number above 1", field="massive_ratio")
+    if prepend_bos not in ("auto", "always", "never"):
+        raise UserError(f"prepend_bos is {prepend_bos!r}; use auto, always or never", field="prepend_bos")
     if max_tokens is not None and max_tokens < 2:
         raise UserError(f"max_tokens is {max_tokens}; it must be at least 2 (a sink needs a later query)",
                         field="max_tokens")
@@ -130,7 +149,8 @@ def detect(
         model_config = load_config(source)
         tokenizer = load_tokenizer(source)
         trace_list = traces if isinstance(traces, list) else load_traces(
-            traces, tokenizer, limit=limit, max_tokens=max_tokens, chat_template=chat_template)
+            traces, tokenizer, limit=limit, max_tokens=max_tokens, chat_template=chat_template,
+            prepend_bos=prepend_bos)
         check_trace_lengths(trace_list, model_dims(model_config))
         check_memory(estimate_memory(model_config, dtype=resolve_dtype(model_config, dtype, device),
                                      tokens=max((tr.length for tr in trace_list), default=1), run=False,
@@ -139,10 +159,22 @@ def detect(
         model, dtype=dtype, device=device, attn_implementation=attn_implementation, tokenizer=tokenizer)
     if tokenizer is None:
         trace_list = traces if isinstance(traces, list) else load_traces(
-            traces, loaded.tokenizer, limit=limit, max_tokens=max_tokens, chat_template=chat_template)
+            traces, loaded.tokenizer, limit=limit, max_tokens=max_tokens, chat_template=chat_template,
+            prepend_bos=prepend_bos)
     check_trace_lengths(trace_list, loaded)
+    tokenization = tokenizer_policy(loaded.tokenizer, chat_template=chat_template, prepend_bos=prepend_bos)
+    tokenization["first_tokens"] = {str(tr.index): first_tokens(loaded.tokenizer, tr.token_ids) for tr in trace_list}
+    tokenization["applied"] = sorted({tr.bos_policy for tr in trace_list})
+    if progress and trace_list:
+        from .progress import console
+
+        tr0 = trace_list[0]
+        console.print(f"trace {tr0.index} starts with {first_tokens(loaded.tokenizer, tr0.token_ids)} "
+                      f"(special tokens: {tokenization['special_tokens']}; prepend_bos: {prepend_bos})",
+                      highlight=False, soft_wrap=True)
 
     settings = {"model": loaded.describe(), "detection": asdict(config), "chat_template": chat_template,
+                "prepend_bos": prepend_bos,
                 "max_tokens": max_tokens, "limit": limit, "traces": str(traces) if not isinstance(traces, list)
                 else f"{len(traces)} tokenized traces"}
     manifest = None
@@ -157,12 +189,13 @@ def detect(
         prepare_output_dir(out_path, overwrite=overwrite, resume=resume)
         manifest = Manifest(out_path / "manifest.json", command=command, kind="detect", seed=seed,
                             settings=settings, settings_hash=_settings_hash(settings),
-                            traces_total=len(trace_list))
+                            traces_total=len(trace_list), tokenization=tokenization)
         manifest.data["traces_completed"] = sorted(done)
         manifest.save()
 
     rows: list[Sink] = []
     trace_rows: list[dict] = []
+    sens_rows: list[dict] = []
     observations: dict[int, Observation] = {}
     try:
         for tr in track(trace_list, description="observing traces", enabled=progress):
@@ -171,18 +204,25 @@ def detect(
             if tr.index in done:
                 continue
             t0 = time.perf_counter()
-            obs = observe_tokens(loaded, tr.token_ids)
+            obs = observe_tokens(loaded, tr.token_ids, reference=config.reference, massive_ratio=config.massive_ratio)
             tokens = decode_tokens(loaded.tokenizer, tr.token_ids)
-            sinks = detect_sinks(obs, trace=tr.index, tokens=tokens, config=config)
+            found = detect_trace(obs, trace=tr.index, tokens=tokens, config=config, chat_template=chat_template)
+            for w in found.warnings:
+                warn(w)
+            sinks = found.sinks
+            sens = sensitivity_rows(obs, found, trace=tr.index, min_lifetime=config.min_lifetime)
             summary = {"trace": tr.index, "trace_id": tr.trace_id, "length": tr.length,
                        "original_length": tr.original_length, "prompt_tokens": tr.prompt_tokens,
-                       "onset_layer": onset_layer(obs, config),
+                       "reference": found.reference, "onset_layer": found.onset,
+                       "primary_positions": " ".join(str(p) for p in found.primaries),
+                       "no_primary": found.no_primary,
                        "n_primary": sum(s.kind == "primary" for s in sinks),
                        "n_secondary": sum(s.kind == "secondary" for s in sinks)}
             if out_path is None:
                 observations[tr.index] = obs
                 rows += sinks
                 trace_rows.append(summary)
+                sens_rows += sens
                 continue
             write_parquet_atomic(out_path / "profiles.parquet" / part_name(tr.index), obs.profile_frame(tr.index))
             write_arrays_atomic(out_path / "sink_scores" / part_name(tr.index, ".safetensors"),
@@ -190,6 +230,7 @@ def detect(
             write_text_atomic(out_path / "parts" / "sinks" / part_name(tr.index, ".jsonl"),
                               "".join(json.dumps(s.to_dict()) + "\n" for s in sinks))
             write_text_atomic(out_path / "parts" / "traces" / part_name(tr.index, ".json"), json.dumps(summary))
+            write_text_atomic(out_path / "parts" / "sensitivity" / part_name(tr.index, ".json"), json.dumps(sens))
             manifest.trace_done(tr.index, time.perf_counter() - t0)
     except BaseException as exc:
         if manifest is not None:
@@ -198,33 +239,46 @@ def detect(
         raise
 
     if out_path is not None:
-        rows, trace_rows = _read_parts(out_path)
-    result = _tables(rows, trace_rows, out_path, observations)
+        rows, trace_rows, sens_rows = _read_parts(out_path)
+    result = _tables(rows, trace_rows, out_path, observations, sens_rows)
+    n_missing = int(result.traces["no_primary"].sum()) if "no_primary" in result.traces else 0
+    if n_missing:
+        warn(f"{n_missing} of {len(result.traces)} traces have no primary sink (see traces.csv, column no_primary): "
+             "their secondary sinks were not searched")
     if out_path is not None:
         _write_tables(result, out_path)
         manifest.finish("complete", n_sinks={"primary": int((result.sinks.kind == "primary").sum()),
-                                             "secondary": int((result.sinks.kind == "secondary").sum())})
+                                             "secondary": int((result.sinks.kind == "secondary").sum())},
+                        traces_without_primary=n_missing)
     return result
 
 
-def _read_parts(out: Path) -> tuple[list[Sink], list[dict]]:
+def first_tokens(tokenizer, ids, n: int = 8) -> list[str]:
+    """The first ``n`` tokens of a trace as strings (what the manifest and ``detect`` show)."""
+    return decode_tokens(tokenizer, list(ids)[:n])
+
+
+def _read_parts(out: Path) -> tuple[list[Sink], list[dict], list[dict]]:
     sinks = [Sink(**json.loads(line)) for f in sorted((out / "parts" / "sinks").glob("part-*.jsonl"))
              for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
     traces = [json.loads(f.read_text(encoding="utf-8")) for f in sorted((out / "parts" / "traces").glob("*.json"))]
-    return sinks, traces
+    sens = [row for f in sorted((out / "parts" / "sensitivity").glob("*.json"))
+            for row in json.loads(f.read_text(encoding="utf-8"))]
+    return sinks, traces, sens
 
 
 SINK_COLUMNS = list(Sink.__dataclass_fields__)
 
 
-def _tables(sinks: list[Sink], trace_rows: list[dict], out, observations) -> DetectionResult:
+def _tables(sinks: list[Sink], trace_rows: list[dict], out, observations, sens_rows=()) -> DetectionResult:
     sinks_df = pd.DataFrame([s.to_dict() for s in sinks], columns=SINK_COLUMNS)
     levels = pd.DataFrame([(l, lt, n) for (l, lt), n in level_counts(sinks).items()],
                           columns=["l_start", "lifetime", "count"])
     tokens = pd.DataFrame(token_frequencies(sinks), columns=["token", "token_id", "count", "share"])
     traces_df = pd.DataFrame(trace_rows).sort_values("trace").reset_index(drop=True) if trace_rows else pd.DataFrame()
     return DetectionResult(sinks=sinks_df.sort_values(["trace", "position"]).reset_index(drop=True),
-                           traces=traces_df, levels=levels, tokens=tokens, out=out, observations=observations)
+                           traces=traces_df, levels=levels, tokens=tokens, sensitivity=sensitivity_table(list(sens_rows)),
+                           out=out, observations=observations)
 
 
 def _write_tables(result: DetectionResult, out: Path) -> None:
@@ -233,6 +287,7 @@ def _write_tables(result: DetectionResult, out: Path) -> None:
     write_text_atomic(out / "levels.csv", result.levels.to_csv(index=False))
     write_text_atomic(out / "tokens.csv", result.tokens.to_csv(index=False))
     write_text_atomic(out / "traces.csv", result.traces.to_csv(index=False))
+    write_text_atomic(out / "sensitivity.csv", result.sensitivity.to_csv(index=False))
 
 
 def load_detection(out: str | Path) -> DetectionResult:
@@ -242,8 +297,10 @@ def load_detection(out: str | Path) -> DetectionResult:
         raise UserError(f"{out} has no sinks.jsonl; is it an `intervene detect` output folder?", field="out")
     sinks = pd.read_json(out / "sinks.jsonl", lines=True) if (out / "sinks.jsonl").stat().st_size else \
         pd.DataFrame(columns=SINK_COLUMNS)
+    sens = pd.read_csv(out / "sensitivity.csv") if (out / "sensitivity.csv").is_file() and \
+        (out / "sensitivity.csv").stat().st_size > 1 else pd.DataFrame()
     return DetectionResult(sinks=sinks, traces=pd.read_csv(out / "traces.csv"), levels=pd.read_csv(out / "levels.csv"),
-                           tokens=pd.read_csv(out / "tokens.csv", keep_default_na=False), out=out)
+                           tokens=pd.read_csv(out / "tokens.csv", keep_default_na=False), sensitivity=sens, out=out)
 
 
 def load_sink_scores(out: str | Path, trace: int) -> np.ndarray:

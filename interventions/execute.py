@@ -51,9 +51,11 @@ class TraceExecutor:
     """Clean and intervened forwards of one trace, with the clean prefix reused."""
 
     def __init__(self, loaded: LoadedModel, token_ids, *, reuse_prefix: bool = True, block_size: int = 256,
-                 starts=()):
+                 starts=(), reference: int | str = 0):
         """
         Args:
+            reference: position of the clean run's reference primary sink (cosines are measured
+                against its state in every forward), or ``auto``.
             starts: first edited positions of the intervened forwards to come (see
                 :func:`first_position`); the clean forward then also serves as their prefix.
         """
@@ -61,6 +63,7 @@ class TraceExecutor:
         self.ids = torch.as_tensor(token_ids, dtype=torch.long, device=loaded.input_device)[None]
         self.reuse_prefix = reuse_prefix
         self.block_size = block_size
+        self.reference = reference
         self.starts = tuple(sorted({int(p) for p in starts if 0 < int(p) < self.length})) if reuse_prefix else ()
         self._prefixes: dict[int, tuple[object, Observation]] = {}
         self._clean_cache = None
@@ -86,7 +89,9 @@ class TraceExecutor:
         p0 = first_position(plan.module_edits + plan.attention_edits)
         if p0 is None:
             return self.clean()
-        if not self.reuse_prefix or p0 < 1:
+        if not self.reuse_prefix or p0 < 1 or (isinstance(self.reference, int) and self.reference >= p0):
+            # An edit at or before the reference changes the reference state itself, and with it the
+            # cosines of the prefix positions: only a full forward has them.
             return self._full(plan)
         return self._suffix(plan, p0)
 
@@ -95,7 +100,7 @@ class TraceExecutor:
         self.forwards["full"] += 1
         self.forwards["tokens"] += self.length
         keep = plan is None and bool(self.starts)  # the clean forward doubles as the prefix of every start
-        with Observer(self.loaded, block_size=self.block_size,
+        with Observer(self.loaded, block_size=self.block_size, reference=self.reference,
                       column_sum_boundaries=self.starts if keep else ()) as observer:
             if plan is None:
                 out = self.loaded.model(input_ids=self.ids, use_cache=keep)
@@ -116,7 +121,8 @@ class TraceExecutor:
                 self._prefixes.pop(next(iter(self._prefixes)))
             self.forwards["prefix"] += 1
             self.forwards["tokens"] += p0
-            with Observer(self.loaded, block_size=self.block_size, keep_column_sums=True) as observer:
+            with Observer(self.loaded, block_size=self.block_size, keep_column_sums=True,
+                          reference=self.reference) as observer:
                 out = self.loaded.model(input_ids=self.ids[:, :p0], use_cache=True, logits_to_keep=1)
             self._prefixes[p0] = (returned_cache(out), observer.collect(self.ids[0, :p0].tolist()))
         return self._prefixes[p0]
@@ -144,7 +150,7 @@ class TraceExecutor:
         self.forwards["tokens"] += self.length - p0
         try:
             with Observer(self.loaded, block_size=self.block_size, keep_column_sums=True,
-                          references=references) as observer:
+                          references=references, reference=self.reference, position_offset=p0) as observer:
                 out = plan.forward(p0, input_ids=self.ids[:, p0:], use_cache=True,
                                    **{cache_argument(self.loaded.model): cache})
             suffix = observer.collect(self.ids[0, p0:].tolist())
@@ -160,7 +166,7 @@ class TraceExecutor:
         logits = torch.cat([clean.logits[:p0], out.logits[0].to(clean.logits.dtype)], dim=0)
         assert logits.shape[0] == T
         return Observation(token_ids=clean.token_ids, profiles=profiles, sink_scores=_column_sums_to_scores(sums),
-                           logits=logits, references=references)
+                           logits=logits, references=references, reference_position=clean.reference_position)
 
 
 def first_position(edits: list[Edit]) -> int | None:

@@ -24,7 +24,7 @@ Verdict rule (:data:`ORIGIN_RULE`, applied by :func:`judge_origin`)::
                    (the MLP output is aligned with the sink direction, its input is not), and
                    (b) some top-k PC, fed with + or - alpha, gives an output with
                    cos(output, d) >= out_cos_min and ||output|| >= norm_floor, where
-                   norm_floor = norm_ratio x the median hidden-state norm of the layer (the
+                   norm_floor = norm_ratio (or, without a norm gate, massive_ratio) x the median hidden-state norm of the layer (the
                    norm a sink needs under the detection rule): the MLP alone turns that
                    component into a sink-sized vector along the sink direction
     not supported  otherwise (the reason names the failing part)
@@ -268,7 +268,8 @@ def analyze_origin(loaded, traces, out: str | Path | None = None, *, config: Ori
     for tr in track(traces, description="origin: observing traces", enabled=progress):
         kept, handles = _capture_mlp_inputs(loaded, want)
         try:
-            obs = observe_tokens(loaded, tr.token_ids)
+            obs = observe_tokens(loaded, tr.token_ids, reference=detection.reference,
+                                 massive_ratio=detection.massive_ratio)
         finally:
             for h in handles:
                 h.remove()
@@ -310,7 +311,8 @@ def analyze_origin(loaded, traces, out: str | Path | None = None, *, config: Ori
         comps, explained = principal_components(X, config.n_components, center=config.center)
         alpha = float(config.alpha) if config.alpha is not None else float(np.median(np.linalg.norm(X, axis=1)))
         direction = np.mean([d / (np.linalg.norm(d) + 1e-30) for d in directions[layer]], axis=0)
-        norm_floor = detection.norm_ratio * float(np.median(median_norms[layer]))
+        gate = detection.norm_ratio if detection.norm_ratio is not None else detection.massive_ratio
+        norm_floor = gate * float(np.median(median_norms[layer]))
         mlp = get_module(decoder_layers(loaded.model, loaded.adapter)[layer], loaded.adapter.mlp)
         param = next(mlp.parameters())
         with torch.inference_mode():

@@ -236,8 +236,9 @@ def _run(spec, *, results_root: Path, run_dir: Path | str | None, overwrite: boo
     if clean_sinks is None:
         local: dict[int, list[Sink]] = {}
         for tr in track([tr for tr in traces if ranks.owns(tr.index)], description="clean pass", enabled=progress):
-            obs = observe_tokens(loaded, tr.token_ids)
-            local[tr.index] = detect_sinks(obs, trace=tr.index, tokens=tokens[tr.index], config=config)
+            obs = observe_tokens(loaded, tr.token_ids, reference=config.reference, massive_ratio=config.massive_ratio)
+            local[tr.index] = detect_sinks(obs, trace=tr.index, tokens=tokens[tr.index], config=config,
+                                           chat_template=spec.chat_template)
         clean_sinks = {i: s for part in ranks.gather(local) for i, s in part.items()}
     clean_pass_s = time.perf_counter() - t0
     all_sinks = [s for i in sorted(clean_sinks) for s in clean_sinks[i]]

@@ -49,7 +49,7 @@ MEASURE_COLUMNS = {
         "ref_sink_score": "sink score at ref_layer + 1, the first attention that sees an edit at ref_layer",
     },
     "primary_sink_score": {
-        "primary_sink_score": "sink score of the primary sink (position 0) at this layer",
+        "primary_sink_score": "sink score of the reference primary sink at this layer",
     },
     "kl": {"kl": "mean KL(clean || intervened) of next-token distributions at positions >= target"},
     "delta_nll": {"delta_nll": "mean change in NLL of the actual next tokens at positions >= target"},
@@ -119,6 +119,7 @@ def sink_layer_rows(obs, sinks, n_layers: int) -> pd.DataFrame:
     sink in layers l_start + 1 .. l_start + lifetime; ``layer`` is that attention layer.
     """
     scores = obs.mean_sink_scores()
+    ref = obs.reference_position or 0  # the reference primary sink (position 0 when the trace has none)
     rows = []
     for s in sinks:
         if s.kind != "secondary":
@@ -127,7 +128,7 @@ def sink_layer_rows(obs, sinks, n_layers: int) -> pd.DataFrame:
             rows.append({"trace": s.trace, "position": s.position, "token": s.token, "token_id": s.token_id,
                          "l_start": s.l_start, "lifetime": s.lifetime, "censored": s.censored, "layer": layer,
                          "mlp_out_norm": s.mlp_out_norm, "sink_score": float(scores[layer, s.position]),
-                         "primary_sink_score": float(scores[layer, 0])})
+                         "primary_sink_score": float(scores[layer, ref])})
     return pd.DataFrame(rows, columns=["trace", "position", "token", "token_id", "l_start", "lifetime", "censored",
                                        "layer", "mlp_out_norm", "sink_score", "primary_sink_score"])
 
@@ -145,6 +146,7 @@ def sink_window_rows(obs, sinks: list[Sink], n_layers: int) -> pd.DataFrame:
     ``alive`` says whether the key it reads (the output of ``layer - 1``) is still sink-aligned.
     """
     scores = obs.mean_sink_scores()
+    ref = obs.reference_position or 0
     rows = []
     for s in sinks:
         if s.kind != "secondary":
@@ -154,7 +156,7 @@ def sink_window_rows(obs, sinks: list[Sink], n_layers: int) -> pd.DataFrame:
             rows.append({"trace": s.trace, "position": s.position, "token": s.token, "l_start": s.l_start,
                          "lifetime": s.lifetime, "censored": s.censored, "layer": layer, "alive": (layer - 1) in lived,
                          "mlp_out_norm": s.mlp_out_norm, "sink_score": float(scores[layer, s.position]),
-                         "primary_sink_score": float(scores[layer, 0])})
+                         "primary_sink_score": float(scores[layer, ref])})
     return pd.DataFrame(rows, columns=SINK_WINDOW_COLUMNS)
 
 
@@ -162,11 +164,12 @@ def clean_profile_rows(obs, trace: int) -> pd.DataFrame:
     """Per layer of one clean trace: the primary sink's score and norm, the median token norm."""
     scores = obs.mean_sink_scores()
     norm = obs.profiles["hidden_norm"]
-    return pd.DataFrame({"trace": trace, "layer": np.arange(scores.shape[0]), "primary_sink_score": scores[:, 0],
-                         "primary_hidden_norm": norm[:, 0], "median_hidden_norm": np.median(norm, axis=1),
-                         "primary_key_norm": obs.profiles["key_norm"][:, 0],
+    ref = obs.reference_position or 0  # the reference primary sink (position 0 when the trace has none)
+    return pd.DataFrame({"trace": trace, "layer": np.arange(scores.shape[0]), "primary_sink_score": scores[:, ref],
+                         "primary_hidden_norm": norm[:, ref], "median_hidden_norm": np.median(norm, axis=1),
+                         "primary_key_norm": obs.profiles["key_norm"][:, ref],
                          "median_key_norm": np.median(obs.profiles["key_norm"], axis=1),
-                         "primary_value_norm": obs.profiles["value_norm"][:, 0],
+                         "primary_value_norm": obs.profiles["value_norm"][:, ref],
                          "median_value_norm": np.median(obs.profiles["value_norm"], axis=1)})
 
 

@@ -127,10 +127,12 @@ def run_trace(loaded, tr, conditions, config, sinks, sets, condition_s, reuse_pr
             if edits:
                 planned.append((condition, is_control, group, edits, layers_of))
     # The clean forward also serves as the prefix of every intervened forward (see execute.py).
+    # Cosines in every forward are measured against the clean run's reference primary sink.
+    reference = next((s.position for s in sinks if s.kind == "primary" and s.reference), 0)
     ex = TraceExecutor(loaded, tr.token_ids, reuse_prefix=reuse_prefix,
-                       starts=[first_position(p[3]) for p in planned])
+                       starts=[first_position(p[3]) for p in planned], reference=reference)
     clean = ex.clean()
-    clean_layers = per_layer(clean, config)
+    clean_layers = per_layer(clean, config, primary_position=reference)
     keep = set(BASE_COLUMNS) | measured_columns(measures) | set(kind_columns())
     divergence = "kl" in measures or "delta_nll" in measures
     defaults = {name: col.default for name, col in kind_columns().items()}
@@ -147,7 +149,7 @@ def run_trace(loaded, tr, conditions, config, sinks, sets, condition_s, reuse_pr
             warn(f"trace {tr.index}, {condition.id} ({'controls' if is_control else 'targets'}): non-finite "
                  f"{bad['quantity']} ({bad['value']}) from layer {bad['layer']}, position {bad['position']}; "
                  "its rows are kept and marked non_finite")
-        edited_layers = per_layer(edited, config)
+        edited_layers = per_layer(edited, config, primary_position=reference)
         if divergence:
             kl, dnll = next_token_divergence(clean.logits, edited.logits, clean.token_ids)
             first = min(layers_of)

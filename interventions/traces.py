@@ -4,6 +4,16 @@ Accepted JSONL lines: ``{"text": ...}`` or the paper's ``{"prompt": ..., "output
 With ``chat_template`` the prompt (or text) becomes the user turn of the tokenizer's chat
 template with the generation prompt appended, and the output follows, as the paper does.
 ``prompt_tokens`` is counted *after* templating (the paper's own code counts before).
+
+Tokenisation follows the tokenizer: plain text is encoded with the tokenizer's own special-token
+policy (``add_special_tokens=True``: a Llama or Gemma tokenizer adds its BOS, a Qwen tokenizer adds
+nothing), templated text exactly as ``apply_chat_template`` renders it (the template writes its
+own special tokens; none are added on top). Nothing is inserted that the tokenizer would not
+insert: a model then sees at position 0 what it saw there in training (a BOS a Qwen model never
+saw at position 0 is not a sink, and it pushes the real sink, e.g. ``<|im_start|>``, to position
+1). ``prepend_bos`` overrides this for users who want it: ``always`` makes sure the sequence
+starts with the tokenizer's BOS, ``never`` removes a leading BOS, ``auto`` (default) does what
+the tokenizer does.
 """
 
 from __future__ import annotations
@@ -29,6 +39,9 @@ class Trace:
     original_length: int = 0
     """Length before ``max_tokens`` truncation."""
     warnings: list[str] = field(default_factory=list)
+    bos_policy: str = "auto"
+    """What was applied at the start: ``tokenizer`` (as the tokenizer encodes), ``prepended``
+    (``always`` added a BOS), ``removed`` (``never`` dropped one)."""
 
     @property
     def length(self) -> int:
@@ -84,13 +97,24 @@ def _encode(tokenizer, text: str, *, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
+BOS_MODES = ("auto", "always", "never")
+
+
 def tokenize_record(record: dict, tokenizer, *, chat_template: bool = False, prepend_bos: str = "auto"
                     ) -> tuple[list[int], int | None]:
     """Token ids of one record and its prompt length in tokens (None for ``text`` records).
 
-    ``prepend_bos``: ``auto`` prepends the tokenizer's BOS token when it defines one and the
-    ids do not already start with it (as TransformerLens does); ``always``/``never`` force it.
+    ``prepend_bos``: ``auto`` encodes as the tokenizer itself does (its own BOS policy, or the
+    chat template's tokens); ``always`` prepends the tokenizer's BOS when the ids do not start
+    with it; ``never`` drops a leading BOS the tokenizer added.
     """
+    ids, prompt_tokens, _ = _tokenize(record, tokenizer, chat_template=chat_template, prepend_bos=prepend_bos)
+    return ids, prompt_tokens
+
+
+def _tokenize(record: dict, tokenizer, *, chat_template: bool, prepend_bos: str) -> tuple[list[int], int | None, str]:
+    if prepend_bos not in BOS_MODES:
+        raise UserError(f"prepend_bos is {prepend_bos!r}; use one of {', '.join(BOS_MODES)}", field="prepend_bos")
     prompt = record.get("prompt")
     if prompt is None:
         text = record["text"]
@@ -106,15 +130,40 @@ def tokenize_record(record: dict, tokenizer, *, chat_template: bool = False, pre
         ids = _encode(tokenizer, head + record.get("output", ""), special=not chat_template)
         prompt_tokens = len(prompt_ids)
     bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is not None and prepend_bos != "never" and (prepend_bos == "always" or not ids or ids[0] != bos):
-        ids = [bos] + ids
-        prompt_tokens = None if prompt_tokens is None else prompt_tokens + 1
-    return ids, prompt_tokens
+    policy = "tokenizer"
+    if prepend_bos == "always":
+        if bos is None:
+            raise UserError("prepend_bos is 'always' but this tokenizer defines no BOS token; use auto",
+                            field="prepend_bos")
+        if not ids or ids[0] != bos:
+            ids = [bos] + ids
+            prompt_tokens = None if prompt_tokens is None else prompt_tokens + 1
+            policy = "prepended"
+    elif prepend_bos == "never" and bos is not None and ids and ids[0] == bos:
+        ids = ids[1:]
+        prompt_tokens = None if prompt_tokens is None else prompt_tokens - 1
+        policy = "removed"
+    return ids, prompt_tokens, policy
+
+
+def tokenizer_policy(tokenizer, *, chat_template: bool, prepend_bos: str) -> dict:
+    """What the manifest records about tokenisation: the mode, and what the tokenizer itself does."""
+    probe = list(tokenizer("x", add_special_tokens=True)["input_ids"])
+    bare = list(tokenizer("x", add_special_tokens=False)["input_ids"])
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return {"prepend_bos": prepend_bos, "chat_template": chat_template,
+            "special_tokens": "from the chat template" if chat_template else "the tokenizer's own (add_special_tokens)",
+            "bos_token": getattr(tokenizer, "bos_token", None), "bos_token_id": bos,
+            "tokenizer_adds_bos": bool(bos is not None and probe[:1] == [bos] and bare[:1] != [bos]),
+            "tokenizer_adds": len(probe) - len(bare)}
 
 
 def load_traces(path, tokenizer, *, limit: int | None = None, max_tokens: int | None = None,
                 chat_template: bool = False, prepend_bos: str = "auto") -> list[Trace]:
-    """Read, template, tokenize and truncate traces. Truncation adds a warning to the trace."""
+    """Read, template, tokenize and truncate traces. Truncation adds a warning to the trace.
+
+    ``prepend_bos``: ``auto`` (the tokenizer's own policy), ``always`` or ``never`` (see the module docstring).
+    """
     if max_tokens is not None and max_tokens < 2:
         raise UserError(f"max_tokens is {max_tokens}; it must be at least 2 (a sink needs a later query)",
                         field="max_tokens")
@@ -129,9 +178,9 @@ def traces_from_records(records: list[dict], tokenizer, *, max_tokens: int | Non
                         chat_template: bool = False, prepend_bos: str = "auto") -> list[Trace]:
     traces = []
     for i, record in enumerate(records):
-        ids, prompt_tokens = tokenize_record(record, tokenizer, chat_template=chat_template, prepend_bos=prepend_bos)
+        ids, prompt_tokens, policy = _tokenize(record, tokenizer, chat_template=chat_template, prepend_bos=prepend_bos)
         trace = Trace(index=i, token_ids=ids, trace_id=str(record.get("id", record.get("sample_idx", i))),
-                      prompt_tokens=prompt_tokens, original_length=len(ids))
+                      prompt_tokens=prompt_tokens, original_length=len(ids), bos_policy=policy)
         if max_tokens is not None and len(ids) > max_tokens:
             trace.token_ids = ids[:max_tokens]
             trace.warnings.append(f"trace {i} truncated from {len(ids)} to {max_tokens} tokens (max_tokens)")

@@ -104,7 +104,7 @@ def test_negative_testbed_never_supports_the_claim(cache_dir, tmp_path, name):
 
 def test_sink_levels_and_origin_numbers(results):
     levels = results["sink_levels"].measured
-    assert levels["levels"] == [[4, 2], [4, 3], [4, 4], [4, 6]]
+    assert levels["levels"] == [[4, 2], [4, 3], [4, 4], [4, 7]]
     assert " ~" not in levels["token_set"]
     origin = results["mlp_origin"].measured
     assert origin["median_mlp_in_cos"] < 0.1 < 0.95 < origin["min_mlp_out_cos"]

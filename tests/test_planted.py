@@ -99,11 +99,15 @@ def forward(model, ids, *, mlp_scale=None, attn_patch=None, hidden_patch=None, a
 
 
 def aligned(hs: torch.Tensor) -> torch.Tensor:
-    """The detection rule: [L, T] bool, cos to position 0 > 0.95 and norm > 5 x layer median."""
-    norms = hs.norm(dim=-1)
-    median = norms.median(dim=-1).values
+    """The detection rule: [L, T] bool, cos to position 0 (the planted primary sink) > 0.95."""
     cos = torch.nn.functional.cosine_similarity(hs, hs[:, :1], dim=-1)
-    return (cos > 0.95) & (norms > 5 * median[:, None])
+    return cos > 0.95
+
+
+def massive(hs: torch.Tensor) -> torch.Tensor:
+    """[L, T] bool: norm > 5 x the layer's median norm (a massive activation)."""
+    norms = hs.norm(dim=-1)
+    return norms > 5 * norms.median(dim=-1).values[:, None]
 
 
 def sink_level(flags) -> tuple[int | None, int]:
@@ -156,8 +160,9 @@ def test_detection_gives_exactly_the_planted_sinks(models, arch):
         flags = aligned(hs)
         norms = hs.norm(dim=-1)
         median = norms.median(dim=-1).values
-        # Primary sink: position 0, first norm-aligned at the planted onset, >= 50x the median after.
-        assert sink_level(flags[:, 0]) == (truth.onset_layer, truth.n_layers - truth.onset_layer)
+        # Primary sink: position 0, massive from the planted onset to the end, >= 50x the median after.
+        assert sink_level(massive(hs)[:, 0]) == (truth.onset_layer, truth.n_layers - truth.onset_layer)
+        assert not massive(hs)[-2, 1:].any()  # the only position massive at the end of the network
         ratio = norms[truth.onset_layer:, 0] / median[truth.onset_layer:]
         assert float(ratio.min()) >= 50
         direction = hs[truth.onset_layer:, 0] / norms[truth.onset_layer:, 0, None]

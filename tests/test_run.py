@@ -57,7 +57,7 @@ def test_effects_columns_are_documented_and_planted_numbers_hold(tmp_path, cache
         assert col in effects.columns, col
     per_target = effects.drop_duplicates(["condition", "is_control", "trace", "position"])
     scaled = per_target[per_target.kind == "scale"].groupby("factor").lifetime.unique()
-    assert {f: list(v) for f, v in scaled.items()} == {2.0: [1], 10.0: [6]}
+    assert {f: list(v) for f, v in scaled.items()} == {2.0: [1], 10.0: [5]}  # planted v2: " ~" lives 1 / 5 layers
     zero = per_target[(per_target.kind == "zero") & ~per_target.is_control]
     assert (zero.clean_lifetime > 0).all() and (zero.lifetime == 0).all()  # H1 on the planted model
     ctrl = per_target[(per_target.kind == "zero") & per_target.is_control]

@@ -72,7 +72,13 @@ def print_detection(result) -> None:
     n_traces = len(result.traces)
     primary = sinks[sinks.kind == "primary"]
     secondary = sinks[sinks.kind == "secondary"]
-    out.print(f"{n_traces} traces: {len(primary)} primary sinks, {len(secondary)} secondary sinks", markup=False)
+    missing = int(result.traces["no_primary"].sum()) if "no_primary" in result.traces else 0
+    out.print(f"{n_traces} traces: {len(primary)} primary sinks, {len(secondary)} secondary sinks"
+              + (f"; {missing} traces without a primary sink" if missing else ""), markup=False)
+    if len(primary):
+        spots = primary.groupby(["position", "l_start"]).size()
+        out.print("primary sinks (position @ onset layer: traces): "
+                  + ", ".join(f"{p} @ {o}: {n}" for (p, o), n in spots.items()), markup=False)
     if len(result.levels):
         show_table("secondary sink levels", ["l_start", "lifetime", "count"],
                    [[r.l_start, r.lifetime, r.count] for r in result.levels.itertuples()],

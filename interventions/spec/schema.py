@@ -87,11 +87,17 @@ exactly as a file would without this module importing the loader back."""
 class Detection(SpecModel):
     """How secondary sinks are detected in the clean run."""
 
-    cos_threshold: float = Field(0.95, gt=0, le=1, description="Min cosine to the primary sink's hidden state.")
-    norm_ratio: float = Field(5.0, gt=1, description="Min hidden-state norm over the trace's median norm.")
-    min_lifetime: int = Field(1, ge=1, description="Min number of consecutive layers a token must stay a sink.")
-    rule: Literal["default", "legacy"] = Field(
-        "default", description="default, or legacy (the paper's |cos| > 0.9 and 4 < lifetime < L-15).")
+    cos_threshold: float = Field(0.95, gt=0, le=1, description="Min cosine to the reference primary sink's state.")
+    norm_ratio: float | None = Field(None, gt=1, description="Optional norm gate: min hidden-state norm over the "
+                                     "layer's median norm (default: none; the ratio is reported).")
+    min_lifetime: int = Field(1, ge=1, description="Min length of the longest aligned run of a secondary sink.")
+    rule: Literal["default", "paper-code", "legacy"] = Field(
+        "default", description="default (cos > cos_threshold, longest run), or paper-code (the paper's released "
+                               "detector: |cos| > 0.9 in the BOS norm window, labels by L-15); legacy = paper-code.")
+    massive_ratio: float = Field(5.0, gt=1, description="Primary sink: norm above this x the layer median from its "
+                                 "onset through the end of the network.")
+    reference: int | Literal["auto"] = Field("auto", description="Cosine reference: auto (the primary sink with the "
+                                             "earliest onset, ties to the largest norm) or a position.")
 
 
 class Spec(SpecModel):
@@ -304,10 +310,12 @@ def spec_warnings(spec: Spec) -> list[str]:
     for i, iv in enumerate(spec.interventions):
         out += iv.warnings(i)
     if spec.detection.rule == "legacy":
-        ignored = sorted(spec.detection.model_fields_set & {"cos_threshold", "norm_ratio", "min_lifetime"})
+        out.append("detection.rule: legacy is deprecated — it now means paper-code; write rule: paper-code")
+    if spec.detection.rule in ("legacy", "paper-code"):
+        ignored = sorted(spec.detection.model_fields_set & {"cos_threshold", "norm_ratio", "min_lifetime", "reference"})
         for name in ignored:
-            out.append(f"detection.{name}: ignored by rule: legacy (|cos| > 0.9, 4 < lifetime < L-15) — "
-                       "remove it or use rule: default")
+            out.append(f"detection.{name}: ignored by rule: paper-code (|cos| > 0.9 in the BOS window, labels by "
+                       "L-15) — remove it or use rule: default")
     if spec.revision and spec.model.startswith(TESTBED_PREFIX):
         out.append("revision: ignored for a testbed model")
     return out

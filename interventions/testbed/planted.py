@@ -5,7 +5,8 @@ Built in code, no downloads, in well under a second: 12 layers, hidden 64, 4 que
 2 key/value heads (GQA), head_dim 16, a byte-level BPE vocabulary of 707 tokens.
 
 What is planted (with the detection rule of the project: position t is *aligned* at layer l when
-cos(h[l,t], h[l,0]) > 0.95 and ||h[l,t]|| > 5 * median_t ||h[l,t]||, h[l] = output of decoder layer l):
+cos(h[l,t], h[l,0]) > 0.95, h[l] = output of decoder layer l; the primary sink is the position whose
+norm stays above 5 x the layer median through the end of the network):
 
 * **Primary sink.** ``<|bos|>`` enters with norm 1 along the sink direction d (= residual
   dimension ``SINK``); the MLP of layer ``ONSET_LAYER`` = 1 writes 99 more along d, so from layer 1
@@ -17,12 +18,15 @@ cos(h[l,t], h[l,0]) > 0.95 and ||h[l,t]|| > 5 * median_t ||h[l,t]||, h[l] = outp
 * **Secondary sinks.** The MLP of layer ``L_START`` = 4 maps each trigger token onto N * u, u =
   (d + 0.1 * TAG)/|..| (cos(u, d) = 0.995), with N set by how strongly the token carries the
   ``TRIG`` feature. Later MLPs subtract ~5.5 per layer along u from any token carrying ``TAG``
-  until N falls to 1.5, so the lifetime (layers with norm > 5) grows with N: " ^" (N=12) lives
-  2 layers, " #" (N=22) 4, " @" (N=35) 6. The sink score grows with N (keys penalise the
+  until N falls to 1.5, so the lifetime (layers with cos > 0.95 to BOS, i.e. N above ~3) grows
+  with N: " ^" (N=12) lives 2 layers, " #" (N=22) 4, " @" (N=35) 7. The sink score grows with N (keys penalise the
   ``CAND`` feature by CAND/|h|, which shrinks as N grows): at layer 5, the first attention
   that reads h[4], about 0.03 / 0.12 / 0.20 against 0.002 for an ordinary token.
-* **Sub-threshold token.** " ~" gets N = 3.4 (norm 3.5 < 5: not a sink); scaling its layer-4
-  MLP output by 2 / 5 / 10 makes it a sink living 1 / 3 / 6 layers.
+* **Sub-threshold token.** " ~" gets N = 2.8 (cos 0.937 < 0.95: not a sink); scaling its layer-4
+  MLP output by 2 / 5 / 10 makes it a sink living 1 / 3 / 5 layers.
+  (Issue 9 made the rule cosine-only. Under it " @" lives 7 layers instead of 6 (its norm
+  falls below 5x at layer 10 while its cosine is still 0.959), and the earlier N = 3.4 for " ~"
+  gave cos 0.955: a designed non-sink 0.005 from the threshold, so its N was lowered to 2.8.)
 * **Gated trigger (progressive formation).** " &" becomes a sink (lifetime 3) only when the
   previous token is the gate " $": a previous-token head at layer ``GATE_LAYER`` = 2 copies the
   gate feature into ``PREV_GATE`` and the layer-4 MLP fires on (PREV_GATE AND GTRIG). Replacing
@@ -53,7 +57,7 @@ import torch
 from ..errors import UserError
 from .tokenizer import BOS, EOS, save_tokenizer, vocab_form
 
-PLANTED_VERSION = 1
+PLANTED_VERSION = 2  # 2: " ~" N 3.4 -> 2.8 (cosine-only rule, issue 9)
 
 # --------------------------------------------------------------------------------------------
 # Shapes
@@ -112,7 +116,7 @@ FILLERS = [
 ]
 # token -> (planted N = norm of the L_START MLP output). Lifetimes follow from the decay MLPs.
 TRIGGERS = {" ^": 12.0, " #": 22.0, " @": 35.0}
-SUB_THRESHOLD = {" ~": 3.4}
+SUB_THRESHOLD = {" ~": 2.8}
 SCALE_FACTORS = (2, 5, 10)
 GATE_TOKEN = " $"
 GATED = {" &": 17.0}
@@ -142,7 +146,8 @@ PREV_WEIGHTS = (30.0, 25.0, 20.0, 20.0)
 PREV_GATE_OUT = 1.0  # PREV_GATE value written at the position after a gate token
 GATED_THRESHOLD = 0.5  # PREV_GATE must exceed this for the gated neuron to fire
 
-# Detection rule of the project (for the margins check).
+# Detection rule of the project (for the margins check): cosine > COS_MIN to the BOS state;
+# the BOS is a primary sink while its norm exceeds NORM_RATIO x the median (ordinary tokens: 1).
 COS_MIN = 0.95
 NORM_RATIO = 5.0
 
@@ -481,19 +486,13 @@ def simulate(w: _Weights, token_id: int, *, after_gate: bool = False, scale: flo
 
 
 def _decide(h: torch.Tensor, bos: torch.Tensor, median: float = 1.0) -> tuple[bool, bool]:
-    """(aligned?, decided with margin?) under the detection rule, with ``median`` the median norm.
+    """(aligned?, decided with margin?) under the detection rule (cosine only; ``median`` unused).
 
-    Margin: an aligned state must clear cos by 0.01 and the norm threshold by 15%; a non-aligned
-    one must miss one of them by as much. Float rounding can then never flip a decision.
+    Margin: the cosine must clear or miss COS_MIN by 0.005 (float32 rounding is ~1e-6), so
+    rounding can never flip a decision.
     """
     cos = float(torch.nn.functional.cosine_similarity(h, bos, dim=0))
-    ratio = float(h.norm()) / (NORM_RATIO * median)
-    aligned = cos > COS_MIN and ratio > 1.0
-    if aligned:
-        safe = cos > COS_MIN + 0.01 and ratio > 1.15
-    else:
-        safe = cos < COS_MIN - 0.01 or ratio < 0.85
-    return aligned, safe
+    return cos > COS_MIN, abs(cos - COS_MIN) > 0.005
 
 
 def lifetime_of(bos_traj: list[torch.Tensor], traj: list[torch.Tensor]) -> tuple[int | None, int]:
