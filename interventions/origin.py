@@ -252,7 +252,7 @@ def analyze_origin(loaded, traces, out: str | Path | None = None, *, config: Ori
 
     import torch
 
-    from .adapters import decoder_layers, get_module
+    from .adapters import decoder_layers, get_module, mlp_to_residual
     from .detect import decode_tokens
     from .observe import observe_tokens
     from .progress import track
@@ -311,13 +311,12 @@ def analyze_origin(loaded, traces, out: str | Path | None = None, *, config: Ori
         alpha = float(config.alpha) if config.alpha is not None else float(np.median(np.linalg.norm(X, axis=1)))
         direction = np.mean([d / (np.linalg.norm(d) + 1e-30) for d in directions[layer]], axis=0)
         norm_floor = detection.norm_ratio * float(np.median(median_norms[layer]))
-        mlp = get_module(decoder_layers(loaded.model, loaded.adapter)[layer], loaded.adapter.mlp)
-        param = next(mlp.parameters())
+        block = decoder_layers(loaded.model, loaded.adapter)[layer]
+        param = next(get_module(block, loaded.adapter.mlp).parameters())
         with torch.inference_mode():
             batch = torch.as_tensor(np.concatenate([alpha * comps, -alpha * comps]), dtype=param.dtype,
                                     device=param.device)[None]
-            outs = mlp(batch)
-            outs = (outs[0] if isinstance(outs, tuple) else outs)[0].float().cpu().numpy()
+            outs = mlp_to_residual(block, loaded.adapter, batch)[0].float().cpu().numpy()
         k = comps.shape[0]
         probe = probe_table(outs[:k], outs[k:], direction, explained, alpha=alpha, out_cos_min=config.out_cos_min,
                             norm_floor=norm_floor)

@@ -38,8 +38,9 @@ def site_means(loaded, token_ids, exclude: set[int], sites) -> dict[str, list[to
         raise ValueError("every position is a sink; there is no ordinary token to average")
     layers = decoder_layers(loaded.model, loaded.adapter)
     means: dict[str, list] = {s: [None] * len(layers) for s in sites}
-    modules = {"block_output": lambda b: b, "attention_output": lambda b: get_module(b, loaded.adapter.attention),
-               "mlp_output": lambda b: get_module(b, loaded.adapter.mlp)}
+    modules = {"block_output": lambda b: b,
+               "attention_output": lambda b: get_module(b, loaded.adapter.attention_output),
+               "mlp_output": lambda b: get_module(b, loaded.adapter.mlp_output)}
     handles = []
 
     def hook(site, idx):
