@@ -65,11 +65,11 @@ import yaml
 
 from .errors import UserError
 
-KINDS = ("detect", "origin", "runs")
+KINDS = ("detect", "origin", "runs", "known_answers")
 VERDICTS = ("supported", "not supported", "inconclusive", "not tested")
 SETTINGS = ("model", "traces", "limit", "seed", "max_tokens", "chat_template", "dtype", "device",
             "attn_implementation", "trust_remote_code", "revision")
-EXTRAS = ("detection", "origin", "reference", "spec_overrides", "expect", "description", "paper", "threads")
+EXTRAS = ("detection", "origin", "reference", "spec_overrides", "expect", "description", "paper", "threads", "models")
 TOP_KEYS = ("name", "claim", "paper", "kind", "specs", "planted", "expect", "real", "notes")
 PLANTED_DEFAULTS = {"model": "testbed:planted", "traces": "testbed", "limit": 8, "seed": 0, "dtype": "float32",
                     "device": "cpu"}
@@ -491,6 +491,10 @@ def run_experiment(exp: Experiment | str | Path, *, results_root: str | Path = "
             measured = _run_detect(exp, settings, out, progress)
         elif exp.kind == "origin":
             measured = _run_origin(exp, settings, out, progress)
+        elif exp.kind == "known_answers":
+            from .known_answers import run_known_answers_experiment
+
+            measured = run_known_answers_experiment(exp, mode, settings, out, progress, overrides or {})
         else:
             measured = _run_specs(exp, specs, out, progress, report)
     except BaseException:
