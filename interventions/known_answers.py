@@ -158,6 +158,13 @@ def run_known_answers(loaded, traces, *, progress: bool = True) -> dict:
         mean_values = torch.stack([x["sink_states"][onset, sink.channels] for x in clean]).mean(0)
         _, logits_zero = forward([], _set_channels(loaded, onset, pos, sink.channels, torch.zeros_like(mean_values)))
         _, logits_mean = forward([], _set_channels(loaded, onset, pos, sink.channels, mean_values))
+        # Reported, not a criterion (added after the first SmolLM2 run showed the mean can equal the value:
+        # a position-0 sink's state depends on no other token, so identical first tokens give identical
+        # states): zeroing as many *ordinary* channels of the sink (those nearest the median |value|).
+        state = c["sink_states"][onset]
+        ordinary = [int(i) for i in (state.abs() - state.abs().median()).abs().argsort()
+                    if int(i) not in sink.channels][:len(sink.channels)]
+        _, logits_ordinary = forward([], _set_channels(loaded, onset, pos, ordinary, torch.zeros(len(ordinary))))
         # (c)
         _, logits_mask_sink = forward([Edit("attention_mask", l, [pos]) for l in range(onset, L)])
         _, logits_mask_ctrl = forward([Edit("attention_mask", l, [control]) for l in range(onset, L)])
@@ -167,13 +174,16 @@ def run_known_answers(loaded, traces, *, progress: bool = True) -> dict:
             "later_layer": later, "scored_from": start, "clean_nll": base_nll,
             "mlp_zero_onset_norm_ratio": downstream(n_onset), "mlp_zero_later_norm_ratio": downstream(n_later),
             "mean_values": [float(v) for v in mean_values],
+            "mean_minus_value_max": float((mean_values - state[sink.channels]).abs().max()),
+            "set_zero_ordinary_channels_delta_nll": _nll(logits_ordinary, ids, start) - base_nll,
             "set_zero_delta_nll": _nll(logits_zero, ids, start) - base_nll,
             "set_mean_delta_nll": _nll(logits_mean, ids, start) - base_nll,
             "mask_sink_delta_nll": _nll(logits_mask_sink, ids, start) - base_nll,
             "mask_control_delta_nll": _nll(logits_mask_ctrl, ids, start) - base_nll,
         })
     keys = ("clean_nll", "mlp_zero_onset_norm_ratio", "mlp_zero_later_norm_ratio", "set_zero_delta_nll",
-            "set_mean_delta_nll", "mask_sink_delta_nll", "mask_control_delta_nll")
+            "set_mean_delta_nll", "set_zero_ordinary_channels_delta_nll", "mean_minus_value_max",
+            "mask_sink_delta_nll", "mask_control_delta_nll")
     summary = {k: float(np.median([t[k] for t in per_trace])) for k in keys}
     summary["range"] = {k: [float(min(t[k] for t in per_trace)), float(max(t[k] for t in per_trace))] for k in keys}
     ratio = summary["mask_control_delta_nll"]
