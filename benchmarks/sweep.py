@@ -16,11 +16,20 @@ RSS is per process):
             only its suffix
 
 ``cond ratio`` is the conditions' time over the naive conditions' time, i.e. the cost in units
-of K full forwards (target <= 0.6). It also prints the memory estimate of ``intervene run`` for
+of K full forwards (target <= 0.35). It also prints the memory estimate of ``intervene run`` for
 this model and T next to the measured peak RSS.
+
+With ``--spec``, it times a whole ``intervene run`` instead, split into its phases: model load,
+clean pass (detection over every trace), conditions (every intervened forward with its
+measures), the rest of the per-trace work (the executor's clean forward, tables written) and
+statistics (``analyze_run``: tests, intervals, report). The run goes once with prefix reuse and
+once with ``reuse_prefix=False`` (one full forward per condition), alternated ``--repeats``
+times in one process; the conditions' cost is reported as a multiple of one full forward per
+condition (the median of paired reuse / naive ratios, with the range).
 
     python benchmarks/sweep.py                  # T = 2048, K = 6, 1 repeat (~5 min on 2 cores)
     python benchmarks/sweep.py --length 512 --repeats 2
+    python benchmarks/sweep.py --spec specs/norm_scale.yaml --repeats 3
 """
 
 from __future__ import annotations
@@ -100,13 +109,64 @@ def measure(method: str, length: int, k: int, repeats: int) -> dict:
             "baseline_rss_mb": baseline_kb / 1024, "forwards": forwards, "starts": starts}
 
 
+def run_phases(spec_path: str, reuse_prefix: bool, root) -> dict:
+    """One whole run of ``spec_path`` (report included), timed by phase."""
+    from interventions.analysis import analyze_run
+    from interventions.run import run_spec
+
+    t0 = time.perf_counter()
+    result = run_spec(spec_path, results_root=root, progress=False, report=False, reuse_prefix=reuse_prefix,
+                      overwrite=True)
+    t1 = time.perf_counter()
+    analyze_run(result.out, progress=False)
+    t2 = time.perf_counter()
+    timings, forwards = result.manifest["timings"], result.manifest.get("forwards", {})
+    conditions = sum(timings.get("per_condition_s", {}).values())
+    traces = sum(timings.get("per_trace_s", {}).values())
+    return {"load": timings["load_s"], "clean pass": timings["clean_pass_s"], "conditions": conditions,
+            "per-trace rest": traces - conditions, "statistics": t2 - t1, "total": t2 - t0,
+            "tokens": forwards.get("tokens"), "naive_tokens": forwards.get("naive_tokens")}
+
+
+def spec_main(spec_path: str, repeats: int) -> None:
+    import tempfile
+
+    import torch
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; intervene run {spec_path} (report "
+          f"included), with and without prefix reuse alternated, {repeats} round(s) after a warm-up run")
+    runs = {True: [], False: []}
+    with tempfile.TemporaryDirectory() as root:
+        run_phases(spec_path, True, root)  # warm-up: builds and caches the testbed model
+        for _ in range(repeats):
+            for reuse in (True, False):
+                runs[reuse].append(run_phases(spec_path, reuse, root))
+    phases = ("load", "clean pass", "conditions", "per-trace rest", "statistics", "total")
+    print(f"{'phase':>15} {'reuse s':>9} {'share':>7} {'naive s':>9} {'share':>7}")
+    for phase in phases:
+        a = statistics.median(r[phase] for r in runs[True])
+        b = statistics.median(r[phase] for r in runs[False])
+        ta = statistics.median(r["total"] for r in runs[True])
+        tb = statistics.median(r["total"] for r in runs[False])
+        print(f"{phase:>15} {a:>9.2f} {a / ta:>7.0%} {b:>9.2f} {b / tb:>7.0%}")
+    ratios = [r["conditions"] / n["conditions"] for r, n in zip(runs[True], runs[False])]
+    tokens = runs[True][0]["tokens"] / runs[True][0]["naive_tokens"] if runs[True][0]["naive_tokens"] else float("nan")
+    print(f"conditions with prefix reuse: {statistics.median(ratios):.2f}x one full forward per condition "
+          f"(range {min(ratios):.2f}-{max(ratios):.2f} over {len(ratios)} paired runs; tokens run "
+          f"{tokens:.2f}x; target <= 0.35)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--length", type=int, default=2048)
     parser.add_argument("--conditions", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--spec", help="time a whole `intervene run SPEC` by phase instead")
     parser.add_argument("--child", nargs=4, metavar=("METHOD", "T", "K", "REPEATS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.spec:
+        spec_main(args.spec, args.repeats)
+        return
     if args.child:
         m, t, k, r = args.child
         print(json.dumps(measure(m, int(t), int(k), int(r))))

@@ -3,26 +3,80 @@
 The pipeline, one module each: spec -> compile -> run -> measure -> statistics -> report.
 The Python API mirrors the CLI::
 
-    from interventions import load_model, detect, observe_tokens
-    result = detect("testbed:planted", "traces.jsonl")        # in memory
-    result.secondary()[["trace", "position", "token", "l_start", "lifetime"]]
+    from interventions import load_model, detect, run_spec, load_spec, analyze_run
+
+    model = load_model("testbed:planted")
+    found = detect(model, "models/planted/traces.jsonl")          # in memory
+    found.secondary()[["trace", "position", "token", "l_start", "lifetime"]]
+    result = run_spec(load_spec("specs/norm_scale.yaml"))
+
+Names are imported on first use (PEP 562), so ``import interventions`` and ``intervene --help``
+load neither torch nor transformers; ``from interventions import load_model`` loads what
+``load_model`` needs.
 """
 
-from importlib import metadata as _metadata
+from __future__ import annotations
 
-from .detect import DetectionResult, detect, load_detection, load_sink_scores
-from .detection import DetectionConfig, Sink, detect_sinks
-from .errors import SpecError, UserError
-from .models import LoadedModel, load_model
-from .observe import Observation, observe_tokens
-from .traces import Trace, load_traces
+from importlib import import_module
+from importlib import metadata as _metadata
+from typing import TYPE_CHECKING
+
+# The public API: name -> module that defines it. Add a public name here (and nowhere else).
+_EXPORTS: dict[str, str] = {
+    # models and traces
+    "load_model": ".models",
+    "LoadedModel": ".models",
+    "load_traces": ".traces",
+    "Trace": ".traces",
+    # observation and detection
+    "observe_tokens": ".observe",
+    "Observation": ".observe",
+    "detect": ".detect",
+    "DetectionResult": ".detect",
+    "load_detection": ".detect",
+    "load_sink_scores": ".detect",
+    "detect_sinks": ".detection",
+    "DetectionConfig": ".detection",
+    "Sink": ".detection",
+    # specs, runs, statistics and reports
+    "load_spec": ".spec",
+    "Spec": ".spec",
+    "run_spec": ".run",
+    "RunResult": ".run",
+    "analyze_run": ".analysis",
+    # errors
+    "UserError": ".errors",
+    "SpecError": ".errors",
+}
+
+__all__ = sorted(_EXPORTS)
 
 try:
     __version__ = _metadata.version("interventions")
 except _metadata.PackageNotFoundError:  # running from a checkout without install
     __version__ = "0.0.0+checkout"
 
-__all__ = [
-    "DetectionConfig", "DetectionResult", "LoadedModel", "Observation", "Sink", "SpecError", "Trace", "UserError",
-    "detect", "detect_sinks", "load_detection", "load_model", "load_sink_scores", "load_traces", "observe_tokens",
-]
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'interventions' has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs; never executed
+    from .analysis import analyze_run
+    from .detect import DetectionResult, detect, load_detection, load_sink_scores
+    from .detection import DetectionConfig, Sink, detect_sinks
+    from .errors import SpecError, UserError
+    from .models import LoadedModel, load_model
+    from .observe import Observation, observe_tokens
+    from .run import RunResult, run_spec
+    from .spec import Spec, load_spec
+    from .traces import Trace, load_traces

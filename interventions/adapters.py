@@ -49,9 +49,6 @@ class Adapter:
     (``h = h_mid + f``). The MLP itself, except where a norm follows it (Gemma3)."""
     attention_output: str = "self_attn"
     """Module whose output is what attention writes into the residual stream: o_t^l."""
-    final_norm: str = "model.norm"
-    """Final norm applied before the LM head."""
-    embed: str = "model.embed_tokens"
     pyvene_like: str = "Qwen2ForCausalLM"
     """The pyvene-registered class whose component table this family can reuse."""
     qkv_bias: bool = False
@@ -107,17 +104,6 @@ def get_module(root: torch.nn.Module, path: str) -> torch.nn.Module:
 def decoder_layers(model: torch.nn.Module, adapter: Adapter) -> list[torch.nn.Module]:
     return list(get_module(model, adapter.layers))
 
-
-def layer_sites(model: torch.nn.Module, adapter: Adapter, layer: int) -> dict[str, torch.nn.Module]:
-    """The modules of one decoder layer that observation and interventions hook."""
-    block = decoder_layers(model, adapter)[layer]
-    return {
-        "block": block,
-        "attention": get_module(block, adapter.attention),
-        "mlp": get_module(block, adapter.mlp),
-        "attention_output": get_module(block, adapter.attention_output),
-        "mlp_output": get_module(block, adapter.mlp_output),
-    }
 
 
 def mlp_to_residual(block: torch.nn.Module, adapter: Adapter, x: torch.Tensor) -> torch.Tensor:

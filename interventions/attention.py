@@ -12,17 +12,22 @@ Per attention module, two optional attributes switch behaviour on:
 * ``module._interventions_edit``: an :class:`AttentionEdit` (the ``attention_mask``
   intervention). The layer's attention is then computed explicitly, a block of queries at a
   time, with the edited probabilities.
-* ``module._interventions_probe(module, query, key, value, mask, kwargs)``: called after the
-  attention runs (observation: sink scores, key/value norms). Never changes the output; it
-  sees the same edit, so measured sink scores are those of the edited attention.
+* ``module._interventions_probe(module, query, key, value, mask, kwargs, sums)``: called after
+  the attention runs (observation: sink scores, key/value norms). If the probe carries a
+  ``column_sums`` :class:`ColumnSumRequest`, the layer's attention is computed by the fused
+  pass (:func:`blockwise_attention`: output and column sums from the same blocks, one Q.K^T,
+  one softmax, one P.V) and ``sums`` holds the column sums; with ``exact`` the base function's
+  output stays in place and the sums come from a second pass. The probe sees the same edit, so
+  measured sink scores are those of the edited attention.
 
 Layers without these attributes run the base function unchanged, so they stay bit-identical.
+Observed layers without ``exact`` differ from sdpa/eager by float32 rounding only (the fused
+pass sums in a different order; tests/test_fused_attention.py states and asserts the bound).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -62,13 +67,20 @@ class AttentionEdit:
 def _wrap(base_name: str):
     def attention(module, query, key, value, attention_mask, **kwargs):
         edit = getattr(module, "_interventions_edit", None)
-        if edit is not None:
-            out = edited_attention(module, query, key, value, attention_mask, kwargs, edit)
+        probe = getattr(module, "_interventions_probe", None)
+        request: ColumnSumRequest | None = getattr(probe, "column_sums", None)
+        sums = None
+        if edit is not None or (request is not None and not request.exact):
+            out, sums = fused_attention(module, query, key, value, attention_mask, kwargs, edit=edit, request=request)
         else:
             out = base_attention(module, base_name)(module, query, key, value, attention_mask, **kwargs)
-        probe = getattr(module, "_interventions_probe", None)
+            if request is not None:  # exact: the model's own output, column sums from a second pass
+                sums = blockwise_attention(
+                    query, key, None, attention_mask, kwargs.get("scaling") or module.scaling,
+                    block_size=request.block_size, sliding_window=kwargs.get("sliding_window"),
+                    softcap=kwargs.get("softcap"), boundaries=request.boundaries)[1]
         if probe is not None:
-            probe(module, query, key, value, attention_mask, kwargs)
+            probe(module, query, key, value, attention_mask, kwargs, sums)
         return out
 
     attention.__name__ = f"interventions_{base_name}_attention"
@@ -120,73 +132,164 @@ def _mask_block(attention_mask, t0: int, t1: int, q_len: int, k_len: int, device
     return block > torch.finfo(block.dtype).min / 2  # eager: additive mask, min-value = masked
 
 
-def attention_probabilities(
+BLOCK_BUDGET = 1 << 24
+"""Most float32 scores held at once per layer (64 MiB): the query block shrinks as T grows, so the
+working set of the fused pass stays constant and peak memory grows linearly in T."""
+
+
+def query_block(heads: int, k_len: int, block_size: int | None = None) -> int:
+    """Queries per block: ``block_size`` at most, and no more than fit ``BLOCK_BUDGET`` scores."""
+    fit = max(16, BLOCK_BUDGET // max(1, heads * k_len) // 16 * 16)
+    return max(1, min(block_size or 256, fit))
+
+
+@dataclass
+class ColumnSums:
+    """Attention probabilities summed over this forward's queries, per key."""
+
+    total: torch.Tensor
+    """float32 [B, H, S]."""
+    prefix: dict[int, torch.Tensor]
+    """``b`` -> float32 [B, H, b]: queries < b over keys < b (see ``attention_column_sums_split``)."""
+
+
+@dataclass(frozen=True)
+class ColumnSumRequest:
+    """What an observer asks the attention function for (``probe.column_sums``)."""
+
+    block_size: int | None = None
+    """Queries per block at most (None: 256, fewer when T is long; see ``query_block``)."""
+    boundaries: tuple[int, ...] = ()
+    exact: bool = False
+    """Leave the model's own attention output (sdpa/eager) in place and compute the column sums in
+    a second pass: bit-identical logits, at about twice the attention cost. Otherwise the layer's
+    output comes from the fused pass, which equals sdpa's within float32 rounding."""
+
+
+def blockwise_attention(
     query: torch.Tensor,
     key: torch.Tensor,
+    value: torch.Tensor | None,
     attention_mask: torch.Tensor | None,
     scaling: float,
     *,
-    block_size: int = 256,
+    block_size: int | None = None,
     sliding_window: int | None = None,
     softcap: float | None = None,
     edit: AttentionEdit | None = None,
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield ``(t0, probs)`` for query blocks: probs is float32 [B, H, block, K_block].
+    column_sums: bool = True,
+    boundaries=(),
+) -> tuple[torch.Tensor | None, ColumnSums | None]:
+    """Attention output and column sums from one pass over query blocks.
 
-    Exactly the softmax the model computes (causal mask, GQA, scaling, softcap), computed a
-    block of queries at a time so no T x T matrix is ever held, with ``edit`` applied. Every
-    supported model is a causal decoder, so a block's queries never see a key after its last
-    query: ``K_block = S - T + t1`` keys (the rest would be probability 0), which halves the work.
+    For each block of queries: one Q.K^T (the query heads of a kv group batched against their
+    shared keys, so GQA keys are never repeated), the causal mask on the diagonal tile only, one
+    softmax in place, one P.V (skipped when ``value`` is None) and one sum over the block's rows.
+    Every supported model is a causal decoder, so a block never looks at keys after its last
+    query: half the work of a full T x T pass. Scores, softmax and sums are float32 whatever the
+    model's dtype (bf16 on a GPU: float32 accumulation); the output is cast back to it.
+
+    Returns the output in the layout sdpa/eager return, [B, Q, H, D] (None without ``value``), and
+    the column sums (None unless ``column_sums``), with the prefix sums for ``boundaries``.
     """
-    bsz, heads, q_len, _ = query.shape
-    k_len = key.shape[2]
-    key_f = repeat_kv(key, heads // key.shape[1]).float()
+    bsz, heads, q_len, dim = query.shape
+    kv_heads, k_len = key.shape[1], key.shape[2]
+    groups = heads // kv_heads
+    device = query.device
+    n_max = query_block(heads, k_len, block_size)
+    key_f = key.float()
+    value_f = value.float() if value is not None else None
+    out = None
+    if value is not None:
+        out = torch.empty(bsz, q_len, heads, value.shape[-1], dtype=value.dtype, device=device)
+    sums = torch.zeros(bsz, heads, k_len, dtype=torch.float32, device=device) if column_sums else None
+    wanted = sorted({int(b) for b in boundaries if 0 < int(b) <= q_len}) if column_sums else []
+    partial: dict[int, torch.Tensor] = {}
     removed = None
     if edit is not None and edit.masked_keys:
-        removed = torch.zeros(k_len, dtype=torch.bool, device=query.device)
-        removed[[k for k in edit.masked_keys if k < k_len]] = True
-    for t0 in range(0, q_len, block_size):
-        t1 = min(q_len, t0 + block_size)
-        k_end = min(k_len, k_len - q_len + t1)
-        scores = torch.matmul(query[:, :, t0:t1].float(), key_f[:, :, :k_end].transpose(-1, -2))
-        scores.mul_(scaling)
-        if softcap is not None:
-            scores = torch.tanh(scores / softcap) * softcap
-        keep = _mask_block(attention_mask, t0, t1, q_len, k_len, query.device, sliding_window, k_end)
-        if removed is not None and edit.redirect_to is None:
-            keep = keep & ~removed[None, None, None, :k_end]
-        probs = torch.softmax(scores.masked_fill_(~keep, float("-inf")), dim=-1)
-        if removed is not None:
-            probs.nan_to_num_(nan=0.0)  # a query whose every key was removed attends to nothing
-            if edit.redirect_to is not None:
-                cut = removed[:k_end]
-                moved = probs[..., cut].sum(dim=-1)
-                probs[..., cut] = 0.0
-                probs[..., edit.redirect_to] += moved
-        yield t0, probs
+        removed = torch.tensor(sorted({k for k in edit.masked_keys if k < k_len}), dtype=torch.long, device=device)
+    # Preallocated once per layer: fresh multi-MB tensors per block cost page faults (system time).
+    on_cpu = device.type == "cpu"
+    scores_buf = torch.empty(kv_heads * groups * n_max * k_len, dtype=torch.float32, device=device)
+    query_buf = torch.empty(kv_heads * groups * n_max * dim, dtype=torch.float32, device=device)
+    out_buf = torch.empty(kv_heads * groups * n_max * value.shape[-1], dtype=torch.float32, device=device) \
+        if value is not None else None
+    causal_tile = None
+    explicit_mask = attention_mask is not None or sliding_window is not None
+    if not explicit_mask:  # -inf above the diagonal of a square tile
+        causal_tile = torch.full((n_max, n_max), float("-inf"), device=device).triu_(1)
+
+    for b in range(bsz):
+        pending = list(wanted)
+        q_b = query[b].view(kv_heads, groups, q_len, dim)
+        k_b, v_b = key_f[b], value_f[b] if value_f is not None else None
+        mask_b = attention_mask[b if attention_mask.shape[0] > 1 else 0][None] \
+            if attention_mask is not None else None
+        for t0 in range(0, q_len, n_max):
+            t1 = min(q_len, t0 + n_max)
+            n = t1 - t0
+            k_end = min(k_len, k_len - q_len + t1)  # keys this block's last query can see
+            qb = query_buf[:kv_heads * groups * n * dim].view(kv_heads, groups, n, dim)
+            qb.copy_(q_b[:, :, t0:t1]).mul_(scaling)
+            s = scores_buf[:kv_heads * groups * n * k_end].view(kv_heads, groups * n, k_end)
+            torch.bmm(qb.view(kv_heads, groups * n, dim), k_b[:, :k_end].transpose(1, 2), out=s)
+            s4 = s.view(kv_heads, groups, n, k_end)
+            if softcap is not None:
+                s.div_(softcap).tanh_().mul_(softcap)
+            if explicit_mask:
+                keep = _mask_block(mask_b, t0, t1, q_len, k_len, device, sliding_window, k_end)
+                s4.masked_fill_(~keep, float("-inf"))
+            else:
+                s4[..., k_end - n:k_end].add_(causal_tile[:n, :n])
+            if removed is not None and edit.redirect_to is None:
+                s.index_fill_(-1, removed[removed < k_end], float("-inf"))
+            if on_cpu:  # the CPU kernel works a row at a time: in place is safe and saves a buffer
+                torch.ops.aten._softmax.out(s, -1, False, out=s)
+            else:
+                s = s4 = torch.softmax(s, dim=-1).view(kv_heads, groups, n, k_end)
+                s = s.view(kv_heads, groups * n, k_end)
+            if removed is not None:
+                s.nan_to_num_(nan=0.0)  # a query whose every key was removed attends to nothing
+                if edit.redirect_to is not None:
+                    cut = removed[removed < k_end]
+                    moved = s.index_select(-1, cut).sum(dim=-1)
+                    s.index_fill_(-1, cut, 0.0)
+                    s[..., edit.redirect_to] += moved
+            if v_b is not None:
+                o = out_buf[:kv_heads * groups * n * v_b.shape[-1]].view(kv_heads, groups * n, -1)
+                torch.bmm(s, v_b[:, :k_end], out=o)
+                out[b, t0:t1].view(n, kv_heads, groups, -1).copy_(o.view(kv_heads, groups, n, -1).permute(2, 0, 1, 3))
+            if sums is not None:
+                block_sums = s4.sum(dim=2)  # [Hkv, G, k_end]
+                while pending and pending[0] <= t1:  # sums so far are queries < t0; add this block's rows < b
+                    cut_at = pending.pop(0)
+                    rows = s4[:, :, :cut_at - t0, :cut_at].sum(dim=2).reshape(heads, cut_at)
+                    partial[cut_at] = partial.get(cut_at, torch.zeros(bsz, heads, cut_at, device=device))
+                    partial[cut_at][b] = sums[b, :, :cut_at] + rows
+                sums[b, :, :k_end] += block_sums.view(heads, k_end)
+    return out, (ColumnSums(sums, partial) if sums is not None else None)
+
+
+def fused_attention(module, query, key, value, attention_mask, kwargs, *, edit: AttentionEdit | None = None,
+                    request: ColumnSumRequest | None = None):
+    """The layer's attention output [B, Q, H, D] and, if ``request``, its column sums, from one pass."""
+    out, sums = blockwise_attention(
+        query, key, value, attention_mask, kwargs.get("scaling") or module.scaling,
+        block_size=request.block_size if request else None, sliding_window=kwargs.get("sliding_window"),
+        softcap=kwargs.get("softcap"), edit=edit, column_sums=request is not None,
+        boundaries=request.boundaries if request else (),
+    )
+    return (out, None), sums
 
 
 def edited_attention(module, query, key, value, attention_mask, kwargs, edit: AttentionEdit):
     """Attention output with ``edit`` applied, in the layout sdpa/eager return: [B, Q, H, D]."""
-    heads = query.shape[1]
-    value_f = repeat_kv(value, heads // value.shape[1]).float()
-    out = torch.empty(query.shape[0], heads, query.shape[2], value.shape[-1], dtype=torch.float32,
-                      device=query.device)
-    for t0, probs in attention_probabilities(
-        query, key, attention_mask, kwargs.get("scaling") or module.scaling,
-        sliding_window=kwargs.get("sliding_window"), softcap=kwargs.get("softcap"), edit=edit,
-    ):
-        out[:, :, t0:t0 + probs.shape[2]] = torch.matmul(probs, value_f[:, :, :probs.shape[-1]])
-    return out.to(value.dtype).transpose(1, 2).contiguous(), None
+    return fused_attention(module, query, key, value, attention_mask, kwargs, edit=edit)[0]
 
 
 def attention_column_sums(query, key, attention_mask, scaling, **kwargs) -> torch.Tensor:
     """Sum over queries of attention probabilities: float32 [B, H, S]."""
-    bsz, heads, _, _ = query.shape
-    sums = torch.zeros(bsz, heads, key.shape[2], dtype=torch.float32, device=query.device)
-    for _, probs in attention_probabilities(query, key, attention_mask, scaling, **kwargs):
-        sums[..., :probs.shape[-1]] += probs.sum(dim=-2)
-    return sums
+    return blockwise_attention(query, key, None, attention_mask, scaling, **kwargs)[1].total
 
 
 def attention_column_sums_split(query, key, attention_mask, scaling, boundaries, **kwargs
@@ -196,17 +299,8 @@ def attention_column_sums_split(query, key, attention_mask, scaling, boundaries,
     For a forward from position 0: what a forward over the first ``b`` tokens alone would sum
     (causal attention: those queries never see a later key), from the same pass.
     """
-    bsz, heads, q_len, _ = query.shape
-    sums = torch.zeros(bsz, heads, key.shape[2], dtype=torch.float32, device=query.device)
-    pending = sorted({int(b) for b in boundaries if 0 < int(b) <= q_len})
-    partial: dict[int, torch.Tensor] = {}
-    for t0, probs in attention_probabilities(query, key, attention_mask, scaling, **kwargs):
-        t1 = t0 + probs.shape[2]
-        while pending and pending[0] <= t1:  # sums so far are queries < t0; add this block's rows < b
-            b = pending.pop(0)
-            partial[b] = (sums[..., :b] + probs[:, :, :b - t0, :b].sum(dim=-2))
-        sums[..., :probs.shape[-1]] += probs.sum(dim=-2)
-    return sums, partial
+    sums = blockwise_attention(query, key, None, attention_mask, scaling, boundaries=boundaries, **kwargs)[1]
+    return sums.total, sums.prefix
 
 
 def sink_scores_from_column_sums(column_sums: torch.Tensor, q_len: int) -> torch.Tensor:

@@ -59,7 +59,9 @@ class Sink:
     cos: float = float("nan")
     """Cosine to the primary sink's hidden state at l_start."""
     peak_sink_score: float = float("nan")
-    """Highest head-averaged sink score over the sink's layers."""
+    """Highest head-averaged sink score over the attention layers that read the sink: a state aligned
+    at layer l (output of layer l) is a key in the attention of layer l + 1, so layers
+    l_start + 1 .. l_start + lifetime (the convention of ``sink_layers.parquet`` and the norm -> score fit)."""
     censored: bool = False
     """The run reaches the last layer, so the true lifetime may be longer."""
 
@@ -141,10 +143,16 @@ def detect_sinks(obs: Observation, *, trace: int = 0, tokens: list[str] | None =
             hidden_norm=float(obs.profiles["hidden_norm"][start, t]),
             mlp_out_norm=float(obs.profiles["mlp_out_norm"][start, t]),
             cos=float(obs.profiles["hidden_cos"][start, t]),
-            peak_sink_score=float(np.nanmax(scores[span, t])) if span else float("nan"),
+            peak_sink_score=_peak_score(scores, span, t),
             censored=bool(layers) and layers[-1] == L - 1,
         ))
     return sinks
+
+
+def _peak_score(scores: np.ndarray, layers: list[int], t: int) -> float:
+    """Highest sink score of key ``t`` in the attention layers after its aligned ``layers`` (l + 1)."""
+    read = [l + 1 for l in layers if l + 1 < scores.shape[0]]
+    return float(np.nanmax(scores[read, t])) if read else float("nan")
 
 
 def level_counts(sinks: list[Sink]) -> dict[tuple[int, int], int]:

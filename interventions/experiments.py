@@ -69,8 +69,8 @@ KINDS = ("detect", "origin", "runs", "known_answers")
 VERDICTS = ("supported", "not supported", "inconclusive", "not tested")
 SETTINGS = ("model", "traces", "limit", "seed", "max_tokens", "chat_template", "dtype", "device",
             "attn_implementation", "trust_remote_code", "revision")
-EXTRAS = ("detection", "origin", "reference", "spec_overrides", "expect", "description", "paper", "threads", "models")
-TOP_KEYS = ("name", "claim", "paper", "kind", "specs", "planted", "expect", "real", "notes")
+EXTRAS = ("detection", "origin", "reference", "spec_overrides", "expect", "description", "paper", "threads")
+TOP_KEYS = ("name", "claim", "paper", "kind", "specs", "planted", "expect", "real", "notes", "negative")
 PLANTED_DEFAULTS = {"model": "testbed:planted", "traces": "testbed", "limit": 8, "seed": 0, "dtype": "float32",
                     "device": "cpu"}
 EXPECT_KEYS = ("verdicts", "components", "checks")
@@ -180,12 +180,21 @@ class Experiment:
     expect: dict
     real: dict[str, dict]
     raw: dict = field(default_factory=dict)
+    negative: dict = field(default_factory=dict)
+    """The negative-control run: planted settings with a testbed where the claim is false
+    (``negative: {model: testbed:negative-h1, expect: {verdicts: {H1: [not supported, inconclusive]}}}``)."""
 
-    def mode(self, real: bool | str = False) -> tuple[str, dict, dict]:
-        """(mode name, settings, expect) of the planted run or of a real configuration.
+    def mode(self, real: bool | str = False, negative: bool = False) -> tuple[str, dict, dict]:
+        """(mode name, settings, expect) of the planted run, the negative control or a real configuration.
 
         ``real`` is False (planted), True (the first real configuration) or a configuration name.
         """
+        if negative:
+            if not self.negative:
+                raise UserError(f"experiment {self.name} has no negative-control configuration", field="negative")
+            settings = {**PLANTED_DEFAULTS, **{k: v for k, v in self.planted.items() if k != "expect"},
+                        **{k: v for k, v in self.negative.items() if k != "expect"}}
+            return "negative", settings, self.negative.get("expect") or {}
         if not real:
             settings = {**PLANTED_DEFAULTS, **{k: v for k, v in self.planted.items() if k != "expect"}}
             return "planted", settings, self.expect
@@ -264,7 +273,8 @@ def load_experiment(path: str | Path) -> Experiment:
     return Experiment(name=str(data.get("name") or folder.name), folder=folder, kind=kind,
                       claim=str(data.get("claim", "")), paper=str(data.get("paper", "")), specs=specs,
                       planted=_check_mode(data.get("planted"), "planted", folder), expect=data.get("expect") or {},
-                      real={k: _check_mode(v, f"real.{k}", folder) for k, v in real.items()}, raw=data)
+                      real={k: _check_mode(v, f"real.{k}", folder) for k, v in real.items()}, raw=data,
+                      negative=_check_mode(data.get("negative"), "negative", folder))
 
 
 def find_experiments(path: str | Path) -> list[Path]:
@@ -444,7 +454,8 @@ def _run_specs(exp: Experiment, specs: list, out: Path, progress: bool, report: 
 
 def run_experiment(exp: Experiment | str | Path, *, results_root: str | Path = "results", real: bool | str = False,
                    out: str | Path | None = None, overrides: dict | None = None, spec_overrides: dict | None = None,
-                   progress: bool = True, report: bool = True, threads: int | None = None) -> ExperimentResult:
+                   progress: bool = True, report: bool = True, threads: int | None = None,
+                   negative: bool = False) -> ExperimentResult:
     """Run one study end to end and check its expectations.
 
     Args:
@@ -457,6 +468,7 @@ def run_experiment(exp: Experiment | str | Path, *, results_root: str | Path = "
         progress: progress bars.
         report: runs only: write each run's report.md with figures (slower).
         threads: torch CPU threads for the duration (None: leave torch's setting).
+        negative: run the negative-control configuration (a testbed where the claim is false).
 
     Returns:
         An :class:`ExperimentResult`; ``experiment.json`` is written in ``out``.
@@ -473,13 +485,14 @@ def run_experiment(exp: Experiment | str | Path, *, results_root: str | Path = "
 
     if not isinstance(exp, Experiment):
         exp = load_experiment(exp)
-    mode, settings, expect = exp.mode(real)
+    mode, settings, expect = exp.mode(real, negative=negative)
     settings = {**settings, **(overrides or {})}
     checks = expectation_checks(expect)
     # Everything checkable without weights fails here, before the output folder exists.
     check_device(settings.get("device", "cpu"), settings.get("dtype", "auto"))
     specs = build_specs(exp, settings, spec_overrides) if exp.kind == "runs" else []
-    out = Path(out) if out is not None else Path(results_root) / "experiments" / exp.name / new_run_id()
+    out = Path(out) if out is not None else Path(results_root) / "experiments" / exp.name / (
+        new_run_id() + ("-negative" if negative else ""))
     prepare_output_dir(out)
     threads = threads if threads is not None else settings.get("threads")
     before = torch.get_num_threads()

@@ -40,3 +40,20 @@ def track(items: Iterable[T], *, description: str, enabled: bool = True, unit: s
 
 def warn(message: str) -> None:
     console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+
+
+def info(message: str) -> None:
+    """A bookkeeping line on stderr (what a job reuses, skips or wrote)."""
+    console.print(message, highlight=False, soft_wrap=True, markup=False)
+
+
+def compact_ranges(numbers) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``0-2, 5, 7-8``."""
+    values = sorted({int(x) for x in numbers})
+    runs: list[list[int]] = []
+    for x in values:
+        if runs and x == runs[-1][1] + 1:
+            runs[-1][1] = x
+        else:
+            runs.append([x, x])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)

@@ -18,6 +18,7 @@ Run folder ``results/<spec name>/<run id>/``::
     manifest.rank-K.json progress of rank K (torchrun runs only)
     clean_sinks.jsonl    sinks of the clean run (as ``intervene detect`` writes them)
     sink_layers.parquet  one row per clean secondary sink x layer of its life (for the norm fits)
+    sink_window.parquet  one row per clean secondary sink x attention layer after its l_start, alive or not
     clean_profile.parquet per (trace, layer): primary sink score, median token norm (compensation)
     effects.parquet/     one row per trace x target x condition x layer (columns: EFFECT_COLUMNS)
     downstream.parquet/  one row per trace x condition x group x position: KL and delta NLL
@@ -37,13 +38,13 @@ import pandas as pd
 from .compiler import Edit
 from .detect import decode_tokens
 from .detection import DetectionConfig, Sink, detect_sinks
-from .errors import SpecError, UserError
+from .errors import UserError
 from .execute import TraceExecutor, first_position
 from .measures import first_non_finite, next_token_divergence, per_layer, target_rows
-from .progress import track, warn
-from .store import (Manifest, check_output_dir, new_run_id, part_name, prepare_output_dir, write_parquet_atomic,
-                    write_text_atomic)
-from .targets import RunFacts, Target, resolve_targets, token_ids_for
+from .progress import compact_ranges, info, track, warn
+from .store import (Manifest, check_output_dir, new_run_id, part_name, prepare_output_dir, read_parts,
+                    write_parquet_atomic, write_text_atomic)
+from .targets import RunFacts, Target, resolve_targets
 
 EFFECT_COLUMNS = {
     "condition": "condition id, e.g. scale.mlp_output.l_start.x5",
@@ -95,18 +96,6 @@ class RunResult:
     timings: dict = field(default_factory=dict)
 
 
-def _spec_records(spec, truth_folder: str | None):
-    """Trace records of a spec: its JSONL file, or the planted model's own traces."""
-    from .traces import read_trace_records
-
-    if spec.traces == "testbed":
-        from .testbed.planted import load_truth, planted_traces
-
-        texts = planted_traces(load_truth(truth_folder), n=spec.limit or 8, seed=spec.seed, gated=True)
-        return [{"text": t} for t in texts]
-    return read_trace_records(spec.traces, limit=spec.limit)
-
-
 @dataclass
 class Prepared:
     """What :func:`prepare` checked and read, all without weights."""
@@ -127,33 +116,10 @@ def prepare(spec, *, results_root: Path = Path("results"), run_dir: Path | None 
 
     Raises SpecError / UserError with one line per problem; nothing is written.
     """
-    from .adapters import model_dims
-    from .detect import check_trace_lengths
     from .distributed import Ranks
-    from .memory import check_memory, estimate_memory
-    from .models import check_device, load_config, load_tokenizer, resolve_dtype, resolve_source
-    from .spec import check_against_model
-    from .traces import traces_from_records
+    from .spec.load import check_inputs
 
-    device = (ranks or Ranks()).device(spec.device)
-    check_device(device, spec.dtype)
-    source = resolve_source(spec.model, revision=getattr(spec, "revision", None))
-    config = load_config(source, trust_remote_code=spec.trust_remote_code)
-    dims = model_dims(config)
-    problems = check_against_model(spec, dims)
-    if problems:
-        raise SpecError(problems)
-    records = _spec_records(spec, source.path)
-    tokenizer = load_tokenizer(source, trust_remote_code=spec.trust_remote_code)
-    traces = traces_from_records(records, tokenizer, max_tokens=spec.max_tokens, chat_template=spec.chat_template)
-    check_trace_lengths(traces, dims)
-    for name, target in spec.targets.items():  # a multi-token string fails now, not mid-run
-        if getattr(target, "tokens", None):
-            token_ids_for(tokenizer, target.tokens, field=f"targets.{name}.tokens")
-    memory = estimate_memory(config, dtype=resolve_dtype(config, spec.dtype, device),
-                             tokens=max((tr.length for tr in traces), default=1),
-                             attn_implementation=spec.attn_implementation)
-    check_memory(memory, device, force=force)
+    checked = check_inputs(spec, device=(ranks or Ranks()).device(spec.device), force=force)
     out = run_dir if run_dir is not None else results_root / spec.name / (run_id or new_run_id())
     if resume:
         if not (out / "manifest.json").exists():
@@ -161,11 +127,12 @@ def prepare(spec, *, results_root: Path = Path("results"), run_dir: Path | None 
         previous = Manifest.load(out / "manifest.json")
         if previous.get("spec_hash") != spec.spec_hash:
             raise UserError(f"{out} was made from a different spec (hash {previous.get('spec_hash')} vs "
-                            f"{spec.spec_hash}); start a new run, or replace it with --run-dir {out} --overwrite",
+                            f"{spec.spec_hash}); start a new run, or replace it with --out {out} --overwrite",
                             field="resume")
     check_output_dir(out, overwrite=overwrite, resume=resume,
-                     option="--run-dir" if run_dir is not None else "--results")
-    return Prepared(source, config, dims, tokenizer, traces, out, device, memory)
+                     option="--out" if run_dir is not None else "--results")
+    return Prepared(checked.source, checked.config, checked.dims, checked.tokenizer, checked.traces, out,
+                    checked.device, checked.memory)
 
 
 def _needs_l_start(conditions) -> list[str]:
@@ -247,6 +214,7 @@ def run_spec(spec, *, results_root: Path | str = "results", run_dir: Path | str 
     t0 = time.perf_counter()
     tokens = {tr.index: decode_tokens(loaded.tokenizer, tr.token_ids) for tr in traces}
     clean_sinks = _load_clean_sinks(out) if resume else None
+    reused_clean = clean_sinks is not None
     if clean_sinks is None:
         local: dict[int, list[Sink]] = {}
         for tr in track([tr for tr in traces if ranks.owns(tr.index)], description="clean pass", enabled=progress):
@@ -267,6 +235,15 @@ def run_spec(spec, *, results_root: Path | str = "results", run_dir: Path | str 
                for s in sets.values() for c in conditions for _, group in _groups(c, s)):
         raise UserError("every target set resolved to no position in every trace; check the targets "
                         "(e.g. no secondary sink was detected)", field="targets")
+    skipped: dict[str, dict[str, int]] = {}
+    for s in sets.values():
+        for c in conditions:
+            for _, group in _groups(c, s):
+                _edits_for(c, group, None, prep.dims["layers"], skipped=skipped.setdefault(c.id, {}))
+    skipped = {cid: reasons for cid, reasons in skipped.items() if reasons}
+    if ranks.is_main:
+        for cid, reasons in skipped.items():
+            warn(f"{cid}: " + "; ".join(f"{n} target(s) skipped: {why}" for why, n in reasons.items()))
     empty_sets: dict[str, int] = {}
     for s in sets.values():
         for name, members in s.items():
@@ -278,6 +255,10 @@ def run_spec(spec, *, results_root: Path | str = "results", run_dir: Path | str 
 
     # Only now, with every check passed, does the run folder appear.
     done = completed_traces(out) if resume else set()
+    if resume and ranks.is_main:
+        info(f"resuming {out}: clean pass {'reused from clean_sinks.jsonl' if reused_clean else 'rerun'}; "
+             f"skipping {len(done)} of {len(traces)} traces already done"
+             + (f" ({compact_ranges(done)})" if done else "") + f"; running {len(traces) - len(done)}")
     previous = Manifest.load(out / "manifest.json") if resume else {}
     manifest = Manifest(out / "manifest.json", command=command, kind="run", run_id=out.name, seed=spec.seed,
                         spec_name=spec.name, spec_hash=spec.spec_hash, spec=json.loads(spec.canonical_json()),
@@ -285,6 +266,7 @@ def run_spec(spec, *, results_root: Path | str = "results", run_dir: Path | str 
                         traces_total=len(traces), reuse_prefix=reuse_prefix, world_size=ranks.world_size,
                         memory_estimate={**prep.memory.parts, "total": prep.memory.total_bytes},
                         resumes=previous.get("resumes", 0) + bool(resume), empty_target_sets=empty_sets,
+                        skipped_targets=skipped,
                         run_facts={"modal_l_start": facts.modal_l_start,
                                    "sink_token_ids": sorted(facts.sink_token_ids)})
     manifest.data["traces_completed"] = sorted(done)
@@ -315,6 +297,7 @@ def run_spec(spec, *, results_root: Path | str = "results", run_dir: Path | str 
             write_parquet_atomic(out / "downstream.parquet" / part_name(tr.index), pd.DataFrame(downstream))
             write_parquet_atomic(out / "parts" / "sink_layers" / part_name(tr.index), extra["sink_layers"])
             write_parquet_atomic(out / "parts" / "clean_profile" / part_name(tr.index), extra["clean_profile"])
+            write_parquet_atomic(out / "parts" / "sink_window" / part_name(tr.index), extra["sink_window"])
             shard.data["timings"]["per_condition_s"] = {k: round(v, 4) for k, v in condition_s.items()}
             shard.data["forwards"], shard.data["non_finite"] = dict(forwards), list(non_finite)
             shard.trace_done(tr.index, time.perf_counter() - t_trace)
@@ -338,15 +321,24 @@ def run_spec(spec, *, results_root: Path | str = "results", run_dir: Path | str 
     effects = read_parts(out / "effects.parquet")
     write_parquet_atomic(out / "sink_layers.parquet", read_parts(out / "parts" / "sink_layers"))
     write_parquet_atomic(out / "clean_profile.parquet", read_parts(out / "parts" / "clean_profile"))
+    write_parquet_atomic(out / "sink_window.parquet", read_parts(out / "parts" / "sink_window"))
     summary = summarize(effects)
     write_text_atomic(out / "summary.csv", summary.to_csv(index=False))
-    manifest.finish("complete")
     ranks.close()
     result = RunResult(out=out, effects=effects, summary=summary, clean_sinks=clean_frame, manifest=manifest.data)
     if report if report is not None else spec.report:
+        # "complete" means every file the run promises is written: a run killed during its
+        # statistics stays "analyzing" (resume it, or run `intervene report` on it).
         from .analysis import analyze_run
 
-        result.stats, result.report = analyze_run(out, progress=progress)
+        manifest.update(status="analyzing")
+        try:
+            result.stats, result.report = analyze_run(out, progress=progress)
+        except BaseException as exc:
+            manifest.finish("failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted",
+                            error=f"statistics: {type(exc).__name__}: {exc}")
+            raise
+    manifest.finish("complete")
     return result
 
 
@@ -378,13 +370,6 @@ def _forward_totals(forwards: dict, traces) -> dict:
     return out
 
 
-def read_parts(folder: Path) -> pd.DataFrame:
-    parts = sorted(folder.glob("part-*.parquet"))
-    frames = [pd.read_parquet(p) for p in parts]
-    frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
 def _groups(condition, sets: dict[str, list[Target]]) -> list[tuple[bool, list[Target]]]:
     """(is_control, targets) groups of one condition in one trace: targets, then its controls."""
     groups = [(False, _unique([t for name in condition.targets for t in sets.get(name, [])]))]
@@ -393,18 +378,30 @@ def _groups(condition, sets: dict[str, list[Target]]) -> list[tuple[bool, list[T
     return groups
 
 
-def _edits_for(condition, group: list[Target], vectors, L: int) -> tuple[list[Edit], dict[int, list[int]]]:
-    """Edits of one condition for one group of targets, and the layers edited per position."""
+def _edits_for(condition, group: list[Target], vectors, L: int, skipped: dict[str, int] | None = None
+               ) -> tuple[list[Edit], dict[int, list[int]]]:
+    """Edits of one condition for one group of targets, and the layers edited per position.
+
+    A target with nothing to edit is skipped; ``skipped`` (when given) counts them by reason.
+    """
     edits, layers_of = [], {}
+
+    def skip(reason: str) -> None:
+        if skipped is not None:
+            skipped[reason] = skipped.get(reason, 0) + 1
+
     for t in group:
         if condition.kind == "attention_mask" and condition.layer == "sink_lifetime" and t.ref_lifetime is None:
-            continue  # neither a sink nor paired with one: no lifetime to mask
+            skip("neither a sink nor paired with one, so no lifetime to mask")
+            continue
         try:
             layers = condition.layers_for(l_start=t.l_start, lifetime=t.ref_lifetime)
-        except ValueError:
-            continue  # l_start unresolvable for this target
+        except ValueError as exc:
+            skip(f"layer not resolvable ({exc})")
+            continue
         layers = [l for l in layers if 0 <= l < L]
         if not layers:
+            skip(f"every layer outside 0..{L - 1}")
             continue
         layers_of[t.position] = layers
         for layer in layers:
@@ -474,7 +471,8 @@ def _run_trace(loaded, tr, conditions, config, sinks, sets, condition_s, reuse_p
         condition_s[condition.id] += time.perf_counter() - t_cond
     for k, v in ex.forwards.items():  # tokens: what ran; naive_tokens: one full forward per intervened pass
         forwards[k] += v
-    extra = {"sink_layers": sink_layer_rows(clean, sinks, L), "clean_profile": clean_profile_rows(clean, tr.index)}
+    extra = {"sink_layers": sink_layer_rows(clean, sinks, L), "clean_profile": clean_profile_rows(clean, tr.index),
+             "sink_window": sink_window_rows(clean, sinks, L)}
     return rows, downstream, extra
 
 
@@ -506,6 +504,32 @@ def sink_layer_rows(obs, sinks: list[Sink], n_layers: int) -> pd.DataFrame:
                          "primary_sink_score": float(scores[layer, 0])})
     return pd.DataFrame(rows, columns=["trace", "position", "token", "token_id", "l_start", "lifetime", "censored",
                                        "layer", "mlp_out_norm", "sink_score", "primary_sink_score"])
+
+
+SINK_WINDOW_COLUMNS = ["trace", "position", "token", "l_start", "lifetime", "censored", "layer", "alive",
+                       "mlp_out_norm", "sink_score", "primary_sink_score"]
+
+
+def sink_window_rows(obs, sinks: list[Sink], n_layers: int) -> pd.DataFrame:
+    """One row per clean secondary sink x attention layer after its l_start (l_start + 1 .. L - 1), alive or not.
+
+    The input of the norm -> score fit's fixed window (:func:`interventions.stats.fit_norm_score`):
+    every sink contributes the same layers whatever its lifetime, so late layers are not left to
+    long-lived sinks only. ``layer`` is the attention layer (as in :func:`sink_layer_rows`);
+    ``alive`` says whether the key it reads (the output of ``layer - 1``) is still sink-aligned.
+    """
+    scores = obs.mean_sink_scores()
+    rows = []
+    for s in sinks:
+        if s.kind != "secondary":
+            continue
+        lived = set(s.layers)
+        for layer in range(s.l_start + 1, n_layers):
+            rows.append({"trace": s.trace, "position": s.position, "token": s.token, "l_start": s.l_start,
+                         "lifetime": s.lifetime, "censored": s.censored, "layer": layer, "alive": (layer - 1) in lived,
+                         "mlp_out_norm": s.mlp_out_norm, "sink_score": float(scores[layer, s.position]),
+                         "primary_sink_score": float(scores[layer, 0])})
+    return pd.DataFrame(rows, columns=SINK_WINDOW_COLUMNS)
 
 
 def clean_profile_rows(obs, trace: int) -> pd.DataFrame:

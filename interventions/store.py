@@ -26,19 +26,32 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
+from .jsonable import to_jsonable
 
 MANIFEST_VERSION = 1
 
 
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file under the process umask (0644 under umask 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def atomic_path(path: Path):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
+
+    ``mkstemp`` creates the temporary file 0600; it gets the umask's mode before the rename, so
+    results are as readable as any file the user writes (shared result folders stay shared).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _file_mode())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -48,26 +61,6 @@ def atomic_path(path: Path):
 def write_text_atomic(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-
-
-def to_jsonable(obj):
-    """numpy scalars/arrays, Paths and NaN -> plain JSON values (NaN -> None)."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return None if not np.isfinite(f) else f
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -95,6 +88,14 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
 
 def part_name(trace: int, suffix: str = ".parquet") -> str:
     return f"part-{trace:05d}{suffix}"
+
+
+def read_parts(folder: Path) -> pd.DataFrame:
+    """The Parquet parts of ``folder`` (``part-*.parquet``) as one table; empty parts are skipped."""
+    parts = sorted(folder.glob("part-*.parquet"))
+    frames = [pd.read_parquet(p) for p in parts]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def _writable(folder: Path) -> bool:
@@ -130,6 +131,30 @@ def prepare_output_dir(path: Path, *, overwrite: bool = False, resume: bool = Fa
         for tmp in path.rglob(".*.tmp"):
             tmp.unlink(missing_ok=True)
     return path
+
+
+def folder_kind(path: Path) -> str | None:
+    """What wrote ``path``: ``run``, ``detect``, ``experiment``... (its manifest's kind); None if no manifest."""
+    manifest = Path(path) / "manifest.json"
+    if not manifest.is_file():
+        return None
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8")).get("kind") or "run"
+    except (OSError, ValueError):
+        return None
+
+
+def check_run_folder(path: Path) -> None:
+    """Refuse, in one line, a folder that `intervene run` did not write."""
+    kind = folder_kind(path)
+    if kind == "run":
+        return
+    if kind is None:
+        raise UserError(f"{path} is not a run folder (no manifest.json); give a folder written by `intervene run` "
+                        "(results/<name>/<run id>) or results/<name>", field="run_dir")
+    hint = " (`intervene report` renders its detection report)" if kind == "detect" else ""
+    raise UserError(f"{path} was written by `intervene {kind}`, not `intervene run`{hint}; give a run folder",
+                    field="run_dir")
 
 
 def package_versions() -> dict[str, str | None]:

@@ -41,25 +41,32 @@ def read_trace_records(path: str | Path, *, limit: int | None = None) -> list[di
     if not p.is_file():
         raise UserError(f"trace file {path} does not exist", field="traces")
     records: list[dict] = []
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path} line {lineno} is not JSON ({exc.msg}); each line must be one JSON object "
-                                'like {"text": "..."}', field="traces") from None
-            if not isinstance(record, dict):
-                raise UserError(f"{path} line {lineno} is not a JSON object; use {{\"text\": \"...\"}}", field="traces")
-            has_text = isinstance(record.get("text"), str) and record["text"]
-            has_prompt = isinstance(record.get("prompt"), str) and record["prompt"]
-            if not (has_text or has_prompt):
-                raise UserError(f"{path} line {lineno} has no non-empty 'text' (or 'prompt' + 'output') field",
-                                field="traces")
-            records.append(record)
-            if limit is not None and len(records) >= limit:
-                break
+    try:
+        with p.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path} line {lineno} is not JSON ({exc.msg}); each line must be one JSON object "
+                                    'like {"text": "..."}', field="traces") from None
+                if not isinstance(record, dict):
+                    raise UserError(f"{path} line {lineno} is not a JSON object; use {{\"text\": \"...\"}}", field="traces")
+                has_text = isinstance(record.get("text"), str) and record["text"]
+                has_prompt = isinstance(record.get("prompt"), str) and record["prompt"]
+                if not (has_text or has_prompt):
+                    raise UserError(f"{path} line {lineno} has no non-empty 'text' (or 'prompt' + 'output') field",
+                                    field="traces")
+                if not has_text and not isinstance(record.get("output"), str):
+                    raise UserError(f"{path} line {lineno} has a 'prompt' but no 'output' text; add the model's output "
+                                    "(\"output\": \"...\") or give the whole trace as 'text'", field="traces")
+                records.append(record)
+                if limit is not None and len(records) >= limit:
+                    break
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text (line {len(records) + 1} or later has bytes that cannot be "
+                        'decoded); give a JSONL file with one {"text": ...} object per line', field="traces") from None
     if not records:
         raise UserError(f"trace file {path} is empty; it needs one JSON object per line", field="traces")
     return records

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -107,6 +108,10 @@ def _not_writable(fx, tmp, spec, results):
     return ["run", str(spec), "--results", str(ro / "results")]
 
 
+def _validate(fx, tmp, spec, results):
+    return ["validate", str(spec)]
+
+
 def _existing_run(tmp):
     d = tmp / "old-run"
     d.mkdir(exist_ok=True)
@@ -171,6 +176,24 @@ CASES = [
          setup=_traces_file(json.dumps({"text": "ok"}) + "\n" + json.dumps({"title": "no text"}) + "\n")),
     Case("trace_longer_than_max_positions", "takes at most 512",
          setup=_traces_file(json.dumps({"text": "a" * 600}) + "\n")),
+    Case("trace_file_binary", "is not UTF-8 text", setup=lambda fx, tmp, mp: (tmp / "bad.jsonl").write_bytes(
+        b'{"text": "ok"}\n' + bytes(range(128, 256)) * 4 + b"\n")),
+    Case("trace_prompt_without_output", "has a 'prompt' but no 'output'",
+         setup=_traces_file(json.dumps({"prompt": "What is 2 + 2?"}) + "\n")),
+    # ---- runtime imports ---------------------------------------------------------------------
+    Case("pyvene_not_importable", "pip install --no-deps pyvene==0.1.8", spec=lambda fx: base_spec(fx),
+         setup=lambda fx, tmp, mp: mp.setitem(sys.modules, "pyvene", None)),
+    # ---- intervene validate: everything a run checks before its weights ------------------------
+    Case("validate_token_string_is_several_tokens", "is 2 tokens for this tokenizer",
+         spec=lambda fx: base_spec(fx, targets={"fixed": {"select": "tokens", "tokens": [" ~"]}}), argv=_validate),
+    Case("validate_device_cuda_without_gpu", "no CUDA GPU is visible", spec=lambda fx: base_spec(fx, device="cuda"),
+         argv=_validate, skip=lambda: torch.cuda.is_available()),
+    Case("validate_trace_longer_than_max_positions", "takes at most 512", spec="bad-traces", argv=_validate,
+         setup=_traces_file(json.dumps({"text": "a" * 600}) + "\n")),
+    Case("validate_trace_file_binary", "is not UTF-8 text", spec="bad-traces", argv=_validate,
+         setup=lambda fx, tmp, mp: (tmp / "bad.jsonl").write_bytes(bytes(range(128, 256)))),
+    Case("validate_prompt_without_output", "has a 'prompt' but no 'output'", spec="bad-traces", argv=_validate,
+         setup=_traces_file(json.dumps({"prompt": "What is 2 + 2?"}) + "\n")),
     # ---- output folder -----------------------------------------------------------------------
     Case("output_not_writable", "cannot write to", spec=lambda fx: base_spec(fx), argv=_not_writable),
     Case("output_parent_is_a_file", "is a file, not a folder", spec=lambda fx: base_spec(fx),
@@ -199,6 +222,10 @@ CASES = [
          argv=lambda fx, tmp, spec, results: ["detect", "--model", str(fx / "no-tokenizer"), "--traces",
                                               str(fx / "traces.jsonl"), "--out", str(results)]),
     Case("detect_trace_too_long", "takes at most 512", setup=_traces_file(json.dumps({"text": "b" * 600}) + "\n"),
+         argv=lambda fx, tmp, spec, results: ["detect", "--model", str(fx / "tiny"), "--traces", str(tmp / "bad.jsonl"),
+                                              "--out", str(results)]),
+    Case("detect_trace_file_binary", "is not UTF-8 text",
+         setup=lambda fx, tmp, mp: (tmp / "bad.jsonl").write_bytes(bytes(range(128, 256)) * 8),
          argv=lambda fx, tmp, spec, results: ["detect", "--model", str(fx / "tiny"), "--traces", str(tmp / "bad.jsonl"),
                                               "--out", str(results)]),
     Case("detect_chat_template_missing", "has no chat template",

@@ -71,13 +71,37 @@ def test_study_meets_its_planted_expectations(results, name):
 
 def test_planted_verdicts_are_the_stated_ones(results):
     assert results["ablation"].measured["verdicts"]["H1"] == "supported"
+    assert results["ablation"].measured["hypotheses"]["H1"]["conditions"] == ["zero.mlp_output.l_start"]
     assert results["norm_laws"].measured["verdicts"]["H2"] == "supported"
-    assert results["swap_timeline"].measured["verdicts"]["H3"] == "supported"
-    # H4 is "not supported" on the planted model by construction: masking cannot change predictions.
+    swap = results["swap_timeline"].measured
+    assert swap["verdicts"]["H3/block_output"] == "supported"
+    assert swap["verdicts"]["H3/mlp_output"] == "not supported"   # nothing before l_start: exact null
+    assert "mean_swap.block_output.l_start" in swap["hypotheses"]["H3/block_output"]["conditions"]
+    assert any("tautological" in e["reason"] for e in swap["hypotheses"]["H3/block_output"]["excluded"])
+    # H4 is "not supported" on the planted model by construction: attention writes nothing after layer 2,
+    # so the primary sink after the mask and the predictions cannot move (exact nulls, no p, no CI).
     comp = results["compensation"].measured
-    assert comp["verdicts"]["H4"] == "not supported"
-    assert comp["hypotheses"]["H4"]["details"]["target_mean_kl"] == 0
-    assert comp["hypotheses"]["H4"]["components"][0]["verdict"] == "supported"
+    for key in ("H4/sink_lifetime/none", "H4/sink_lifetime/bos"):
+        h4 = comp["hypotheses"][key]
+        assert comp["verdicts"][key] == "not supported"
+        assert all(c["exact_null"] and c["p"] is None and c["ci"] == [None, None] for c in h4["components"])
+
+
+NEGATIVE = {"ablation": ["H1"], "norm_laws": ["H2"],
+            "swap_timeline": ["H3/block_output", "H3/attention_output", "H3/mlp_output"]}
+
+
+@pytest.mark.parametrize("name", sorted(NEGATIVE))
+def test_negative_testbed_never_supports_the_claim(cache_dir, tmp_path, name):
+    """The same study on a testbed where its claim is false by construction: never "supported"."""
+    result = run_experiment(EXPERIMENTS / name, out=tmp_path / name, overrides={"limit": N_TRACES},
+                            progress=False, report=False, negative=True)
+    assert result.mode == "negative" and result.passed, result.failed
+    verdicts = result.measured["verdicts"]
+    for key in NEGATIVE[name]:
+        assert verdicts[key] in ("not supported", "inconclusive"), (key, verdicts[key])
+    assert "supported" not in verdicts.values()
+    assert result.measured["hypotheses"][NEGATIVE[name][0]]["n_traces"] == N_TRACES
 
 
 def test_sink_levels_and_origin_numbers(results):
@@ -100,6 +124,7 @@ def test_five_traces_cannot_support_a_hypothesis(cache_dir, tmp_path):
                             progress=False, report=False)
     h1 = result.measured["hypotheses"]["H1"]
     assert h1["verdict"] == "inconclusive" and h1["effect"] == -1 and h1["p"] == pytest.approx(0.0625)
+    assert "5 trace(s) < 6" in h1["reason"]   # the same minimum holds for "not supported"
     assert not result.passed
 
 

@@ -198,11 +198,11 @@ def test_norm_score_full_result_per_layer_and_mixed():
     x = np.log(df.loc[steep, "mlp_out_norm"])
     df.loc[steep, "sink_score"] *= np.exp(1.0 * (x - 3.0))
     r = fit_norm_score(df)
-    assert r["estimable"] and r["se_type"] == "cluster(trace)"
+    assert r["estimable"] and r["se_type"].startswith("CR2(trace)") and not r["degenerate"]
     assert r["n_sinks"] == len(df[["trace", "position"]].drop_duplicates())
     assert r["n_traces"] == 25 and 0 < r["r2"] <= 1
     assert r["mixed"]["run"] and r["mixed"]["slope"] == pytest.approx(r["slope"], abs=0.3)
-    assert r["steepest_layer"] == 21
+    assert r["steepest_layer"] == 21 and "steepest_ci" not in r and "descriptive" in r["steepest_note"]
     assert {"layer", "slope", "ci_low", "ci_high", "p", "n_sinks"} <= set(r["per_layer"][0])
     assert roundtrips(r)
 
@@ -307,8 +307,8 @@ def test_dose_response_slopes_and_trend():
 
 def test_per_layer_null_calibration_and_holm():
     raw, adjusted = [], []
-    for i in range(200):
-        e = per_layer_effects(null_effects_data(np.random.default_rng(1000 + i)), "x", n_boot=20, seed=i)
+    for i in range(60):
+        e = per_layer_effects(null_effects_data(np.random.default_rng(1000 + i)), "x", seed=i)
         raw += list(e["p"] < 0.05)
         adjusted += list(e["p_adj"] < 0.05)
     rate, rate_adj = float(np.mean(raw)), float(np.mean(adjusted))
@@ -319,20 +319,24 @@ def test_per_layer_null_calibration_and_holm():
 
 def test_per_layer_effects_columns_planted_effect_and_p_independent_of_bootstrap():
     df = null_effects_data(np.random.default_rng(8), n_traces=12, planted={3: 2.0})
-    e = per_layer_effects(df, ["x"], n_boot=200, seed=0)
+    e = per_layer_effects(df, ["x"], seed=0)
     assert list(e.columns[:14]) == ["condition", "measure", "layer", "n_targets", "n_traces", "effect", "ci_low",
                                     "ci_high", "ci_method", "control_effect", "did", "p", "p_adj", "correction"]
     row = e.set_index("layer").loc[3]
     assert row["p_adj"] < 0.05 and row["ci_low"] > 0 and row["did"] > 1.0
     assert row["n_targets"] == 36 and row["n_traces"] == 12
-    assert set(e["ci_method"]) <= {"bca", "percentile"}
-    e2 = per_layer_effects(df, "x", n_boot=30, seed=0)
-    assert np.allclose(e["p"], e2["p"])  # p does not depend on the bootstrap (exact flips, 12 traces)
+    assert set(e["ci_method"]) == {"sign_flip_inversion_exact"} and (e["p_method"] == "exact").all()
+    # the interval inverts the test: it excludes 0 exactly when p < 0.05
+    assert ((e["ci_low"] > 0) | (e["ci_high"] < 0)).tolist() == (e["p"] < 0.05).tolist()
+    e2 = per_layer_effects(df, "x", seed=1)
+    assert np.allclose(e["p"], e2["p"])  # exact enumeration at 12 traces: no seed dependence
     many = null_effects_data(np.random.default_rng(8), n_traces=16, n_layers=2)
-    a, b = per_layer_effects(many, "x", n_boot=10), per_layer_effects(many, "x", n_boot=50)
+    a, b = per_layer_effects(many, "x", seed=0), per_layer_effects(many, "x", seed=0)
     assert (a["p_method"] == "monte_carlo").all() and np.allclose(a["p"], b["p"])
-    bh = per_layer_effects(df, "x", n_boot=30, correction="bh")
+    assert a["ci_method"].str.endswith("monte_carlo").all()
+    bh = per_layer_effects(df, "x", correction="bh")
     assert (bh["p_adj"] <= e2["p_adj"] + 1e-12).all()
+    assert bh["p_did_adj"].notna().all() and (bh["p_did_adj"] >= bh["p_did"] - 1e-12).all()
     assert roundtrips(to_jsonable(e))
 
 
@@ -466,11 +470,252 @@ def test_to_jsonable_roundtrip():
         to_jsonable(object())
 
 
-def test_own_holm_bh_match_statsmodels():
+# ---------------------------------------------------------------------------------------------
+# 8. small-sample inference: CR2 + Bell-McCaffrey, sign-flip inversion, exact zeros, degenerate
+# ---------------------------------------------------------------------------------------------
+
+
+def clustered_regression(rng: np.random.Generator, G: int = 8, slope: float = 0.5):
+    """Unbalanced clusters (2..14 rows) whose x and errors share a cluster component: CR1 under-covers here."""
+    sizes = rng.integers(2, 15, size=G)
+    groups = np.repeat(np.arange(G), sizes)
+    x = rng.normal(0, 1, G)[groups] + rng.normal(0, 0.5, groups.size)
+    x[groups == 0] += 3.0  # one high-leverage trace
+    u = rng.normal(0, 1, G)[groups] * (1 + np.abs(x)) + rng.normal(0, 0.5, groups.size)
+    return 1.0 + slope * x + u, np.column_stack([np.ones(groups.size), x]), groups
+
+
+def test_cr2_bell_mccaffrey_coverage_at_8_traces_beats_cr1():
+    import statsmodels.api as sm
+    from scipy import stats as sps
+
+    from interventions.stats._regression import coef_summary, ols_clustered
+
+    cr2, cr1 = [], []
+    for i in range(400):
+        y, X, groups = clustered_regression(np.random.default_rng(7000 + i))
+        s = coef_summary(ols_clustered(y, X, groups, [])[0], 1, level=0.95)
+        cr2.append(s["ci_low"] <= 0.5 <= s["ci_high"])
+        r = sm.OLS(y, X).fit(cov_type="cluster", cov_kwds={"groups": groups})
+        half = sps.t.ppf(0.975, 7) * r.bse[1]
+        cr1.append(abs(r.params[1] - 0.5) <= half)
+    c2, c1 = float(np.mean(cr2)), float(np.mean(cr1))
+    print(f"G = 8 coverage of nominal 95%: CR2 + Bell-McCaffrey {c2:.3f}, CR1 + t(G-1) {c1:.3f}")
+    # a hard design (one high-leverage trace, error sd growing with |x|): over 1,500 runs CR2 + BM covers
+    # 0.925 and CR1 + t(G-1) about 0.69; with 400 runs the Monte Carlo sd is 0.013
+    assert c2 >= 0.90 and c2 > c1 + 0.15
+
+
+def test_cr2_reproduces_library_results():
+    """HC2 (statsmodels) with singleton clusters; the one-sample t-test on cluster means (scipy) for
+    balanced clusters; the equal-variance Welch-Satterthwaite df for a two-group difference."""
+    import statsmodels.api as sm
+    from scipy import stats as sps
+
+    from interventions.stats._regression import coef_summary, ols_clustered
+
+    rng = np.random.default_rng(21)
+    n = 40
+    X = sm.add_constant(rng.normal(size=n))
+    y = X @ [1.0, 2.0] + rng.normal(size=n) * (1 + np.abs(X[:, 1]))
+    fit, _ = ols_clustered(y, X, np.arange(n), [])
+    assert np.allclose(fit.bse, sm.OLS(y, X).fit(cov_type="HC2").bse, rtol=1e-10)
+
+    G, m = 8, 5
+    groups = np.repeat(np.arange(G), m)
+    y = rng.normal(size=G)[groups] + rng.normal(size=G * m) + 0.4
+    s = coef_summary(ols_clustered(y, np.ones((G * m, 1)), groups, [])[0], 0, level=0.95)
+    t = sps.ttest_1samp(y.reshape(G, m).mean(axis=1), 0.0)
+    ci = t.confidence_interval(0.95)
+    assert s["df"] == pytest.approx(G - 1, rel=1e-9) and s["p"] == pytest.approx(t.pvalue, rel=1e-9)
+    assert (s["ci_low"], s["ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-9)
+
+    n0, n1 = 6, 11
+    y = np.r_[rng.normal(0, 1, n0), rng.normal(1, 3, n1)]
+    X = np.column_stack([np.ones(n0 + n1), np.r_[np.zeros(n0), np.ones(n1)]])
+    s = coef_summary(ols_clustered(y, X, np.arange(n0 + n1), [])[0], 1, level=0.95)
+    welch_equal_var = (1 / n0 + 1 / n1) ** 2 / (1 / (n0**2 * (n0 - 1)) + 1 / (n1**2 * (n1 - 1)))
+    assert s["df"] == pytest.approx(welch_equal_var, rel=1e-9)  # Imbens & Kolesar (2016), Sec. 4
+
+
+def test_collapsed_sandwich_is_degenerate_with_no_p_or_ci():
+    """Identical traces: every trace's logistic score sum is 0 at the MLE, so the cluster-robust
+    variance collapses (the planted H3 trend's CI [0.2811308642786, 0.2811308642790], p 4e-86)."""
+    import statsmodels.api as sm
+
+    from interventions.stats._regression import coef_summary, glm_clustered
+
+    one = [(1, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 1), (3, 0), (3, 1), (3, 1), (4, 1), (4, 1), (4, 0)]
+    layers = np.array([l for _ in range(8) for l, _ in one], float)
+    y = np.array([s for _ in range(8) for _, s in one], float)
+    groups = np.repeat(np.arange(8), len(one))
+    fit, _ = glm_clustered(y, sm.add_constant(layers), groups, sm.families.Binomial(), [])
+    s = coef_summary(fit, 1, level=0.95)
+    assert s["degenerate"] and "collapsed" in s["degenerate_reason"]
+    assert s["p"] is None and s["ci_low"] is None and s["ci_high"] is None and s["estimate"] > 0
+    # the same outcomes with trace-to-trace variation are an ordinary estimate
+    y2 = y.copy()
+    y2[groups == 0] = 1 - y2[groups == 0]
+    s2 = coef_summary(glm_clustered(y2, sm.add_constant(layers), groups, sm.families.Binomial(), [])[0], 1, level=0.95)
+    assert not s2["degenerate"] and 0 < s2["p"] <= 1 and s2["ci_low"] < s2["estimate"] < s2["ci_high"]
+
+
+def test_sign_flip_matches_scipy_and_interval_inverts_it():
+    from scipy import stats as sps
+
+    from interventions.stats._resampling import _all_signs, _flip_pvalues, sign_flip_interval, sign_flip_test
+
+    rng = np.random.default_rng(22)
+    S, N = rng.normal(0.6, 1.0, 9) * 3, rng.integers(1, 5, 9).astype(float)
+    for mu in (0.0, 0.2, 0.5):
+        ref = sps.permutation_test(((S - mu * N),), lambda x, axis: np.sum(x, axis=axis), vectorized=True,
+                                   permutation_type="samples", n_resamples=np.inf).pvalue
+        assert sign_flip_test(S - mu * N, rng=rng)[0] == pytest.approx(ref)
+        assert _flip_pvalues(_all_signs(9), S, N, np.array([mu]), True)[0] == pytest.approx(ref)
+    ci = sign_flip_interval(S, N, rng=rng)
+    eps = 1e-6 * (ci["ci_high"] - ci["ci_low"])
+    p = _flip_pvalues(_all_signs(9), S, N, np.array([ci["ci_low"] + eps, ci["ci_low"] - eps,
+                                                     ci["ci_high"] - eps, ci["ci_high"] + eps]), True)
+    assert p[0] > 0.05 >= p[1] and p[2] > 0.05 >= p[3]
+    assert ci["ci_low"] < S.sum() / N.sum() < ci["ci_high"]
+    few = sign_flip_interval(S[:5], N[:5], rng=rng)  # 2 / 2**5 > 0.05: no bounded interval exists
+    assert few["ci_low"] is None and few["ci_high"] is None
+
+
+def test_sign_flip_interval_coverage_at_8_traces():
+    from interventions.stats.effects import trace_mean_test
+
+    covered = []
+    for i in range(300):
+        rng = np.random.default_rng(9000 + i)
+        N = rng.integers(1, 6, 8).astype(float)
+        S = N * 0.3 + rng.standard_t(3, 8) * np.sqrt(N)
+        r = trace_mean_test(S, N, rng=rng)
+        covered.append(r["ci_low"] <= 0.3 <= r["ci_high"])
+    coverage = float(np.mean(covered))
+    print(f"sign-flip inversion coverage at G = 8 (t3 errors): {coverage:.3f}")
+    assert 0.93 <= coverage <= 0.99
+
+
+def prefix_noise_rows(rng, *, n_traces=8, n_layers=6, edit=3, shift=0.2) -> pd.DataFrame:
+    """Per-layer rows where layers before ``edit`` differ from clean only by ~1e-10 (prefix-reuse noise)."""
+    rows = []
+    for t in range(n_traces):
+        for ctrl in (False, True):
+            for k in range(3):
+                for layer in range(n_layers):
+                    clean = 0.05 + rng.uniform(0, 0.5)
+                    if layer < edit:
+                        value = clean + rng.normal(0, 1e-10)
+                    elif layer == edit:
+                        value = clean  # the edit cannot reach this measure here: an exact null
+                    else:
+                        value = clean + (0.0 if ctrl else shift) + rng.normal(0, 0.05)
+                    rows.append({"condition": "mlp_zero", "trace": t, "position": 10 + k + 100 * int(ctrl),
+                                 "is_control": ctrl, "layer": layer, "intervened_layer": edit,
+                                 "sink_score": value, "clean_sink_score": clean})
+    return pd.DataFrame(rows)
+
+
+def test_exact_zero_has_no_ci_and_holm_family_starts_at_the_edit():
     from statsmodels.stats.multitest import multipletests
 
-    from interventions.stats.effects import adjust
+    e = per_layer_effects(prefix_noise_rows(np.random.default_rng(23)), "sink_score", seed=0).set_index("layer")
+    for layer in (0, 1, 2):  # before the edit: ~1e-10 noise snapped to an exact 0
+        row = e.loc[layer]
+        assert row["effect"] == 0.0 and row["exact_zero"] and row["pre_edit"] and not row["in_family"]
+        assert np.isnan(row["p"]) and np.isnan(row["ci_low"]) and np.isnan(row["ci_high"]) and np.isnan(row["p_adj"])
+    row = e.loc[3]  # at the edit, nothing changed: exact zero, untested
+    assert row["exact_zero"] and not row["pre_edit"] and np.isnan(row["p"]) and np.isnan(row["p_adj"])
+    tested = e.loc[[4, 5]]
+    assert tested["in_family"].all() and (tested["ci_low"] > 0).all()
+    assert np.allclose(tested["p_adj"], multipletests(tested["p"], method="holm")[1])
+    assert np.allclose(tested["p_did_adj"], multipletests(tested["p_did"], method="holm")[1])
+    assert roundtrips(to_jsonable(e.reset_index()))
+    js = to_jsonable(e.reset_index().to_dict(orient="records"))
+    assert js[0]["p"] is None and js[0]["ci_low"] is None and js[0]["effect"] == 0.0
 
-    p = np.random.default_rng(14).uniform(size=25) ** 3
-    for ours, theirs in (("holm", "holm"), ("bh", "fdr_bh"), ("bonferroni", "bonferroni")):
-        assert np.allclose(adjust(p, ours), multipletests(p, method=theirs)[1])
+
+def test_zero_variance_effect_is_degenerate():
+    from interventions.stats.effects import trace_mean_test
+
+    r = trace_mean_test(np.full(8, -3.0), np.full(8, 3.0), rng=np.random.default_rng(0))
+    assert r["degenerate"] and r["estimate"] == -1.0 and r["p"] is None and r["ci_low"] is None
+    z = trace_mean_test(np.zeros(8), np.full(8, 3.0), rng=np.random.default_rng(0))
+    assert z["exact_zero"] and z["estimate"] == 0.0 and z["p"] is None and z["ci_high"] is None
+
+
+def test_dose_response_exact_zero_control_slope_has_no_ci():
+    """Controls whose score moves by 1e-17 across factors (float noise): slope exactly 0, no CI/p
+    (the report printed 4.65e-17 with CI [4.7e-18, 8.8e-17], p 0.034)."""
+    rng = np.random.default_rng(24)
+    rows = h2_rows(rng).drop_duplicates(["trace", "position", "factor"])
+    df = rows[["trace", "position", "is_control", "factor", "lifetime"]].assign(token="tok")
+    df["sink_score"] = np.where(df["is_control"], 6e-4 + 1e-17 * np.log(df["factor"]) * rng.uniform(0.5, 1.5, len(df)),
+                                0.01 * df["lifetime"] + rng.normal(0, 0.002, len(df)))
+    r = dose_response(df, n_perm=99)
+    c = r["controls"]["sink_score"]
+    assert c["exact_zero"] and c["slope"] == 0.0 and c["p"] is None and c["ci_low"] is None
+    t = r["targets"]["sink_score"]
+    assert not t["exact_zero"] and t["p"] < 0.05 and t["df"] > 0
+    assert r["difference"]["sink_score"]["slope_difference"] == pytest.approx(t["slope"], rel=1e-6)
+    assert roundtrips(r)
+
+
+def test_mixed_model_that_did_not_converge_has_no_p(monkeypatch):
+    import statsmodels.regression.mixed_linear_model as mlm
+
+    fit = mlm.MixedLM.fit
+
+    def not_converged(self, *a, **k):
+        res = fit(self, *a, **k)
+        res.converged = False
+        return res
+
+    monkeypatch.setattr(mlm.MixedLM, "fit", not_converged)
+    r = fit_norm_score(norm_score_data(np.random.default_rng(25), n_traces=8), by_layer=False)
+    m = r["mixed"]
+    assert m["converged"] is False and m["degenerate"] and m["p"] is None and m["ci_low"] is None
+    assert m["slope"] is not None and r["p"] is not None  # the pooled CR2 fit is unaffected
+
+
+def test_norm_score_fixed_window_keeps_dead_layers():
+    """Every sink contributes layers l_start+1 .. l_start+window, alive or dead; rows outside drop."""
+    rng = np.random.default_rng(26)
+    rows = []
+    for t in range(10):
+        for s in range(4):
+            log_norm, l0 = rng.normal(3, 0.7), int(rng.integers(3, 6))
+            life = 1 + int(log_norm > 3)  # survivors at late layers have high norms
+            for layer in range(l0 + 1, 14):
+                alive = layer - 1 < l0 + life
+                y = -2 + 0.8 * log_norm + rng.normal(0, 0.2) - (0.0 if alive else 1.5)
+                rows.append({"trace": t, "position": 100 + s, "l_start": l0, "layer": layer, "alive": alive,
+                             "mlp_out_norm": math.exp(log_norm), "sink_score": 0.5 * math.exp(y),
+                             "primary_sink_score": 0.5})
+    df = pd.DataFrame(rows)
+    r = fit_norm_score(df, by_layer=False, mixed=False, window=4)
+    assert r["window"] == 4 and r["n_rows"] == 40 * 4 and r["n_dead_rows"] > 0
+    assert r["se_type"].startswith("CR2") and r["ci_low"] < r["slope"] < r["ci_high"]
+    legacy = fit_norm_score(df[df["alive"]].drop(columns="alive"), by_layer=False, mixed=False)
+    assert any("survivor selection" in n for n in legacy["notes"])
+
+
+def test_isotonic_matches_pava_and_bic_has_a_noise_floor():
+    from scipy.optimize import isotonic_regression
+
+    from interventions.stats._isotonic import isotonic_blocks
+    from interventions.stats.fits import LIFETIME_NOISE_VAR
+
+    rng = np.random.default_rng(27)
+    x, y = rng.uniform(0, 4, 60), rng.integers(0, 12, 60).astype(float)
+    fitted = np.empty(60)
+    for b in isotonic_blocks(x, y):
+        fitted[(x >= b["x_low"]) & (x <= b["x_high"])] = b["level"]
+    order = np.argsort(x)
+    assert np.allclose(fitted[order], isotonic_regression(y[order]).x)
+    r = fit_norm_lifetime(plateau_data(np.random.default_rng(3)))  # exact steps: isotonic SSE is 0
+    n, k = 60, len(r["isotonic"]["blocks"]) + 1
+    assert r["isotonic"]["bic"] == pytest.approx(n * math.log(LIFETIME_NOISE_VAR) + k * math.log(n))
+    assert all(np.isfinite(v) for v in r["comparison"]["bic"].values())
+    assert r["comparison"]["noise_floor_var"] == LIFETIME_NOISE_VAR

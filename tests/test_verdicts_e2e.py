@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
+from interventions.analysis import analyze_run
 from interventions.run import run_spec
 from interventions.spec import Spec, load_spec
 
@@ -42,3 +44,39 @@ def test_random_init_model_never_supports_a_hypothesis(tmp_path, cache_dir):
     verdicts = {k: v["verdict"] for k, v in result.stats["verdicts"].items()}
     assert set(verdicts) == {"H1", "H2", "H3", "H4"}
     assert "supported" not in verdicts.values(), verdicts
+
+
+def test_placebo_layer_is_generated_and_kept_sinks_are_possible(tmp_path, cache_dir):
+    """H1 with a generated placebo (zero the MLP at layer 2, not l_start): the same real sinks are the
+    placebo arm, where they are kept; the l_start arm loses them; the verdict names both."""
+    data = yaml.safe_load((REPO / "specs" / "mlp_zero.yaml").read_text())
+    data.update(limit=6, report=False, hypotheses=[{
+        "id": "H1", "conditions": {"kind": "zero", "site": "mlp_output", "layer": "l_start"},
+        "measure": "sink_rate_change", "compare": "placebo", "placebo": {"layers": [2]}}])
+    result = run_spec(Spec.from_dict(data), results_root=tmp_path, progress=False)
+    h1 = analyze_run(result.out, progress=False, report=False)[0]["verdicts"]["H1"]
+    assert h1["conditions"] == ["zero.mlp_output.l_start"]
+    assert h1["compared_with"] == "placebo" and h1["comparison_conditions"] == ["zero.mlp_output.L2.placebo"]
+    assert h1["verdict"] == "supported" and h1["effect"] == -1
+    assert h1["components"][0]["comparison_mean"] == 0   # placebo sinks kept: both outcomes were possible
+
+
+def test_negative_h1_with_placebo_is_not_supported(tmp_path, cache_dir):
+    data = yaml.safe_load((REPO / "specs" / "mlp_zero.yaml").read_text())
+    data.update(model="testbed:negative-h1", limit=6, report=False, hypotheses=[{
+        "id": "H1", "conditions": {"kind": "zero", "site": "mlp_output"}, "measure": "sink_rate_change",
+        "placebo": {"layers": [2]}}])
+    result = run_spec(Spec.from_dict(data), results_root=tmp_path, progress=False)
+    h1 = analyze_run(result.out, progress=False, report=False)[0]["verdicts"]["H1"]
+    assert h1["verdict"] == "not supported" and h1["p"] is None and h1["ci"] == [None, None]
+
+
+def test_tautological_swap_is_excluded(tmp_path, cache_dir):
+    data = yaml.safe_load((REPO / "specs" / "mean_swap.yaml").read_text())
+    data.update(limit=6, report=False, interventions=[
+        {"kind": "mean_swap", "site": "block_output", "layers": "l_start", "targets": ["sinks"]}])
+    result = run_spec(Spec.from_dict(data), results_root=tmp_path, progress=False)
+    stats = analyze_run(result.out, progress=False, report=False)[0]
+    assert [t["condition"] for t in stats["tautologies"]] == ["mean_swap.block_output.l_start"]
+    h3 = stats["verdicts"]["H3"]
+    assert h3["verdict"] == "inconclusive" and h3["excluded"]   # nothing left before l_start

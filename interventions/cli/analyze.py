@@ -6,12 +6,15 @@ from pathlib import Path
 
 import typer
 
-from .common import console, user_errors
+from .common import info, user_errors
 
 
 @user_errors
-def stats_command(run_dirs: list[Path] = typer.Argument(..., help="Run folders written by `intervene run` (or "
-                                                                   "results/<name>: its newest complete run).")):
+def stats_command(
+    run_dirs: list[Path] = typer.Argument(..., help="Run folders written by `intervene run` (or results/<name>: "
+                                                    "its newest complete run)."),
+    as_json: bool = typer.Option(False, "--json", help="Print stats.json on stdout instead of tables."),
+):
     """Fit the norm laws, per-layer effects and hypothesis verdicts; write RUN_DIR/stats.json.
 
     Example:
@@ -19,27 +22,43 @@ def stats_command(run_dirs: list[Path] = typer.Argument(..., help="Run folders w
         intervene stats results/norm_scale/20261122-101500-ab12cd
     """
     from ..analysis import analyze_run, resolve_run_dir
-    from ..report.tables import print_stats
+    from ..report.tables import print_json, print_stats
+    from ..store import check_run_folder
 
     for given in run_dirs:
         run = resolve_run_dir(given)
+        check_run_folder(run)
         stats, _ = analyze_run(run, report=False)
-        print_stats(stats)
-        console.print(f"wrote {run / 'stats.json'}", highlight=False)
+        print_json(stats) if as_json else print_stats(stats)
+        info(f"wrote {run / 'stats.json'}")
 
 
 @user_errors
-def report_command(run_dir: Path = typer.Argument(..., help="A run folder written by `intervene run` (or "
-                                                               "results/<name>: its newest complete run).")):
-    """Write RUN_DIR/report.md with verdicts, tables and paper-style figures (RUN_DIR/figures/).
+def report_command(
+    run_dir: Path = typer.Argument(..., help="A folder written by `intervene run` (or results/<name>: its newest "
+                                             "complete run), or by `intervene detect`."),
+    as_json: bool = typer.Option(False, "--json", help="Print the verdicts as JSON on stdout instead of tables."),
+):
+    """Write report.md: for a run, verdicts, tables and paper-style figures (RUN_DIR/figures/);
+    for a detect folder, the sinks found.
 
     Example:
 
         intervene report results/norm_scale          # the newest complete run of that spec
     """
-    from ..analysis import analyze_run
-    from ..report.tables import print_stats
+    from ..analysis import resolve_run_dir
+    from ..store import check_run_folder, folder_kind
 
-    stats, path = analyze_run(run_dir, report=True)
-    print_stats(stats)
-    console.print(f"wrote {path}", highlight=False)
+    run = resolve_run_dir(run_dir)
+    if folder_kind(run) == "detect":
+        from ..report.detection import render_detection_report
+
+        info(f"wrote {render_detection_report(run)}")
+        return
+    check_run_folder(run)
+    from ..analysis import analyze_run
+    from ..report.tables import print_json, print_stats
+
+    stats, path = analyze_run(run, report=True)
+    print_json({"report": path, "verdicts": stats.get("verdicts")}) if as_json else print_stats(stats)
+    info(f"wrote {path}")

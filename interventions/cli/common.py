@@ -1,4 +1,17 @@
-"""What every CLI verb shares: one-line errors, the console, the command line for manifests."""
+"""What every CLI verb shares: one-line errors, the consoles, the command line for manifests.
+
+Flags and names follow one scheme across verbs:
+
+- ``--out DIR``: the exact folder a command writes (``detect``, ``run``, ``compare``, ``schema``,
+  ``testbed build``); ``--results ROOT``: the root under which ``run``/``experiment`` name a
+  new folder ``ROOT/<name>/<run id>``.
+- ``--resume DIR``: continue the interrupted job in DIR (``detect``, ``run``);
+  ``--overwrite``: replace what ``--out`` holds.
+- Spec fields and flags share names: ``attn_implementation`` is ``--attn-implementation``.
+- Results (tables, ``--json``) go to stdout; progress, warnings and errors to stderr.
+
+Old spellings (``run --run-dir``, ``--attn``) are kept as second names of the same option.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +20,27 @@ import shlex
 import sys
 
 import typer
+from typer.core import TyperOption
 
 from ..errors import UserError
-from ..progress import console
+from ..progress import console, info  # noqa: F401  (info: shared by the verbs)
+
+
+def _flag_without_type(display_type_rich):
+    """typer >= 0.20 prints ``<bool>`` after every flag (``--overwrite <bool>``), which reads as if the
+    flag took a value; a flag takes none, so it shows no type."""
+
+    @functools.wraps(display_type_rich)
+    def display(self, ctx):
+        if getattr(self, "is_flag", False) and not getattr(self, "count", False):
+            return None
+        return display_type_rich(self, ctx)
+
+    return display
+
+
+if hasattr(TyperOption, "display_type_rich"):
+    TyperOption.display_type_rich = _flag_without_type(TyperOption.display_type_rich)
 
 
 def command_line() -> str:
@@ -29,3 +60,4 @@ def user_errors(fn):
             raise typer.Exit(2) from None
 
     return wrapper
+

@@ -6,6 +6,7 @@ import typer
 
 from . import testbed
 from .compare import compare_command
+from .compare_runs import compare_runs_command
 from .detect import detect_command
 from .experiment import experiment_command
 from .analyze import report_command, stats_command
@@ -43,6 +44,7 @@ app.command("stats")(stats_command)
 app.command("report")(report_command)
 app.command("experiment")(experiment_command)
 app.command("compare")(compare_command)
+app.command("compare-runs")(compare_runs_command)
 app.add_typer(testbed.app, name="testbed")
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from ..adapters import decoder_layers, get_module
-from ..attention import attention_column_sums, attention_column_sums_split, sink_scores_from_column_sums
+from ..attention import ColumnSumRequest, sink_scores_from_column_sums
 from ..models import LoadedModel
 
 PROFILE_COLUMNS = (
@@ -103,13 +103,15 @@ class Observer:
     someone else runs (the intervention runner runs pyvene's forward inside it).
     """
 
-    def __init__(self, loaded: LoadedModel, *, reference_position: int = 0, block_size: int = 256,
+    def __init__(self, loaded: LoadedModel, *, reference_position: int = 0, block_size: int | None = 256,
                  sink_scores: bool = True, keep_column_sums: bool = False,
-                 references: dict[str, torch.Tensor] | None = None, column_sum_boundaries=()):
+                 references: dict[str, torch.Tensor] | None = None, column_sum_boundaries=(),
+                 exact: bool = False):
         """
         Args:
             reference_position: position of the primary sink whose states are the references.
-            block_size: queries per block for sink scores.
+            block_size: queries per block for sink scores, at most (fewer when T is long, so the
+                working set stays at ``attention.BLOCK_BUDGET`` scores; None: the default 256).
             sink_scores: compute sink scores (the costliest part of observation).
             keep_column_sums: also keep raw attention column sums (to combine a cached prefix
                 with a later suffix forward).
@@ -118,11 +120,16 @@ class Observer:
             column_sum_boundaries: positions ``b`` at which to also keep the column sums of the
                 queries before ``b`` (what a forward over the first ``b`` tokens would sum), so a
                 later suffix from ``b`` can reuse this forward as its prefix.
+            exact: leave the model's own attention output in place (bit-identical logits) and
+                compute sink scores in a second pass. Default: observed layers take their output
+                from the fused pass that also gives the sink scores (one pass, equal to sdpa's output
+                within float32 rounding, about 1e-6 relative).
         """
         self.loaded = loaded
         self.reference_position = reference_position
         self.block_size = block_size
         self.want_sink_scores = sink_scores
+        self.exact = exact
         self.keep_column_sums = keep_column_sums
         self.given_references = references
         self.boundaries = tuple(sorted({int(b) for b in column_sum_boundaries}))
@@ -194,23 +201,23 @@ class Observer:
         return hook
 
     def _probe(self, idx: int):
-        def probe(module, query, key, value, attention_mask, kwargs):
+        def probe(module, query, key, value, attention_mask, kwargs, sums=None):
             q_len = query.shape[2]  # with a cache, keys also hold earlier positions: keep this forward's
             self._rows["key_norm"][idx] = _norm(key[0, :, -q_len:]).mean(0).cpu()
             self._rows["value_norm"][idx] = _norm(value[0, :, -q_len:]).mean(0).cpu()
-            if not self.want_sink_scores:
+            if sums is None:
                 return
-            args = (query, key, attention_mask, kwargs.get("scaling") or module.scaling)
-            options = dict(block_size=self.block_size, sliding_window=kwargs.get("sliding_window"),
-                           softcap=kwargs.get("softcap"), edit=getattr(module, "_interventions_edit", None))
             if self.boundaries:
-                sums, partial = attention_column_sums_split(*args, self.boundaries, **options)
-                self._prefix_sums[idx] = {b: v[0].cpu() for b, v in partial.items()}
-            else:
-                sums = attention_column_sums(*args, **options)
+                self._prefix_sums[idx] = {b: v[0].cpu() for b, v in sums.prefix.items()}
             if self.keep_column_sums:
-                self._column_sums[idx] = sums[0].cpu()
-            self._scores[idx] = sink_scores_from_column_sums(sums[0], query.shape[2]).cpu()
+                self._column_sums[idx] = sums.total[0].cpu()
+            self._scores[idx] = sink_scores_from_column_sums(sums.total[0], q_len).cpu()
+
+        # The attention function reads this request and hands the column sums of the pass that
+        # computed the layer's output (fused) or of a second pass (exact) to the probe.
+        if self.want_sink_scores:
+            probe.column_sums = ColumnSumRequest(block_size=self.block_size, boundaries=self.boundaries,
+                                                 exact=self.exact)
         return probe
 
     def _on_block_output(self, idx: int):
@@ -272,8 +279,8 @@ class Observer:
 
 
 @torch.inference_mode()
-def observe_tokens(loaded: LoadedModel, token_ids, *, keep_logits: bool = False, block_size: int = 256,
-                   sink_scores: bool = True) -> Observation:
+def observe_tokens(loaded: LoadedModel, token_ids, *, keep_logits: bool = False, block_size: int | None = 256,
+                   sink_scores: bool = True, exact: bool | None = None) -> Observation:
     """Run one clean forward over ``token_ids`` and return its observation.
 
     Args:
@@ -282,8 +289,12 @@ def observe_tokens(loaded: LoadedModel, token_ids, *, keep_logits: bool = False,
         keep_logits: also return the final logits [T, V] (needed for KL / NLL measures).
         block_size: queries per block when computing sink scores (memory ~ block x T x heads).
         sink_scores: compute sink scores (the costliest part); off gives only the scalars.
+        exact: keep the model's own attention output, so logits are bit-identical to a plain
+            forward (a second attention pass per layer). Default: exact when ``keep_logits``
+            (whoever asks for logits gets the model's), the fused single pass otherwise.
     """
+    exact = keep_logits if exact is None else exact
     ids = torch.as_tensor(token_ids, dtype=torch.long, device=loaded.input_device)[None]
-    with Observer(loaded, block_size=block_size, sink_scores=sink_scores) as observer:
+    with Observer(loaded, block_size=block_size, sink_scores=sink_scores, exact=exact) as observer:
         out = loaded.model(input_ids=ids, use_cache=False, logits_to_keep=0 if keep_logits else 1)
     return observer.collect(ids[0].tolist(), out.logits[0] if keep_logits else None)

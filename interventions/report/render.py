@@ -11,6 +11,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from .formatting import fmt_ci as _ci
+from .formatting import fmt_num as _num
+from .formatting import fmt_p as _p
+
 HYPOTHESES = {
     "H1": "zeroing the l_start MLP output prevents the secondary sink",
     "H2": "scaling the MLP output norm creates sinks whose lifetime grows with the norm",
@@ -50,42 +54,6 @@ HOW_TO_READ = [
 # --------------------------------------------------------------------------------------------
 # formatting
 # --------------------------------------------------------------------------------------------
-
-
-def _num(value, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return _cell(value)
-    if not math.isfinite(v):
-        return "–"
-    if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
-        return f"{v:.{digits - 1}e}"
-    return f"{v:.{digits}g}"
-
-
-def _p(value) -> str:
-    if value is None:
-        return "–"
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return "–"
-    if not math.isfinite(v):
-        return "–"
-    return "< 1e-4" if v < 1e-4 else f"{v:.3g}"
-
-
-def _ci(low, high) -> str:
-    if low is None and high is None:
-        return "–"
-    return f"[{_num(low)}, {_num(high)}]"
 
 
 def _cell(text) -> str:
@@ -129,6 +97,11 @@ def _provenance(manifest: dict, stats: dict) -> list[str]:
         commit += " (uncommitted changes)"
     shape = ", ".join(f"{k.removeprefix('n_')} {model[k]}" for k in ("n_layers", "n_heads", "n_hidden") if k in model)
     done = manifest.get("traces_completed") or []
+    status, finished = manifest.get("status", "?"), manifest.get("finished_utc", "?")
+    if status == "analyzing":  # this report is the run's last file: once it is written, the run is complete
+        from datetime import datetime, timezone
+
+        status, finished = "complete", datetime.now(timezone.utc).isoformat(timespec="seconds")
     rows = [
         ["model", f"{model.get('source', spec.get('model', '?'))}"
                   + (f" ({model.get('model_type')}; {shape})" if model.get("model_type") else "")],
@@ -140,8 +113,7 @@ def _provenance(manifest: dict, stats: dict) -> list[str]:
         ["seed", str(manifest.get("seed", stats.get("seed")))],
         ["spec hash", f"`{manifest.get('spec_hash', '?')}`"],
         ["tool commit", f"`{commit}`"],
-        ["status", f"{manifest.get('status', '?')}; created {manifest.get('created_utc', '?')}, finished "
-                   f"{manifest.get('finished_utc', '?')}"],
+        ["status", f"{status}; created {manifest.get('created_utc', '?')}, finished {finished}"],
         ["versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v and k in
                                ("python", "interventions", "torch", "transformers", "numpy", "scipy", "statsmodels",
                                 "pandas", "pyvene"))],
@@ -185,6 +157,17 @@ def _verdicts(stats: dict) -> list[str]:
     if comp_rows:
         lines += ["Components of compound hypotheses (each must be supported):", ""]
         lines += _table(["", "component", "verdict", "effect", "95% CI", "p", "n", "margin", "reason"], comp_rows)
+    rested = [f"- **{k}** rests on {', '.join(f'`{c}`' for c in v['conditions'])}; compared with "
+              f"{v.get('compared_with')}" + (f" ({', '.join(f'`{c}`' for c in v['comparison_conditions'])})"
+                                             if v.get("comparison_conditions") else "")
+              for k, v in verdicts.items() if v.get("conditions")]
+    if rested:
+        lines += ["Conditions each verdict rests on (one verdict per hypothesis and condition family, never "
+                  "pooled across sites or layers):", "", *rested, ""]
+    for t in stats.get("tautologies") or []:
+        lines += [f"- Tautological, left out of every verdict: `{t['condition']}`: {t['reason']}"]
+    if stats.get("tautologies"):
+        lines += [""]
     rule = next((v.get("rule") for v in verdicts.values() if v.get("rule")), None)
     if rule is None:
         from ..stats import VERDICT_RULE

@@ -1,10 +1,70 @@
-"""Terminal tables (rich) for what the commands found."""
+"""Result tables for the terminal, on stdout (progress, warnings and errors stay on stderr).
+
+A table fits whatever it is printed to: in a terminal, rich wraps the cells to the window; piped
+or redirected (``intervene run spec.yaml > log.txt``), it is plain text, aligned when it fits in
+``$COLUMNS`` (default 120) and one ``key: value`` block per row when it does not, so no column is
+ever cut. ``--json`` replaces the tables with one JSON document (see :func:`print_json`).
+"""
 
 from __future__ import annotations
 
+import json
+import os
+
+from rich.console import Console
 from rich.table import Table
 
-from ..progress import console
+from .formatting import fmt_num, fmt_p
+
+out = Console(highlight=False, soft_wrap=True)
+"""stdout: what a command found. ``interventions.progress.console`` (stderr) carries everything else."""
+
+VERDICT_NAMES = {"H1": "H1 zero MLP -> no sink", "H2": "H2 norm -> lifetime", "H3": "H3 swap -> suppressed",
+                 "H4": "H4 mask -> compensation"}
+
+
+def _plain_width() -> int:
+    try:
+        return max(40, int(os.environ.get("COLUMNS", "")))
+    except ValueError:
+        return 120
+
+
+def show_table(title: str, columns: list[str], rows: list[list[str]], *, caption: str | None = None,
+               right: tuple[str, ...] = ()) -> None:
+    """Print one table to stdout, fitted to the terminal, or as plain text when not a terminal."""
+    rows = [[str(c) for c in row] for row in rows]
+    if out.is_terminal:
+        table = Table(title=title, caption=caption)
+        for col in columns:
+            table.add_column(col, justify="right" if col in right else "left",
+                             overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+        return
+    widths = [max([len(col)] + [len(row[i]) for row in rows]) for i, col in enumerate(columns)]
+    lines = [title]
+    if sum(widths) + 2 * (len(widths) - 1) <= _plain_width():
+        def line(cells):
+            return "  ".join(c.rjust(w) if col in right else c.ljust(w)
+                             for c, w, col in zip(cells, widths, columns)).rstrip()
+        lines += [line(columns), line(["-" * w for w in widths])] + [line(row) for row in rows]
+    else:  # too wide to align: one block per row
+        key_width = max(len(c) for c in columns)
+        for row in rows:
+            lines.append("")
+            lines += [f"  {col.ljust(key_width)}  {cell}" for col, cell in zip(columns, row)]
+    if caption:
+        lines.append(caption)
+    out.print("\n".join(lines) + "\n", markup=False)
+
+
+def print_json(document) -> None:
+    """One JSON document on stdout (``--json``): what the tables show, for machines."""
+    from ..jsonable import to_jsonable
+
+    out.print_json(json.dumps(to_jsonable(document)))
 
 
 def print_detection(result) -> None:
@@ -12,21 +72,22 @@ def print_detection(result) -> None:
     n_traces = len(result.traces)
     primary = sinks[sinks.kind == "primary"]
     secondary = sinks[sinks.kind == "secondary"]
-    console.print(f"{n_traces} traces: {len(primary)} primary sinks, {len(secondary)} secondary sinks", highlight=False)
+    out.print(f"{n_traces} traces: {len(primary)} primary sinks, {len(secondary)} secondary sinks", markup=False)
     if len(result.levels):
-        table = Table(title="secondary sink levels")
-        for col in ("l_start", "lifetime", "count"):
-            table.add_column(col, justify="right")
-        for row in result.levels.itertuples():
-            table.add_row(str(row.l_start), str(row.lifetime), str(row.count))
-        console.print(table)
+        show_table("secondary sink levels", ["l_start", "lifetime", "count"],
+                   [[r.l_start, r.lifetime, r.count] for r in result.levels.itertuples()],
+                   right=("l_start", "lifetime", "count"))
     if len(result.tokens):
-        table = Table(title="secondary sink tokens")
-        for col in ("token", "id", "count", "share"):
-            table.add_column(col, justify="right")
-        for row in result.tokens.head(10).itertuples():
-            table.add_row(repr(row.token), str(row.token_id), str(row.count), f"{row.share:.1%}")
-        console.print(table)
+        show_table("secondary sink tokens", ["token", "id", "count", "share"],
+                   [[repr(r.token), r.token_id, r.count, f"{r.share:.1%}"] for r in result.tokens.head(10).itertuples()],
+                   right=("id", "count", "share"))
+
+
+def detection_json(result) -> dict:
+    sinks = result.sinks
+    return {"traces": len(result.traces), "primary_sinks": int((sinks.kind == "primary").sum()),
+            "secondary_sinks": int((sinks.kind == "secondary").sum()),
+            "levels": result.levels.to_dict(orient="records"), "tokens": result.tokens.to_dict(orient="records")}
 
 
 def _fmt(value, pattern="{:.3f}") -> str:
@@ -42,51 +103,66 @@ def print_run_summary(result) -> None:
     """Per condition: targets, sinks present, mean lifetime, sink score, KL; controls beside."""
     summary = result.summary
     if summary.empty:
-        console.print("no targets were intervened on", highlight=False)
+        out.print("no targets were intervened on", markup=False)
         return
-    table = Table(title=f"{result.manifest.get('spec_name', '')}: clean vs intervened",
-                  caption="n: targets; sink%: share that are sinks (clean -> after); life: mean lifetime after; "
-                          "score: sink score one layer after the edit; c.*: matched controls")
-    table.add_column("condition", no_wrap=True)
-    for col in ("n", "sink%", "life", "score", "KL", "c.sink%", "c.life", "c.KL"):
-        table.add_column(col, justify="right", no_wrap=True)
+    columns = ["condition", "n", "sink%", "life", "score", "KL", "c.sink%", "c.life", "c.KL"]
     targets = summary[~summary.is_control].set_index("condition")
     controls = summary[summary.is_control].set_index("condition")
+    rows = []
     for cond, row in targets.iterrows():
         ctrl = controls.loc[cond] if cond in controls.index else None
-        table.add_row(
+        rows.append([
             cond, str(int(row.targets)), f"{_fmt(row.sinks_clean, '{:.0%}')}->{_fmt(row.sinks_after, '{:.0%}')}",
             _fmt(row.mean_lifetime, "{:.1f}"), _fmt(row.mean_sink_score), _fmt(row.mean_kl, "{:.4f}"),
             "-" if ctrl is None else _fmt(ctrl.sinks_after, "{:.0%}"),
             "-" if ctrl is None else _fmt(ctrl.mean_lifetime, "{:.1f}"),
             "-" if ctrl is None else _fmt(ctrl.mean_kl, "{:.4f}"),
-        )
-    console.print(table)
+        ])
+    show_table(f"{result.manifest.get('spec_name', '')}: clean vs intervened", columns, rows,
+               caption="n: targets; sink%: share that are sinks (clean -> after); life: mean lifetime after; "
+                       "score: sink score one layer after the edit; c.*: matched controls",
+               right=tuple(columns[1:]))
+
+
+def verdict_table(stats: dict) -> list[tuple[str, str, str]]:
+    """(hypothesis, verdict, one-line evidence) per hypothesis of ``stats``."""
+    rows = []
+    for key, v in stats.get("verdicts", {}).items():
+        effect = v.get("effect")
+        detail = v.get("reason", "")
+        if isinstance(effect, (int, float)) and effect == effect and abs(effect) != float("inf"):
+            detail = f"effect {fmt_num(effect)}, p {fmt_p(v.get('p'))}; {detail}" if v.get("p") is not None \
+                else detail
+        rows.append((key, v.get("verdict", "?"), detail))
+    return rows
 
 
 def print_stats(stats: dict) -> None:
     """Verdict table plus the two norm laws, one line each."""
-    from ..analysis import verdict_table
-
-    table = Table(title="hypothesis verdicts (pre-declared tests, rule in report.md)")
-    table.add_column("hypothesis", no_wrap=True)
-    table.add_column("verdict", no_wrap=True)
-    table.add_column("evidence")
     colors = {"supported": "green", "not supported": "red", "inconclusive": "yellow"}
-    names = {"H1": "H1 zero MLP -> no sink", "H2": "H2 norm -> lifetime", "H3": "H3 swap -> suppressed",
-             "H4": "H4 mask -> compensation"}
+    rows = []
     for key, verdict, detail in verdict_table(stats):
-        color = colors.get(verdict, "white")
-        table.add_row(names.get(key, key), f"[{color}]{verdict}[/{color}]", detail)
-    console.print(table)
+        color = colors.get(verdict)
+        shown = f"[{color}]{verdict}[/{color}]" if color and out.is_terminal else verdict
+        rows.append([VERDICT_NAMES.get(key, key), shown, detail])
+    if rows:
+        show_table("hypothesis verdicts (pre-declared tests, rule in report.md)", ["hypothesis", "verdict", "evidence"],
+                   rows)
+    for line in stats_lines(stats):
+        out.print(line, markup=False)
+
+
+def stats_lines(stats: dict) -> list[str]:
+    lines = []
     ns = stats.get("norm_score", {})
     if ns.get("estimable"):
-        console.print(f"norm -> score: slope {ns['slope']:.3f} [{ns['ci_low']:.3f}, {ns['ci_high']:.3f}] "
-                      f"(log ratio per log norm), R2 {ns['r2']:.2f}, {ns['n_sinks']} sinks / {ns['n_traces']} traces",
-                      highlight=False)
+        lines.append(f"norm -> score: slope {fmt_num(ns['slope'])} [{fmt_num(ns['ci_low'])}, {fmt_num(ns['ci_high'])}] "
+                     f"(log ratio per log norm), R2 {fmt_num(ns['r2'], 2)}, {ns['n_sinks']} sinks / "
+                     f"{ns['n_traces']} traces")
     nl = stats.get("norm_lifetime", {})
     if nl.get("estimable"):
         rho = nl.get("spearman", {})
-        console.print(f"norm -> lifetime: Spearman rho {rho.get('rho', float('nan')):.2f} "
-                      f"(permutation p {rho.get('p_perm')}), {nl.get('n_distinct_lifetimes')} distinct lifetimes",
-                      highlight=False)
+        lines.append(f"norm -> lifetime: Spearman rho {fmt_num(rho.get('rho'), 2)} "
+                     f"(permutation p {fmt_p(rho.get('p_perm'))}), {nl.get('n_distinct_lifetimes')} distinct "
+                     "lifetimes")
+    return lines

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -423,3 +424,72 @@ def check_against_model(spec: Spec, dims: dict) -> list[str]:
         problems.append(f"max_tokens: {spec.max_tokens} is more than the model's {max_pos} positions — "
                         f"use at most {max_pos}")
     return problems
+
+
+# --------------------------------------------------------------------------------------------
+# third stage: everything a run reads before its weights (config, tokenizer, traces)
+
+
+@dataclass
+class CheckedInputs:
+    """What :func:`check_inputs` read and checked, all without weights."""
+
+    source: Any
+    config: Any
+    dims: dict
+    tokenizer: Any
+    traces: list
+    device: str
+    memory: Any
+
+
+def spec_trace_records(spec: Spec, truth_folder: str | None) -> list[dict]:
+    """Trace records of a spec: its JSONL file, or the planted model's own traces."""
+    from ..traces import read_trace_records
+
+    if spec.traces == TESTBED_TRACES:
+        from ..testbed.planted import load_truth, planted_traces
+
+        texts = planted_traces(load_truth(truth_folder), n=spec.limit or 8, seed=spec.seed, gated=True)
+        return [{"text": t} for t in texts]
+    return read_trace_records(spec.traces, limit=spec.limit)
+
+
+def check_inputs(spec: Spec, *, device: str | None = None, force: bool = False) -> CheckedInputs:
+    """Every check a spec needs that reads no weights, in the order a run meets them: the runtime
+    imports, the device and dtype, the model's config (layers, positions), the trace file, the
+    tokenizer (chat template, one-token target strings), the tokenized trace lengths, and the
+    memory estimate (``force`` skips it).
+
+    ``intervene validate`` and ``intervene run`` both call this, so validate says "ok" exactly
+    when a run would get past its checks. Raises :class:`SpecError` / :class:`UserError`.
+    """
+    from ..adapters import model_dims
+    from ..dependencies import require_for_run
+    from ..detect import check_trace_lengths
+    from ..memory import check_memory, estimate_memory
+    from ..models import check_device, load_config, load_tokenizer, resolve_dtype, resolve_source
+    from ..targets import token_ids_for
+    from ..traces import traces_from_records
+
+    require_for_run(report=spec.report)
+    device = device or spec.device
+    check_device(device, spec.dtype)
+    source = resolve_source(spec.model, revision=getattr(spec, "revision", None))
+    config = load_config(source, trust_remote_code=spec.trust_remote_code)
+    dims = model_dims(config)
+    problems = check_against_model(spec, dims)
+    if problems:
+        raise SpecError(problems)
+    records = spec_trace_records(spec, source.path)
+    tokenizer = load_tokenizer(source, trust_remote_code=spec.trust_remote_code)
+    traces = traces_from_records(records, tokenizer, max_tokens=spec.max_tokens, chat_template=spec.chat_template)
+    check_trace_lengths(traces, dims)
+    for name, target in spec.targets.items():  # a multi-token string fails now, not mid-run
+        if getattr(target, "tokens", None):
+            token_ids_for(tokenizer, target.tokens, field=f"targets.{name}.tokens")
+    memory = estimate_memory(config, dtype=resolve_dtype(config, spec.dtype, device),
+                             tokens=max((tr.length for tr in traces), default=1),
+                             attn_implementation=spec.attn_implementation)
+    check_memory(memory, device, force=force)
+    return CheckedInputs(source, config, dims, tokenizer, traces, device, memory)

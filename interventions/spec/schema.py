@@ -44,6 +44,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from .hypotheses import Hypothesis, placebo_conditions
+
 SITES: tuple[str, ...] = ("mlp_output", "attention_output", "block_output")
 """Canonical activation sites an intervention can edit (see ``interventions/adapters.py``)."""
 MEASURES: tuple[str, ...] = ("sinks", "sink_score", "hidden", "kl", "delta_nll", "primary_sink_score")
@@ -655,6 +657,8 @@ class Spec(SpecModel):
     measures: list[Measure] = Field(default_factory=lambda: list(MEASURES),
                                     description="What to measure; default all of " + ", ".join(MEASURES) + ".")
     report: bool = Field(True, description="Write the HTML/markdown report after the run.")
+    hypotheses: list[Hypothesis] = Field(default_factory=list, description=(
+        "Pre-declared hypotheses (spec/hypotheses.py); none: H1-H4 generated from the interventions."))
 
     _source_path: Path | None = PrivateAttr(None)
     _raw_text: str | None = PrivateAttr(None)
@@ -817,6 +821,7 @@ def reference_problems(data: Any) -> list[str]:
 
 def _expand(spec: Spec) -> tuple[list[Condition], list[str]]:
     per = [(i, iv.conditions(i)) for i, iv in enumerate(spec.interventions)]
+    per.append((len(per), placebo_conditions(spec, [c for _, cs in per for c in cs])))
     counts: dict[str, int] = {}
     for _, conds in per:
         for c in conds:

@@ -7,9 +7,14 @@
 
 Every random draw is seeded (``np.random.default_rng``), the trace is the unit of inference
 throughout, and too little data gives ``estimable: False`` with a reason, never an exception.
+Regression CIs use CR2 with Bell-McCaffrey degrees of freedom; effect CIs invert the trace
+sign-flip test that gives their p. Exact zeros (``exact_zero``) and degenerate estimates
+(``degenerate``, with ``degenerate_reason``) carry no CI and no p-value.
 """
 
-from .effects import adjust_pvalues, compensation, mask_primary_change, masked_layer_rows, per_layer_effects
+from ._common import SNAP_RTOL, snap_rtol_for
+from .effects import (adjust_pvalues, compensation, mask_primary_change, masked_layer_rows, per_layer_effects,
+                      trace_mean_test)
 from .fits import dose_response, fit_norm_lifetime, fit_norm_score, page_trend, spearman_permutation
 from .jsonable import to_jsonable
 from .verdicts import (
@@ -26,6 +31,7 @@ from .verdicts import (
 
 __all__ = [
     "MARGINS",
+    "SNAP_RTOL",
     "VERDICT_RULE",
     "adjust_pvalues",
     "combine",
@@ -42,7 +48,9 @@ __all__ = [
     "masked_layer_rows",
     "page_trend",
     "per_layer_effects",
+    "snap_rtol_for",
     "spearman_permutation",
     "to_jsonable",
+    "trace_mean_test",
     "verdict",
 ]

@@ -72,3 +72,26 @@ def trace_codes(traces: pd.Series) -> tuple[np.ndarray, int]:
     """Integer codes 0..G-1 for the trace column, and G."""
     codes, uniques = pd.factorize(traces, sort=True)
     return codes.astype(np.int64), len(uniques)
+
+
+SNAP_RTOL = 1e-5
+"""Exact-null tolerance for fp32 runs: a per-token change ``|m - clean_m|`` at most ``SNAP_RTOL`` x
+``max(|m|, |clean_m|, typical |clean_m| of the measure)`` is set to exactly 0. Prefix reuse sums
+attention columns in another order than the clean pass, which leaves changes of ~1e-10 to 1e-7
+(relative) at layers no edit can reach; a real effect is many orders larger. bf16 runs round
+every activation to ~4e-3 relative, so pass ``snap_rtol=1e-2`` there (:func:`snap_rtol_for`)."""
+
+
+def snap_rtol_for(dtype: str | None) -> float:
+    """The exact-null tolerance for a run's dtype name (``"bfloat16"``/``"float16"``: 1e-2, else SNAP_RTOL)."""
+    return 1e-2 if dtype and ("bfloat16" in str(dtype) or "float16" in str(dtype) or str(dtype) in ("bf16", "fp16")) \
+        else SNAP_RTOL
+
+
+def snap_small(diff: np.ndarray, value: np.ndarray, clean: np.ndarray, *, rtol: float = SNAP_RTOL) -> np.ndarray:
+    """Differences at or below the exact-null tolerance set to exactly 0 (see :data:`SNAP_RTOL`)."""
+    diff, value, clean = (np.asarray(a, dtype=float) for a in (diff, value, clean))
+    finite = np.abs(clean[np.isfinite(clean) & (clean != 0)])
+    typical = float(np.median(finite)) if finite.size else 0.0
+    scale = np.maximum(np.maximum(np.abs(value), np.abs(clean)), typical)
+    return np.where(np.abs(diff) <= rtol * scale, 0.0, diff)

@@ -1,40 +1,30 @@
-"""Isotonic (non-decreasing) least-squares regression by pool-adjacent-violators (PAVA).
+"""Isotonic (non-decreasing) least-squares regression as constant blocks, via scipy.
 
-Written here rather than taken from ``scipy.optimize.isotonic_regression`` because the
-project supports scipy versions that predate it; the result is the same unique L2 fit.
+``scipy.optimize.isotonic_regression`` (scipy >= 1.12) does the pool-adjacent-violators fit;
+this module only pools tied ``x`` first (they must share a fitted value) and reports the
+blocks in ``x`` units.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.optimize import isotonic_regression
 
 
 def isotonic_blocks(x: np.ndarray, y: np.ndarray) -> list[dict]:
     """Fit a non-decreasing step function of ``x`` to ``y``; return its constant blocks.
 
-    Tied ``x`` values are pooled first (they must share a fitted value). Each block is a
-    maximal run of sorted ``x`` with one fitted level.
-
     Returns:
         Blocks in increasing ``x``: ``{x_low, x_high, level, n}`` (``n`` = observations).
     """
-    order = np.argsort(x, kind="stable")
-    xs, ys = np.asarray(x, float)[order], np.asarray(y, float)[order]
-    ux, start = np.unique(xs, return_index=True)
-    counts = np.diff(np.append(start, xs.size))
-    sums = np.add.reduceat(ys, start)
-    # Stack of pooled blocks: [sum, weight, first unique index, last unique index].
-    stack: list[list[float]] = []
-    for i in range(ux.size):
-        stack.append([sums[i], float(counts[i]), i, i])
-        while len(stack) > 1 and stack[-2][0] / stack[-2][1] >= stack[-1][0] / stack[-1][1]:
-            s, w, _, last = stack.pop()
-            stack[-1][0] += s
-            stack[-1][1] += w
-            stack[-1][3] = last
-    blocks = []
-    for s, w, first, last in stack:
-        blocks.append({"x_low": float(ux[first]), "x_high": float(ux[last]), "level": s / w, "n": int(w)})
+    xs, ys = np.asarray(x, float), np.asarray(y, float)
+    ux, inverse, counts = np.unique(xs, return_inverse=True, return_counts=True)
+    means = np.bincount(inverse, weights=ys) / counts
+    fit = isotonic_regression(means, weights=counts.astype(float), increasing=True)
+    starts = list(np.asarray(fit.blocks, dtype=int)[:-1])
+    ends = list(np.asarray(fit.blocks, dtype=int)[1:])
+    blocks = [{"x_low": float(ux[a]), "x_high": float(ux[b - 1]), "level": float(fit.x[a]),
+               "n": int(counts[a:b].sum())} for a, b in zip(starts, ends)]
     return _merge_equal(blocks)
 
 

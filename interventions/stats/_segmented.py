@@ -45,10 +45,12 @@ class _Prefix:
         return np.where(ok & np.isfinite(sse), sse, np.inf)
 
 
-def fit_segmented(x: np.ndarray, y: np.ndarray, *, max_breakpoints: int = 2, min_segment_n: int = 3) -> dict:
+def fit_segmented(x: np.ndarray, y: np.ndarray, *, max_breakpoints: int = 2, min_segment_n: int = 3,
+                  sse_floor: float = 0.0) -> dict:
     """Best piecewise-linear fit of ``y`` on ``x`` for each number of breakpoints 0..max.
 
-    BIC counts two parameters per segment, one per breakpoint and one for the variance.
+    BIC counts two parameters per segment, one per breakpoint and one for the variance; its
+    SSE is floored at ``sse_floor`` (the data's noise floor), so exact fits stay comparable.
 
     Returns:
         ``{"fits": [{n_breakpoints, breakpoints, segments, sse, bic}], "best": n_breakpoints}``;
@@ -76,7 +78,7 @@ def fit_segmented(x: np.ndarray, y: np.ndarray, *, max_breakpoints: int = 2, min
                 "breakpoints": [float((xs0[c - 1] + xs0[c]) / 2) for c in cut_list],
                 "segments": _segments(xs0, ys0, [0, *cut_list, n]),
                 "sse": float(sse),
-                "bic": gaussian_bic(sse, n, k, sst),
+                "bic": gaussian_bic(sse, n, k, sst, floor=sse_floor),
             }
         )
     best = min(fits, key=lambda f: f["bic"])["n_breakpoints"] if fits else None

@@ -2,25 +2,73 @@
 primary-sink compensation analysis.
 
 Inference unit: the trace. Tokens within one trace share a context and a forward pass, so
-they are not independent; every CI resamples whole traces and every p-value flips signs of
-whole-trace sums.
+they are not independent; every p-value flips signs of whole-trace sums, every interval of an
+effect inverts that test, and the remaining bootstraps (compensation profile) resample whole
+traces. Exact zeros and degenerate estimates carry no interval and no p-value.
 """
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pandas as pd
+from statsmodels.stats.multitest import multipletests
 
-from ._common import LEVEL, as_bool, warnings_to_notes, require_columns, trace_codes
-from ._resampling import bootstrap_weights, cluster_bootstrap, interval, jackknife_weights, sign_flip_test
+from ._common import LEVEL, SNAP_RTOL, as_bool, require_columns, snap_small, snap_rtol_for, trace_codes, warnings_to_notes  # noqa: F401
+from ._resampling import MIN_BOOT, bootstrap_weights, interval, jackknife_weights, sign_flip_interval, sign_flip_test
 from .jsonable import to_jsonable
 
 EFFECT_KEYS = ["condition", "trace", "position", "is_control", "layer"]
 EFFECT_COLUMNS = ["condition", "measure", "layer", "n_targets", "n_traces", "effect", "ci_low", "ci_high",
                   "ci_method", "control_effect", "did", "p", "p_adj", "correction"]
 EXTRA_COLUMNS = ["n_controls", "control_ci_low", "control_ci_high", "did_ci_low", "did_ci_high", "p_did",
-                 "p_method"]
+                 "p_did_adj", "p_method", "exact_zero", "degenerate", "degenerate_reason", "pre_edit", "in_family"]
 CORRECTIONS = ("holm", "bh", "bonferroni", "none")
+_MULTIPLETESTS = {"holm": "holm", "bh": "fdr_bh", "bonferroni": "bonferroni"}
+
+# --------------------------------------------------------------------------------------------
+# trace-level location test: exact zero, degenerate, or sign-flip p with an inverted interval
+# --------------------------------------------------------------------------------------------
+
+
+def trace_mean_test(sums: np.ndarray, counts: np.ndarray | None = None, *, rng: np.random.Generator,
+                    n_flip: int = 9999, level: float = LEVEL) -> dict:
+    """Mean change per token from per-trace ``sums`` over ``counts`` tokens, with trace-level inference.
+
+    - every value exactly 0 (after :func:`snap_small`): ``exact_zero``, estimate 0, no CI or p;
+    - every trace has the same mean and it is not 0: ``degenerate`` (zero between-trace
+      variance: any interval would collapse to a point), no CI or p;
+    - otherwise ``p`` from the two-sided sign-flip test of the per-trace sums
+      (``scipy.stats.permutation_test``) and the interval by inverting that test
+      (:func:`~._resampling.sign_flip_interval`).
+
+    Returns:
+        ``{estimate, ci_low, ci_high, ci_method, p, p_method, n_traces, exact_zero, degenerate,
+        degenerate_reason}``.
+    """
+    S = np.asarray(sums, float)
+    N = np.ones_like(S) if counts is None else np.asarray(counts, float)
+    keep = np.isfinite(S) & (N > 0)
+    S, N = S[keep], N[keep]
+    base = {"n_traces": int(S.size), "exact_zero": False, "degenerate": False, "degenerate_reason": None,
+            "ci_low": None, "ci_high": None, "p": None}
+    if S.size == 0:
+        return {**base, "estimate": None, "ci_method": "none", "p_method": "none"}
+    estimate = float(S.sum() / N.sum())
+    if not np.any(S):
+        return {**base, "estimate": 0.0, "exact_zero": True, "ci_method": "none (exact zero)",
+                "p_method": "none (exact zero)"}
+    means = S / N
+    if np.ptp(means) <= 1e-12 * np.abs(means).max():
+        return {**base, "estimate": estimate, "degenerate": True, "ci_method": "none (degenerate)",
+                "p_method": "none (degenerate)",
+                "degenerate_reason": f"every one of {S.size} trace(s) has the same mean change {means[0]:.6g}: "
+                                     "zero between-trace variance"}
+    p, p_method = sign_flip_test(S, rng=rng, n_flip=n_flip)
+    ci = sign_flip_interval(S, N, rng=rng, n_flip=n_flip, level=level)
+    return {**base, "estimate": estimate, "ci_low": ci["ci_low"], "ci_high": ci["ci_high"],
+            "ci_method": ci["ci_method"], "p": p, "p_method": p_method}
 
 
 # --------------------------------------------------------------------------------------------
@@ -30,62 +78,77 @@ CORRECTIONS = ("holm", "bh", "bonferroni", "none")
 
 @warnings_to_notes
 def per_layer_effects(
-    df: pd.DataFrame, measures: str | list[str], *, n_boot: int = 1000, seed: int = 0,
-    correction: str = "holm", level: float = LEVEL, n_flip: int = 9999,
+    df: pd.DataFrame, measures: str | list[str], *, n_boot: int | None = None, seed: int = 0,
+    correction: str = "holm", level: float = LEVEL, n_flip: int = 9999, snap_rtol: float = SNAP_RTOL,
 ) -> pd.DataFrame:
     """Mean intervened-minus-clean change of each measure at each layer, with trace-level inference.
 
     ``effect`` is the mean over target tokens of (measure - clean_measure) at that layer;
-    ``control_effect`` is the same for control tokens and ``did`` their difference (target
-    minus control), the part of the change specific to the targets. ``ci_low, ci_high`` is a
-    trace-cluster bootstrap CI of ``effect`` (BCa where valid, else percentile: ``ci_method``);
-    ``p`` tests ``effect = 0`` with a trace-level sign-flip test and ``p_adj`` adjusts it
-    across all layers and conditions of one measure (Holm by default).
+    ``control_effect`` the same for control tokens; ``did`` the mean over traces with both of
+    (target mean - control mean), the part of the change specific to the targets.
 
-    Why sign flips and not the bootstrap for p: under the null the intervention leaves each
-    trace's summed change symmetric about zero, so flipping the signs of the per-trace sums
-    gives the exact null distribution of the statistic (exact enumeration up to 12 traces,
-    seeded Monte Carlo above). It is calibrated at any number of traces, needs no normality
-    and does not depend on ``n_boot``; with fewer than 6 traces it cannot reach p < 0.05,
-    which is the honest answer at that size. ``p_did`` applies the same test to per-trace
-    (target mean - control mean) differences, over traces that have both.
+    Inference (:func:`trace_mean_test`): ``p`` is a two-sided trace-level sign-flip test of
+    ``effect = 0`` (scipy ``permutation_test``; exact enumeration while ``2**G <= n_flip``,
+    seeded Monte Carlo above) and ``ci_low, ci_high`` invert that same test, so the interval
+    excludes 0 exactly when p < 1 - level. Under the null the intervention leaves each trace's
+    summed change symmetric about zero, so the flips give the exact null at any number of
+    traces; with fewer than 6 traces p cannot reach 0.05 and the interval is unbounded
+    (``None``), which is the honest answer at that size. ``p_did`` and ``did_ci_*`` apply the
+    same test to the per-trace (target mean - control mean) differences.
+
+    Exact nulls are exact: per-token changes within ``snap_rtol`` (:data:`SNAP_RTOL`) are set to
+    0, a layer whose changes are all 0 gets ``exact_zero`` and no CI or p, and a layer whose
+    traces all show the same nonzero change is ``degenerate`` (no CI or p). Layers before the
+    condition's first edited layer (``intervened_layer``, when that column is present) are
+    ``pre_edit`` and untested. ``p_adj`` adjusts ``p`` across the tested rows
+    (``in_family``: at or after the edit, not exact zero, not degenerate) of all conditions and
+    layers of one measure; ``p_did_adj`` does the same for ``p_did``, as its own family.
 
     Args:
-        df: long format, columns ``condition, trace, position, is_control, layer`` and, for each
-            measure ``m``, both ``m`` (intervened) and ``clean_m``.
+        df: long format, columns ``condition, trace, position, is_control, layer`` (optional
+            ``intervened_layer``) and, for each measure ``m``, both ``m`` and ``clean_m``.
         measures: measure name(s).
-        n_boot: bootstrap replicates for the CIs.
-        seed: seed of ``np.random.default_rng`` used for bootstrap and Monte-Carlo flips.
-        correction: ``"holm"``, ``"bh"`` (Benjamini-Hochberg), ``"bonferroni"`` or ``"none"``.
+        n_boot: ignored (kept for callers of the bootstrap version); intervals come from test inversion.
+        seed: seed of the Monte-Carlo sign flips.
+        correction: ``"holm"``, ``"bh"`` (Benjamini-Hochberg), ``"bonferroni"`` or ``"none"``
+            (statsmodels ``multipletests``).
         level: confidence level.
-        n_flip: Monte-Carlo sign flips when there are more than 12 traces.
+        n_flip: sign-flip resamples; exact enumeration when ``2**G <= n_flip``.
+        snap_rtol: exact-null tolerance (``snap_rtol_for(dtype)`` gives the run's).
 
     Returns:
         DataFrame with columns ``condition, measure, layer, n_targets, n_traces, effect, ci_low,
         ci_high, ci_method, control_effect, did, p, p_adj, correction`` then ``n_controls,
-        control_ci_low, control_ci_high, did_ci_low, did_ci_high, p_did, p_method``.
+        control_ci_low, control_ci_high, did_ci_low, did_ci_high, p_did, p_did_adj, p_method,
+        exact_zero, degenerate, degenerate_reason, pre_edit, in_family``. Untested values are
+        NaN (``None`` in JSON).
     """
     measures = [measures] if isinstance(measures, str) else list(measures)
     require_columns(df, EFFECT_KEYS + [c for m in measures for c in (m, f"clean_{m}")], what="per_layer_effects")
     if correction not in CORRECTIONS:
         raise ValueError(f"per_layer_effects: correction must be one of {CORRECTIONS}, got {correction!r}")
-    rng, flip_rng = np.random.default_rng(seed), flip_generator(seed)
+    first_edit = (df.groupby("condition")["intervened_layer"].min().to_dict()
+                  if "intervened_layer" in df.columns else {})
+    flip_rng = flip_generator(seed)
     rows = []
     for m in measures:
-        units = _unit_diffs(df, m)
+        units = _unit_diffs(df, m, snap_rtol)
         for (cond, layer), g in units.groupby(["condition", "layer"], sort=True):
+            edit = first_edit.get(cond)
+            pre = bool(edit is not None and np.isfinite(edit) and layer < edit)
             rows.append({"condition": cond, "measure": m, "layer": layer,
-                         **_layer_effect(g, rng=rng, flip_rng=flip_rng, n_boot=n_boot, level=level, n_flip=n_flip)})
-    out = pd.DataFrame(rows, columns=EFFECT_COLUMNS + EXTRA_COLUMNS) if rows else pd.DataFrame(
-        columns=EFFECT_COLUMNS + EXTRA_COLUMNS)
+                         **_layer_effect(g, flip_rng=flip_rng, level=level, n_flip=n_flip, pre_edit=pre)})
+    cols = EFFECT_COLUMNS + EXTRA_COLUMNS
+    out = pd.DataFrame(rows, columns=cols) if rows else pd.DataFrame(columns=cols)
     return adjust_pvalues(out, correction)
 
 
-def _unit_diffs(df: pd.DataFrame, measure: str) -> pd.DataFrame:
-    """One (measure - clean) value per condition x token x layer (duplicates averaged)."""
+def _unit_diffs(df: pd.DataFrame, measure: str, snap_rtol: float = SNAP_RTOL) -> pd.DataFrame:
+    """One (measure - clean) value per condition x token x layer (duplicates averaged), tiny ones snapped to 0."""
     d = df[EFFECT_KEYS + [measure, f"clean_{measure}"]].dropna(subset=[measure, f"clean_{measure}"]).copy()
     d["is_control"] = as_bool(d["is_control"])
-    d["diff"] = d[measure].astype(float) - d[f"clean_{measure}"].astype(float)
+    value, clean = d[measure].astype(float).to_numpy(), d[f"clean_{measure}"].astype(float).to_numpy()
+    d["diff"] = snap_small(value - clean, value, clean, rtol=snap_rtol)
     return d.groupby(EFFECT_KEYS, sort=True)["diff"].mean().reset_index()
 
 
@@ -125,62 +188,74 @@ def flip_generator(seed: int) -> np.random.Generator:
     return np.random.default_rng([seed, 1])
 
 
-def _layer_effect(g: pd.DataFrame, *, rng: np.random.Generator, flip_rng: np.random.Generator, n_boot: int,
-                  level: float, n_flip: int) -> dict:
+def _layer_effect(g: pd.DataFrame, *, flip_rng: np.random.Generator, level: float, n_flip: int,
+                  pre_edit: bool = False) -> dict:
     s = group_sums(g)
-    eff, ctl, did = cluster_bootstrap(did_stat(s), s["G"], n_boot=n_boot, rng=rng, level=level)
-    p, p_method = sign_flip_test(s["S_t"][s["N_t"] > 0], rng=flip_rng, n_flip=n_flip)
-    p_did, _ = sign_flip_test(paired_trace_differences(s), rng=flip_rng, n_flip=n_flip)
+    has_t, has_c = s["N_t"] > 0, s["N_c"] > 0
+    eff = trace_mean_test(s["S_t"][has_t], s["N_t"][has_t], rng=flip_rng, n_flip=n_flip, level=level)
+    ctl = trace_mean_test(s["S_c"][has_c], s["N_c"][has_c], rng=flip_rng, n_flip=n_flip, level=level)
+    did = trace_mean_test(paired_trace_differences(s), rng=flip_rng, n_flip=n_flip, level=level)
     targets = g[~g["is_control"]]
+    if pre_edit:  # layers no edit can reach: report the change, test nothing
+        for r in (eff, ctl, did):
+            r.update(p=None, ci_low=None, ci_high=None)
+            if not r["exact_zero"]:
+                r["ci_method"] = r["p_method"] = "none (before the edit)"
+    nan = float("nan")
+    val = lambda x: nan if x is None else x  # noqa: E731  (NaN in the frame, None in JSON)
     return {
         "n_targets": int(len(targets[["trace", "position"]].drop_duplicates())),
         "n_traces": int(targets["trace"].nunique()),
-        "effect": eff["estimate"], "ci_low": eff["ci_low"], "ci_high": eff["ci_high"], "ci_method": eff["ci_method"],
-        "control_effect": ctl["estimate"], "did": did["estimate"], "p": p,
-        "n_controls": int(g["is_control"].sum()), "control_ci_low": ctl["ci_low"], "control_ci_high": ctl["ci_high"],
-        "did_ci_low": did["ci_low"], "did_ci_high": did["ci_high"], "p_did": p_did, "p_method": p_method,
+        "effect": val(eff["estimate"]), "ci_low": val(eff["ci_low"]), "ci_high": val(eff["ci_high"]),
+        "ci_method": eff["ci_method"], "control_effect": val(ctl["estimate"]), "did": val(did["estimate"]),
+        "p": val(eff["p"]), "n_controls": int(g["is_control"].sum()), "control_ci_low": val(ctl["ci_low"]),
+        "control_ci_high": val(ctl["ci_high"]), "did_ci_low": val(did["ci_low"]), "did_ci_high": val(did["ci_high"]),
+        "p_did": val(did["p"]), "p_method": eff["p_method"], "exact_zero": eff["exact_zero"],
+        "degenerate": eff["degenerate"], "degenerate_reason": eff["degenerate_reason"], "pre_edit": pre_edit,
+        "in_family": bool(not pre_edit and eff["p"] is not None),
     }
 
 
 def adjust_pvalues(effects: pd.DataFrame, correction: str = "holm") -> pd.DataFrame:
-    """Fill ``p_adj`` by adjusting ``p`` across all layers and conditions of each measure.
+    """Fill ``p_adj`` (and ``p_did_adj``) by adjusting across the tested rows of each measure.
 
-    Holm controls the family-wise error rate; BH controls the false discovery rate.
+    The family of a measure is every (condition, layer) row with a p-value that is not
+    ``pre_edit`` (layers before the edit cannot change and are not hypotheses); exact zeros
+    and degenerate rows have no p and are outside it. Holm controls the family-wise error
+    rate; BH the false discovery rate. ``p_did`` is adjusted the same way, as its own family.
     """
     out = effects.copy()
-    out["p_adj"] = np.nan
     out["correction"] = correction
-    for _, idx in out.groupby("measure").groups.items():
-        p = out.loc[idx, "p"].astype(float)
-        ok = p.notna()
-        if ok.any():
-            out.loc[p[ok].index, "p_adj"] = adjust(p[ok].to_numpy(), correction)
+    pre = as_bool(out["pre_edit"]) if "pre_edit" in out.columns else pd.Series(False, index=out.index)
+    for src, dst in (("p", "p_adj"), ("p_did", "p_did_adj")):
+        out[dst] = np.nan
+        if src not in out.columns:
+            continue
+        for _, idx in out.groupby("measure").groups.items():
+            p = out.loc[idx, src].astype(float)
+            ok = p.notna() & ~pre.loc[idx]
+            if ok.any():
+                out.loc[p[ok].index, dst] = adjust(p[ok].to_numpy(), correction)
+    if "in_family" in out.columns:
+        out["in_family"] = out["p_adj"].notna()
     return out
 
 
 def adjust(p: np.ndarray, correction: str) -> np.ndarray:
-    """Adjusted p-values: Holm step-down, Benjamini-Hochberg step-up, Bonferroni, or unchanged.
-
-    Written out (a few lines each) because statsmodels' ``multipletests`` forces a garbage
-    collection on every call, which dominates the cost of the simulation tests.
-    """
+    """Adjusted p-values via statsmodels ``multipletests``: Holm, Benjamini-Hochberg, Bonferroni, or unchanged."""
     p = np.asarray(p, dtype=float)
-    m = p.size
-    if correction == "none" or m == 0:
-        return p.copy()
-    if correction == "bonferroni":
-        return np.minimum(1.0, p * m)
-    order = np.argsort(p, kind="stable")
-    ranked = p[order]
-    if correction == "holm":
-        steps = np.maximum.accumulate((m - np.arange(m)) * ranked)
-    elif correction == "bh":
-        steps = np.minimum.accumulate((m / np.arange(1, m + 1) * ranked)[::-1])[::-1]
-    else:
+    if correction not in CORRECTIONS:
         raise ValueError(f"adjust: unknown correction {correction!r}; use one of {CORRECTIONS}")
-    out = np.empty(m)
-    out[order] = np.minimum(1.0, steps)
-    return out
+    if correction == "none" or p.size == 0:
+        return p.copy()
+    # statsmodels' Holm branch calls gc.collect(), which costs about a second in a process that holds
+    # torch and pandas; freezing the objects that already exist makes that collection trivial, and
+    # unfreeze() puts them back right after (nothing is freed or kept that would not be otherwise).
+    gc.freeze()
+    try:
+        return np.asarray(multipletests(p, method=_MULTIPLETESTS[correction])[1], dtype=float)
+    finally:
+        gc.unfreeze()
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,36 +289,41 @@ def masked_layer_rows(rows: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 
 @warnings_to_notes
 def mask_primary_change(
-    rows: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0, level: float = LEVEL, n_flip: int = 9999,
-    by_layer: bool = True,
+    rows: pd.DataFrame, *, n_boot: int | None = None, seed: int = 0, level: float = LEVEL, n_flip: int = 9999,
+    by_layer: bool = True, snap_rtol: float = SNAP_RTOL,
 ) -> dict:
     """Change of the primary (BOS) sink score in masked layers when secondary sinks are masked.
 
     ``effect`` is the mean over target tokens of their average (primary_sink_score -
     clean_primary_sink_score) across the masked layers; a positive value means the BOS sink
-    regains attention when secondary sinks are removed (the compensation claim). CI: trace
-    bootstrap; p: trace-level sign flip; ``did``: target minus control change.
+    regains attention when secondary sinks are removed (the compensation claim). p: trace-level
+    sign flip; CI: its inversion (:func:`trace_mean_test`, with its exact-zero and degenerate
+    cases); ``did``: mean over traces of the target minus control change, tested the same way.
 
     Args:
         rows: effects long-format rows of attention-mask conditions with columns
             ``condition, trace, position, is_control, layer, primary_sink_score,
             clean_primary_sink_score`` (optional ``masked``, ``clean_is_sink``).
-        n_boot: bootstrap replicates.
+        n_boot: ignored (intervals come from test inversion).
         seed: seed.
         level: confidence level.
-        n_flip: Monte-Carlo sign flips beyond 12 traces.
+        n_flip: sign-flip resamples (exact enumeration when ``2**G <= n_flip``).
         by_layer: also report :func:`per_layer_effects` of the masked layers.
+        snap_rtol: exact-null tolerance (:data:`SNAP_RTOL`).
 
     Returns:
-        Dict with ``estimable, effect, ci_low, ci_high, ci_method, p, control_effect, did,
-        did_ci_low, did_ci_high, p_did, n_targets, n_traces, layers, masked_rule, per_layer``.
+        Dict with ``estimable, effect, ci_low, ci_high, ci_method, p, exact_zero, degenerate,
+        degenerate_reason, control_effect, control_ci_low, control_ci_high, did, did_ci_low,
+        did_ci_high, p_did, did_exact_zero, did_degenerate, n_targets, n_traces, layers,
+        masked_rule, per_layer``.
     """
     require_columns(rows, MASK_COLUMNS, what="mask_primary_change")
     d = rows.copy()
     d["is_control"] = as_bool(d["is_control"])
     d, rule = masked_layer_rows(d)
     d = d.dropna(subset=["primary_sink_score", "clean_primary_sink_score"])
-    d["diff"] = d["primary_sink_score"].astype(float) - d["clean_primary_sink_score"].astype(float)
+    value, clean = d["primary_sink_score"].astype(float).to_numpy(), d["clean_primary_sink_score"].astype(float).to_numpy()
+    d["diff"] = snap_small(value - clean, value, clean, rtol=snap_rtol)
     units = d.groupby(["condition", "trace", "position", "is_control"], sort=True)["diff"].mean().reset_index()
     n_targets = int((~units["is_control"]).sum())
     n_traces = int(units.loc[~units["is_control"], "trace"].nunique())
@@ -252,17 +332,21 @@ def mask_primary_change(
     if n_targets == 0:
         return to_jsonable({**base, "estimable": False, "reason": "no target rows in masked layers"})
     s = group_sums(units)
-    eff, ctl, did = cluster_bootstrap(did_stat(s), s["G"], n_boot=n_boot, rng=np.random.default_rng(seed), level=level)
     flip_rng = flip_generator(seed)
-    p, p_method = sign_flip_test(s["S_t"][s["N_t"] > 0], rng=flip_rng, n_flip=n_flip)
-    p_did, _ = sign_flip_test(paired_trace_differences(s), rng=flip_rng, n_flip=n_flip)
-    per_layer = per_layer_effects(d, "primary_sink_score", n_boot=n_boot, seed=seed, level=level,
-                                  n_flip=n_flip) if by_layer else None
+    has_t, has_c = s["N_t"] > 0, s["N_c"] > 0
+    eff = trace_mean_test(s["S_t"][has_t], s["N_t"][has_t], rng=flip_rng, n_flip=n_flip, level=level)
+    ctl = trace_mean_test(s["S_c"][has_c], s["N_c"][has_c], rng=flip_rng, n_flip=n_flip, level=level)
+    did = trace_mean_test(paired_trace_differences(s), rng=flip_rng, n_flip=n_flip, level=level)
+    per_layer = per_layer_effects(d, "primary_sink_score", seed=seed, level=level, n_flip=n_flip,
+                                  snap_rtol=snap_rtol) if by_layer else None
     return to_jsonable({
         **base, "estimable": True, "reason": None, "effect": eff["estimate"], "ci_low": eff["ci_low"],
-        "ci_high": eff["ci_high"], "ci_method": eff["ci_method"], "p": p, "p_method": p_method,
-        "control_effect": ctl["estimate"], "did": did["estimate"], "did_ci_low": did["ci_low"],
-        "did_ci_high": did["ci_high"], "p_did": p_did, "per_layer": per_layer,
+        "ci_high": eff["ci_high"], "ci_method": eff["ci_method"], "p": eff["p"], "p_method": eff["p_method"],
+        "exact_zero": eff["exact_zero"], "degenerate": eff["degenerate"], "degenerate_reason": eff["degenerate_reason"],
+        "control_effect": ctl["estimate"] if has_c.any() else None, "control_ci_low": ctl["ci_low"],
+        "control_ci_high": ctl["ci_high"], "did": did["estimate"], "did_ci_low": did["ci_low"],
+        "did_ci_high": did["ci_high"], "p_did": did["p"], "did_exact_zero": did["exact_zero"],
+        "did_degenerate": did["degenerate"], "per_layer": per_layer,
     })
 
 
@@ -335,7 +419,7 @@ def _profile_with_valley(wide: pd.DataFrame, n_boot: int, rng: np.random.Generat
 
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = stat(np.ones((1, G)))[0]
-        boot = stat(bootstrap_weights(G, n_boot, rng)) if G >= 2 else np.empty((0, layers.size))
+        boot = stat(bootstrap_weights(G, max(n_boot, MIN_BOOT), rng)) if G >= 2 else np.empty((0, layers.size))
         jack = stat(jackknife_weights(G)) if G >= 2 else None
     profile = []
     for j, layer in enumerate(layers):

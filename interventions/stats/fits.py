@@ -13,7 +13,7 @@ import pandas as pd
 import statsmodels.api as sm
 from scipy import stats
 
-from ._common import LEVEL, as_bool, warnings_to_notes, capture_warnings, require_columns, trace_codes
+from ._common import LEVEL, as_bool, capture_warnings, require_columns, snap_small, trace_codes, warnings_to_notes
 from ._isotonic import isotonic_blocks, isotonic_sse
 from ._regression import coef_summary, contrast_summary, gaussian_bic, glm_clustered, ols_clustered
 from ._segmented import fit_segmented
@@ -21,6 +21,12 @@ from .jsonable import to_jsonable
 
 NORM_SCORE_COLUMNS = ["trace", "position", "layer", "mlp_out_norm", "sink_score", "primary_sink_score"]
 LIFETIME_COLUMNS = ["trace", "position", "mlp_out_norm", "lifetime", "censored"]
+
+LIFETIME_NOISE_VAR = 1.0 / 12.0
+"""Noise floor of every lifetime BIC, per sink (layers^2): lifetimes are whole numbers of layers,
+so the data resolve nothing finer than the variance of rounding to an integer, 1/12. Each BIC
+uses ``SSE >= n / 12``; without it a step function that fits exact step data has SSE 0 and BIC
+minus infinity, and "isotonic beats linear" would hold by construction."""
 DOSE_COLUMNS = ["trace", "position", "token", "is_control", "factor", "lifetime", "sink_score"]
 
 MIN_SINKS = 3
@@ -32,37 +38,59 @@ MIN_SINKS = 3
 # --------------------------------------------------------------------------------------------
 
 
+NORM_SCORE_WINDOW = 4
+"""Attention layers after l_start in the norm -> score fit: l_start + 1 .. l_start + NORM_SCORE_WINDOW."""
+
+
 @warnings_to_notes
 def fit_norm_score(
     df: pd.DataFrame, *, by_layer: bool = True, layer_effects: bool = True, mixed: bool = True,
-    level: float = LEVEL,
+    level: float = LEVEL, window: int | None = NORM_SCORE_WINDOW,
 ) -> dict:
     """Log-linear fit of the secondary/primary sink-score ratio on the l_start MLP-output norm.
 
     ``slope`` is the change in log(sink_score / primary_sink_score) per unit change in
     log(mlp_out_norm), i.e. the elasticity of the sink-score ratio with respect to the norm,
-    estimated by OLS over every (sink, layer) row with layer fixed effects and a CI that is
-    robust to correlation within a trace. ``mixed`` repeats the slope with a random intercept
-    per trace as a check; ``per_layer`` gives the slope within each layer and
-    ``steepest_layer`` the layer where it is largest.
+    estimated by OLS with layer fixed effects and CR2 trace-cluster standard errors with
+    Bell-McCaffrey degrees of freedom (honest at 8 traces; see ``_regression``).
+
+    Design: every sink contributes the same ``window`` attention layers after its l_start,
+    ``l_start + 1 .. l_start + window``, dead or alive (rows with ``alive`` False are layers
+    after the sink stopped being aligned: the ratio is small there, and leaving them out would
+    keep only long-lived, high-norm sinks at late layers, a survivor selection that biases the
+    slope). ``layer`` is the *attention* layer that reads the sink's key: a state aligned at
+    layer l (output of layer l) is a key of the attention in layer l + 1, the convention of
+    ``sink_layers.parquet`` and of :attr:`Sink.peak_sink_score`. Input without ``alive`` (only
+    the layers a sink lived) is fitted as given within the window, with a note on the
+    selection; ``window=None`` uses every row.
+
+    ``mixed`` repeats the slope with a random intercept per trace as a check (a fit that did
+    not converge is ``degenerate``: no CI or p); ``per_layer`` gives the slope within each
+    layer, and ``steepest_layer`` the layer where it is largest, a description (the argmax
+    of noisy slopes), with no CI and no test.
 
     Args:
-        df: one row per secondary sink x layer of its life, columns
-            ``trace, position, layer, mlp_out_norm, sink_score, primary_sink_score``.
+        df: one row per secondary sink x attention layer, columns ``trace, position, layer,
+            mlp_out_norm, sink_score, primary_sink_score`` and, for the window, ``l_start``
+            (optional ``alive``).
         by_layer: also fit each layer separately.
         layer_effects: include one intercept per layer in the pooled fit (compares sinks
             within a layer, so depth differences in the ratio do not masquerade as a norm effect).
         mixed: run the MixedLM check (needs >= 3 traces).
         level: confidence level.
+        window: attention layers after l_start per sink; None for all rows.
 
     Returns:
-        Dict with ``estimable, reason, slope, se, ci_low, ci_high, p, r2, r2_within,
-        n_rows, n_sinks, n_traces, se_type, model, mixed, per_layer, steepest_layer, notes``.
+        Dict with ``estimable, reason, slope, se, df, ci_low, ci_high, p, degenerate,
+        degenerate_reason, r2, r2_within, n_rows, n_sinks, n_traces, n_dead_rows, window,
+        se_type, model, mixed, per_layer, steepest_layer, steepest_slope, steepest_note, notes``.
     """
     require_columns(df, NORM_SCORE_COLUMNS, what="fit_norm_score")
     notes: list[str] = []
+    df, window_info = _window_rows(df, window, notes)
     d = _log_ratio_rows(df, notes)
-    base = {"n_rows": int(len(d)), "n_sinks": _n_units(d), "n_traces": int(d["trace"].nunique()), "notes": notes}
+    base = {"n_rows": int(len(d)), "n_sinks": _n_units(d), "n_traces": int(d["trace"].nunique()),
+            **window_info, "notes": notes}
     reason = _norm_too_little(d)
     if reason:
         return to_jsonable({**base, "estimable": False, "reason": reason})
@@ -81,6 +109,28 @@ def fit_norm_score(
     return to_jsonable(out)
 
 
+def _window_rows(df: pd.DataFrame, window: int | None, notes: list[str]) -> tuple[pd.DataFrame, dict]:
+    """Rows of the fixed window ``l_start + 1 .. l_start + window`` and a description of the design."""
+    has_alive = "alive" in df.columns
+    info = {"window": window, "n_dead_rows": int((~as_bool(df["alive"])).sum()) if has_alive else None}
+    if window is None:
+        if not has_alive:
+            notes.append("rows only for layers where each sink is alive: late layers keep only long-lived sinks "
+                         "(survivor selection)")
+        return df, info
+    if "l_start" not in df.columns:
+        notes.append("no l_start column: the fixed window cannot be applied; every row is used (only layers where "
+                     "each sink is alive, a survivor selection)")
+        info["window"] = None
+        return df, info
+    offset = df["layer"].astype(float) - df["l_start"].astype(float)
+    d = df[(offset >= 1) & (offset <= window)]
+    if has_alive:
+        info["n_dead_rows"] = int((~as_bool(d["alive"])).sum())
+    else:
+        notes.append(f"rows only while each sink is alive: sinks that died within the {window}-layer window lack "
+                     "their later layers (survivor selection); runs that write `alive` rows avoid this")
+    return d, info
 def _log_ratio_rows(df: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     """Rows with positive norm and scores, plus ``x = log norm`` and ``y = log ratio``."""
     d = df[NORM_SCORE_COLUMNS].dropna()
@@ -119,7 +169,8 @@ def _design(d: pd.DataFrame, layer_effects: bool) -> np.ndarray:
 
 def _slope_fields(res, level: float) -> dict:
     s = coef_summary(res, 1, level=level)
-    return {"slope": s["estimate"], "se": s["se"], "ci_low": s["ci_low"], "ci_high": s["ci_high"], "p": s["p"],
+    return {"slope": s["estimate"], "se": s["se"], "df": s["df"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
+            "p": s["p"], "degenerate": s["degenerate"], "degenerate_reason": s["degenerate_reason"],
             "intercept": float(np.asarray(res.params)[0])}
 
 
@@ -131,7 +182,10 @@ def _within_r2(d: pd.DataFrame, res) -> float:
 
 
 def _mixed_check(d: pd.DataFrame, X: np.ndarray, groups: np.ndarray, level: float) -> dict:
-    """Slope from a linear mixed model with a random intercept per trace; failures become notes."""
+    """Slope from a linear mixed model with a random intercept per trace.
+
+    A fit that fails or does not converge is ``degenerate``: its slope is shown, with no CI or p.
+    """
     n_traces = len(np.unique(groups))
     if n_traces < 3:
         return {"run": False, "note": f"{n_traces} trace(s); the mixed model needs >= 3"}
@@ -139,12 +193,21 @@ def _mixed_check(d: pd.DataFrame, X: np.ndarray, groups: np.ndarray, level: floa
     try:
         with capture_warnings(notes):
             res = sm.MixedLM(d["y"].to_numpy(), X, groups=groups).fit(reml=True)
-            s = coef_summary(res, 1, level=level)
+            est = float(np.asarray(res.params)[1])
+            se = float(np.asarray(res.bse)[1])
     except (np.linalg.LinAlgError, ValueError, IndexError) as exc:
-        return {"run": True, "converged": False, "note": f"{type(exc).__name__}: {exc}", "notes": notes}
-    return {"run": True, "converged": bool(getattr(res, "converged", True)), "slope": s["estimate"],
-            "se": s["se"], "ci_low": s["ci_low"], "ci_high": s["ci_high"], "p": s["p"],
-            "trace_variance": float(np.asarray(res.cov_re).ravel()[0]), "notes": notes}
+        return {"run": True, "converged": False, "degenerate": True, "slope": None, "ci_low": None, "ci_high": None,
+                "p": None, "degenerate_reason": f"{type(exc).__name__}: {exc}", "notes": notes}
+    converged = bool(getattr(res, "converged", True)) and not any("converge" in n.lower() for n in notes)
+    out = {"run": True, "converged": converged, "slope": est,
+           "trace_variance": float(np.asarray(res.cov_re).ravel()[0]), "notes": notes}
+    if not converged or not np.isfinite(se) or se <= 0:
+        why = "the mixed model did not converge" if not converged else "non-finite or zero standard error"
+        return {**out, "degenerate": True, "degenerate_reason": why, "se": None, "ci_low": None, "ci_high": None,
+                "p": None}
+    q = stats.norm.ppf(0.5 + level / 2)
+    return {**out, "degenerate": False, "degenerate_reason": None, "se": se, "ci_low": est - q * se,
+            "ci_high": est + q * se, "p": float(2 * stats.norm.sf(abs(est / se)))}
 
 
 def _per_layer_slopes(d: pd.DataFrame, level: float, notes: list[str]) -> list[dict]:
@@ -166,10 +229,13 @@ def _per_layer_slopes(d: pd.DataFrame, level: float, notes: list[str]) -> list[d
 def _steepest(per_layer: list[dict]) -> dict:
     fitted = [r for r in per_layer if r.get("estimable") and np.isfinite(r["slope"])]
     if not fitted:
-        return {"steepest_layer": None, "steepest_slope": None}
+        return {"steepest_layer": None, "steepest_slope": None, "steepest_note": STEEPEST_NOTE}
     best = max(fitted, key=lambda r: r["slope"])
-    return {"steepest_layer": best["layer"], "steepest_slope": best["slope"],
-            "steepest_ci": [best["ci_low"], best["ci_high"]]}
+    return {"steepest_layer": best["layer"], "steepest_slope": best["slope"], "steepest_note": STEEPEST_NOTE}
+
+
+STEEPEST_NOTE = ("descriptive: the layer with the largest per-layer slope estimate; the argmax of noisy "
+                 "estimates is biased upwards and carries no CI or test")
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,7 +254,8 @@ def fit_norm_lifetime(
     longer life?) with a seeded permutation p-value. ``isotonic`` is the best non-decreasing
     step function of log-norm; its constant blocks are the plateaus (sink levels).
     ``segmented`` fits straight-line pieces with 0, 1 or 2 breakpoints, chosen by BIC, and
-    ``comparison`` puts the linear, segmented and isotonic fits on one BIC scale.
+    ``comparison`` puts the linear, segmented and isotonic fits on one BIC scale, each with the
+    noise floor :data:`LIFETIME_NOISE_VAR` on its residual variance.
     ``poisson`` is the change in log expected lifetime per unit log-norm (a count model check).
 
     Args:
@@ -286,9 +353,10 @@ def _linear_lifetime(x: np.ndarray, y: np.ndarray, groups: np.ndarray, level: fl
     res, se_type = ols_clustered(y, sm.add_constant(x, has_constant="add"), groups, notes)
     s = coef_summary(res, 1, level=level)
     sst = float(np.sum((y - y.mean()) ** 2))
-    return {"slope": s["estimate"], "ci_low": s["ci_low"], "ci_high": s["ci_high"], "p": s["p"],
+    return {"slope": s["estimate"], "se": s["se"], "df": s["df"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
+            "p": s["p"], "degenerate": s["degenerate"], "degenerate_reason": s["degenerate_reason"],
             "intercept": float(res.params[0]), "r2": float(1.0 - res.ssr / sst), "se_type": se_type,
-            "bic": gaussian_bic(float(res.ssr), y.size, 3, sst)}
+            "bic": gaussian_bic(float(res.ssr), y.size, 3, sst, floor=y.size * LIFETIME_NOISE_VAR)}
 
 
 def _plateau_fits(x: np.ndarray, y: np.ndarray, min_plateau_n: int, max_bp: int, min_seg: int) -> dict:
@@ -304,9 +372,10 @@ def _plateau_fits(x: np.ndarray, y: np.ndarray, min_plateau_n: int, max_bp: int,
     sst = float(np.sum((y - y.mean()) ** 2))
     iso = {"blocks": blocks, "plateaus": plateaus, "boundaries_log_norm": boundaries,
            "levels": [b["level"] for b in blocks], "min_plateau_n": min_plateau_n,
-           "bic": gaussian_bic(isotonic_sse(x, y, blocks), y.size, len(blocks) + 1, sst),
+           "bic": gaussian_bic(isotonic_sse(x, y, blocks), y.size, len(blocks) + 1, sst,
+                               floor=y.size * LIFETIME_NOISE_VAR),
            "bic_note": "isotonic df = number of blocks (Meyer & Woodroofe 2000) + 1 for the variance"}
-    seg = fit_segmented(x, y, max_breakpoints=max_bp, min_segment_n=min_seg)
+    seg = fit_segmented(x, y, max_breakpoints=max_bp, min_segment_n=min_seg, sse_floor=y.size * LIFETIME_NOISE_VAR)
     return {"plateaus_estimable": True, "plateaus_reason": None, "isotonic": iso, "segmented": seg}
 
 
@@ -320,7 +389,9 @@ def _bic_table(out: dict) -> dict:
     if out.get("isotonic"):
         bics["isotonic"] = out["isotonic"]["bic"]
     finite = {k: v for k, v in bics.items() if np.isfinite(v)}
-    return {"bic": bics, "best": min(finite, key=finite.get) if finite else None}
+    return {"bic": bics, "best": min(finite, key=finite.get) if finite else None,
+            "noise_floor_var": LIFETIME_NOISE_VAR,
+            "note": "Gaussian BIC with residual variance floored at 1/12 layer^2 (integer lifetimes); lower is better"}
 
 
 def _poisson_lifetime(d: pd.DataFrame, groups: np.ndarray, level: float, notes: list[str]) -> dict:
@@ -344,9 +415,10 @@ def _poisson_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray, level: float,
     except (np.linalg.LinAlgError, ValueError) as exc:
         return {"estimable": False, "reason": f"{type(exc).__name__}: {exc}"}
     dispersion = float(res.pearson_chi2 / res.df_resid) if res.df_resid > 0 else float("nan")
-    return {"estimable": True, "slope": s["estimate"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
-            "p": s["p"], "rate_ratio_per_log_norm": float(np.exp(s["estimate"])), "dispersion": dispersion,
-            "se_type": se_type, "n": int(y.size)}
+    return {"estimable": True, "slope": s["estimate"], "se": s["se"], "df": s["df"], "ci_low": s["ci_low"],
+            "ci_high": s["ci_high"], "p": s["p"], "degenerate": s["degenerate"],
+            "degenerate_reason": s["degenerate_reason"], "rate_ratio_per_log_norm": float(np.exp(s["estimate"])),
+            "dispersion": dispersion, "se_type": se_type, "n": int(y.size)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -425,29 +497,58 @@ def _dose_rows(df: pd.DataFrame, measures: tuple[str, ...], notes: list[str]) ->
 
 
 def _within_slopes(d: pd.DataFrame, measure: str, level: float, notes: list[str]) -> dict:
-    """Fixed-effects (within-token) slopes for targets and controls in one clustered model."""
+    """Fixed-effects (within-token) slopes for targets and controls in one CR2-clustered model.
+
+    The token intercepts are explicit dummies (not demeaned away) so that the CR2 leverage
+    adjustment sees them. A group whose measure does not change within any token (every
+    within-token deviation within ``SNAP_RTOL`` of the measure's scale) has slope exactly
+    0: ``exact_zero``, no CI and no p.
+    """
     sub = d.dropna(subset=[measure]).copy()
     sub["xd"] = sub["x"] - sub.groupby("unit")["x"].transform("mean")
-    sub["yd"] = sub[measure] - sub.groupby("unit")[measure].transform("mean")
     sub = sub[sub.groupby("unit")["xd"].transform(lambda s: np.ptp(s.to_numpy()) > 0)]
+    y = sub[measure].to_numpy(float)
+    yd = y - sub.groupby("unit")[measure].transform("mean").to_numpy(float)
+    yd = snap_small(yd, y, y)
     present = [g for g, c in (("targets", False), ("controls", True)) if (sub["is_control"] == c).any()]
     if not present:
         return {}
-    cols = [np.where(sub["is_control"] == (g == "controls"), sub["xd"], 0.0) for g in present]
+    is_ctrl = sub["is_control"].to_numpy(bool)
+    cols = [np.where(is_ctrl == (g == "controls"), sub["xd"], 0.0) for g in present]
+    dummies = pd.get_dummies(sub["unit"], dtype=float).to_numpy()
     groups, _ = trace_codes(sub["trace"])
-    res, se_type = ols_clustered(sub["yd"].to_numpy(), np.column_stack(cols), groups, notes)
+    res, se_type = ols_clustered(y, np.column_stack([*cols, dummies]), groups, notes)
     out = {}
+    zero = {}
     for i, g in enumerate(present):
-        mask = sub["is_control"] == (g == "controls")
+        mask = is_ctrl == (g == "controls")
+        zero[g] = not np.any(yd[mask])
+        counts = {"n_units": int(sub.loc[mask, "unit"].nunique()), "n_traces": int(sub.loc[mask, "trace"].nunique()),
+                  "se_type": se_type}
+        if zero[g]:
+            out[g] = {"estimable": True, **_EXACT_ZERO, "slope": 0.0, **counts}
+            continue
         s = coef_summary(res, i, level=level)
-        out[g] = {"estimable": True, "slope": s["estimate"], "se": s["se"], "ci_low": s["ci_low"],
-                  "ci_high": s["ci_high"], "p": s["p"], "n_units": int(sub.loc[mask, "unit"].nunique()),
-                  "n_traces": int(sub.loc[mask, "trace"].nunique()), "se_type": se_type}
+        out[g] = {"estimable": True, "slope": s["estimate"], "se": s["se"], "df": s["df"], "ci_low": s["ci_low"],
+                  "ci_high": s["ci_high"], "p": s["p"], "exact_zero": False, "degenerate": s["degenerate"],
+                  "degenerate_reason": s["degenerate_reason"], **counts}
     if len(present) == 2:
-        s = contrast_summary(res, np.array([1.0, -1.0]), level=level, notes=notes)
-        out["difference"] = {"estimable": True, "slope_difference": s["estimate"], "se": s["se"],
-                             "ci_low": s["ci_low"], "ci_high": s["ci_high"], "p": s["p"], "se_type": se_type}
+        if all(zero.values()):
+            out["difference"] = {"estimable": True, **_EXACT_ZERO, "slope_difference": 0.0, "se_type": se_type}
+        else:
+            c = np.zeros(res.params.size)
+            c[:2] = [1.0, -1.0]
+            s = contrast_summary(res, c, level=level, notes=notes)
+            out["difference"] = {"estimable": True, "slope_difference": s["estimate"], "se": s["se"], "df": s["df"],
+                                 "ci_low": s["ci_low"], "ci_high": s["ci_high"], "p": s["p"], "exact_zero": False,
+                                 "degenerate": s["degenerate"], "degenerate_reason": s["degenerate_reason"],
+                                 "se_type": se_type}
     return out
+
+
+_EXACT_ZERO = {"se": None, "df": None, "ci_low": None, "ci_high": None, "p": None, "exact_zero": True,
+               "degenerate": False, "degenerate_reason": None,
+               "note": "the measure does not change with the factor within any token (exact zero: no CI, no p)"}
 
 
 def page_trend(sub: pd.DataFrame, measure: str, *, n_perm: int, rng: np.random.Generator) -> dict:

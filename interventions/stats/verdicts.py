@@ -25,8 +25,23 @@ from .jsonable import to_jsonable
 ALPHA = 0.05
 MIN_N = 5
 """Fewest target tokens for any verdict other than inconclusive."""
-MIN_TRACES = 3
-"""Fewest traces (the independent unit) for any verdict other than inconclusive."""
+
+
+def min_traces_for(alpha: float) -> int:
+    """Fewest traces G at which an exact two-sided sign-flip test can reach p < alpha (2 / 2^G < alpha).
+
+    The same minimum holds for a decisive verdict in either direction: a "not supported"
+    that needs fewer traces than a "supported" could be reached where the data could never
+    have supported the claim.
+    """
+    g = 1
+    while 2.0 / 2.0**g >= alpha:
+        g += 1
+    return g
+
+
+MIN_TRACES = min_traces_for(ALPHA)
+"""Fewest traces (the independent unit) for any verdict other than inconclusive (6 at alpha 0.05)."""
 
 MARGINS = {
     "h1_rate_change": 0.10,
@@ -472,3 +487,148 @@ def h4_mask_changes(
                "control_mean_kl": est_b.get("control_mean")}
     return _report("H4: masking attention to secondary sinks changes the primary sink score and predictions",
                    alpha, components, details, notes)
+
+
+# --------------------------------------------------------------------------------------------
+# Family verdicts: one declared hypothesis on one condition family, against its comparison arm
+# --------------------------------------------------------------------------------------------
+
+EXACT_TOL = 1e-6
+"""Per-trace differences below this (attention mass, layers, nats) are exact zeros: clean and
+edited passes may sum the same numbers in another order (prefix reuse), which leaves ~1e-10."""
+
+_FLIP_ENUM_MAX = 16
+_FLIP_DRAWS = 20_000
+
+
+def _flip_matrix(g: int, seed: int) -> np.ndarray:
+    """Sign vectors of the sign-flip test: all 2^g when g <= 16, else 20,000 random ones."""
+    if g <= _FLIP_ENUM_MAX:
+        codes = np.arange(2**g)[:, None] >> np.arange(g)[None, :]
+        return np.where(codes & 1, -1.0, 1.0)
+    return np.random.default_rng(seed).choice([-1.0, 1.0], size=(_FLIP_DRAWS, g))
+
+
+def _flip_p(d: np.ndarray, flips: np.ndarray) -> float:
+    """Two-sided sign-flip p of mean(d) = 0 (the observed sign vector is among the flips)."""
+    obs = abs(d.mean())
+    null = np.abs(flips @ d) / len(d)
+    return float(np.mean(null >= obs - 1e-12 * max(1.0, obs)))
+
+
+def trace_sign_flip(d, *, alpha: float = ALPHA, seed: int = 0) -> dict:
+    """Mean of per-trace values ``d`` with an exact sign-flip p and its test-inversion CI.
+
+    ``scipy.stats.permutation_test(permutation_type="samples")`` gives the same p (tested);
+    it is hand-written here because the CI is the set of shifts mu the same test does not
+    reject (inverting it needs the p at many mu with one fixed set of sign vectors), and
+    because a zero-variance ``d`` must be reported as degenerate rather than as a CI.
+
+    Returns ``{effect, p, ci_low, ci_high, n_traces, exact_null, degenerate}``; on an exact
+    null (every |d| < EXACT_TOL) p and CI are None; on a degenerate d (every trace equal,
+    not zero) the p is exact but the CI is None (it would be a point).
+    """
+    d = np.asarray(d, float)
+    d = np.where(np.abs(d) < EXACT_TOL, 0.0, d)
+    g = len(d)
+    out = {"effect": float(d.mean()) if g else None, "n_traces": g, "p": None, "ci_low": None, "ci_high": None,
+           "exact_null": False, "degenerate": False}
+    if g == 0:
+        return out
+    if np.all(d == 0):
+        out.update(effect=0.0, exact_null=True)
+        return out
+    flips = _flip_matrix(g, seed)
+    out["p"] = _flip_p(d, flips)
+    if np.ptp(d) == 0:
+        out["degenerate"] = True
+        return out
+    est = d.mean()
+
+    def accepted(mu: float) -> bool:
+        return _flip_p(d - mu, flips) > alpha
+
+    span = np.ptp(d) + abs(est) + 1.0
+    bounds = []
+    for far in (est - span, est + span):
+        if accepted(far):  # too few traces: the test cannot reject anything, the CI is unbounded
+            bounds.append(None)
+            continue
+        lo, hi = far, est
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if accepted(mid) else (mid, hi)
+        bounds.append(float(hi))
+    out["ci_low"], out["ci_high"] = bounds
+    return out
+
+
+def judge_traces(est: dict, *, direction: str, alpha: float = ALPHA, margin: float | None = None,
+                 n: int | None = None, min_n: int = MIN_N, min_traces: int | None = None) -> dict:
+    """:data:`VERDICT_RULE` for a :func:`trace_sign_flip` estimate, with exact nulls and degenerate CIs.
+
+    An exact null (every trace exactly 0) with enough traces is "not supported": the edit
+    changed nothing, so the CI is {0}, inside any margin; no p or CI is reported for it. A
+    degenerate estimate (every trace the same nonzero value) is judged on its exact p and sign.
+    """
+    min_traces = min_traces_for(alpha) if min_traces is None else min_traces
+    g = est.get("n_traces") or 0
+    if n is not None and n < min_n:
+        return {"verdict": "inconclusive", "reason": f"n = {n} targets < {min_n}"}
+    if g < min_traces:
+        return {"verdict": "inconclusive", "reason": f"{g} trace(s) < {min_traces}, the fewest for which the "
+                                                     f"sign-flip test can reach p < {alpha}"}
+    if est.get("exact_null"):
+        return {"verdict": "not supported", "reason": f"exact null: every one of {g} traces changed by exactly 0 "
+                                                      f"(|d| < {EXACT_TOL:g}); no p or CI"}
+    if est.get("degenerate"):
+        sign = DIRECTIONS[direction]
+        eff, p = est["effect"], est["p"]
+        right = (sign == 0) or (np.sign(eff) == sign)
+        if p < alpha and right:
+            return {"verdict": "supported", "reason": f"every trace moved by exactly {eff:.3g} (degenerate: no CI); "
+                                                      f"exact sign-flip p = {p:.3g}"}
+        if p < alpha:
+            return {"verdict": "not supported", "reason": f"every trace moved by exactly {eff:.3g}, opposite to "
+                                                          "the prediction"}
+        return {"verdict": "inconclusive", "reason": f"degenerate estimate {eff:.3g}, p = {p:.3g}"}
+    return judge(est.get("p"), est.get("effect"), (est.get("ci_low"), est.get("ci_high")), direction=direction,
+                 alpha=alpha, n=None, n_traces=g, min_traces=min_traces, margin=margin)
+
+
+def family_component(name: str, test: str, target: pd.Series, comparison: pd.Series | None, *, direction: str,
+                     alpha: float, margin: float | None, n: int, seed: int = 0) -> dict:
+    """One verdict component from per-trace values of the target arm and (optionally) the comparison arm.
+
+    The unit is the trace: ``d_g = target_g - comparison_g`` over traces present in both arms
+    (``d_g = target_g`` against the clean run).
+    """
+    if comparison is not None:
+        both = target.index.intersection(comparison.index)
+        d = (target.loc[both] - comparison.loc[both]).to_numpy(float)
+    else:
+        d = target.to_numpy(float)
+    est = trace_sign_flip(d, alpha=alpha, seed=seed)
+    j = judge_traces(est, direction=direction, alpha=alpha, margin=margin, n=n)
+    return to_jsonable({"name": name, "test": test, "direction": direction, "margin": margin, "n": n,
+                        "n_traces": est["n_traces"], "effect": est["effect"], "ci": [est["ci_low"], est["ci_high"]],
+                        "p": est["p"], "exact_null": est["exact_null"], "degenerate": est["degenerate"],
+                        "target_mean": float(target.mean()) if len(target) else None,
+                        "comparison_mean": float(comparison.mean()) if comparison is not None and len(comparison)
+                        else None, **j})
+
+
+def family_report(key: str, hypothesis: str, claim: str, alpha: float, components: list[dict], *, conditions: list[str],
+                  comparison: str, comparison_conditions: list[str], excluded: list[dict], details: dict,
+                  notes: list[str]) -> dict:
+    """The verdict record of one (hypothesis, condition family)."""
+    main = components[0]
+    overall = combine(components) if len(components) > 1 else {"verdict": main["verdict"], "reason": main["reason"]}
+    return to_jsonable({
+        "key": key, "hypothesis": hypothesis, "claim": claim, "test": " AND ".join(c["test"] for c in components),
+        "alpha": alpha, "effect": main["effect"], "ci": main["ci"], "p": main["p"], "n": main["n"],
+        "n_traces": main["n_traces"], "verdict": overall["verdict"], "reason": overall["reason"],
+        "rule": VERDICT_RULE, "conditions": conditions, "compared_with": comparison,
+        "comparison_conditions": comparison_conditions, "excluded": excluded, "components": components,
+        "details": details, "notes": notes,
+    })

@@ -1,0 +1,57 @@
+"""``report.md`` of an ``intervene detect`` folder: what was found, with the settings that found it.
+
+A detect folder has no conditions and no statistics, so it gets its own short report (counts,
+levels, tokens, provenance) rather than a run report full of empty sections.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .formatting import fmt_num
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def render_detection_report(folder: Path) -> Path:
+    """Write ``<folder>/report.md`` for a detect folder; return its path."""
+    from ..detect import load_detection
+    from ..store import Manifest, write_text_atomic
+
+    folder = Path(folder)
+    result = load_detection(folder)
+    manifest = Manifest.load(folder / "manifest.json")
+    sinks = result.sinks
+    primary = sinks[sinks.kind == "primary"] if len(sinks) else sinks
+    secondary = sinks[sinks.kind == "secondary"] if len(sinks) else sinks
+    settings = manifest.get("settings") or {}
+    model = settings.get("model") or {}
+    lines = [f"# Sink detection: {folder.name}", "",
+             f"{len(result.traces)} traces: **{len(primary)} primary sinks, {len(secondary)} secondary sinks** "
+             f"({manifest.get('status', '?')}; {len(manifest.get('traces_completed') or [])} of "
+             f"{manifest.get('traces_total', '?')} traces completed).", "",
+             "## Provenance", ""]
+    rows = [["model", model.get("source", "?")],
+            ["dtype / device", f"{model.get('dtype', '?')} / {model.get('device', '?')}"],
+            ["detection", ", ".join(f"{k} {v}" for k, v in (settings.get("detection") or {}).items()) or "?"],
+            ["command", f"`{manifest.get('command', '?')}`"],
+            ["created", manifest.get("created_utc", "?")]]
+    lines += _table(["", ""], rows)
+    lines += ["## Secondary sink levels (l_start, lifetime)", ""]
+    lines += _table(["l_start", "lifetime", "count"], [[r.l_start, r.lifetime, r.count]
+                                                        for r in result.levels.itertuples()]) \
+        if len(result.levels) else ["No secondary sink was found.", ""]
+    if len(result.tokens):
+        lines += ["## Secondary sink tokens", ""]
+        lines += _table(["token", "id", "count", "share"],
+                        [[f"`{r.token!r}`", r.token_id, r.count, fmt_num(r.share)]
+                         for r in result.tokens.head(20).itertuples()])
+    lines += ["Tables: `sinks.jsonl`, `levels.csv`, `tokens.csv`, `traces.csv`, `profiles.parquet/`, `sink_scores/`.",
+              ""]
+    path = folder / "report.md"
+    write_text_atomic(path, "\n".join(lines))
+    return path
