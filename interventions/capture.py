@@ -23,7 +23,9 @@ def site_module(loaded, site: str, layer: int) -> torch.nn.Module:
     block = decoder_layers(loaded.model, loaded.adapter)[layer]
     if site == "block_output":
         return block
-    return get_module(block, loaded.adapter.attention if site == "attention_output" else loaded.adapter.mlp)
+    # What is written into the residual stream: after Gemma3's post-attention / post-feedforward norms.
+    return get_module(block, loaded.adapter.attention_output if site == "attention_output"
+                      else loaded.adapter.mlp_output)
 
 
 def output_tensor(output) -> torch.Tensor:

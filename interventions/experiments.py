@@ -65,7 +65,7 @@ import yaml
 
 from .errors import UserError
 
-KINDS = ("detect", "origin", "runs")
+KINDS = ("detect", "origin", "runs", "known_answers")
 VERDICTS = ("supported", "not supported", "inconclusive", "not tested")
 SETTINGS = ("model", "traces", "limit", "seed", "max_tokens", "chat_template", "dtype", "device",
             "attn_implementation", "trust_remote_code", "revision")
@@ -504,6 +504,10 @@ def run_experiment(exp: Experiment | str | Path, *, results_root: str | Path = "
             measured = _run_detect(exp, settings, out, progress)
         elif exp.kind == "origin":
             measured = _run_origin(exp, settings, out, progress)
+        elif exp.kind == "known_answers":
+            from .known_answers import run_known_answers_experiment
+
+            measured = run_known_answers_experiment(exp, mode, settings, out, progress, overrides or {})
         else:
             measured = _run_specs(exp, specs, out, progress, report)
     except BaseException:

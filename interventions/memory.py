@@ -35,9 +35,10 @@ def _size(n: float) -> str:
 
 
 def parameter_count(config) -> int:
-    """Parameters of a Llama-family decoder (Qwen2/3, Llama, Mistral, Phi-3) from its config.
+    """Parameters of a Llama-like decoder (Qwen2/3, Llama, Mistral, Phi-3, Gemma3) from its config.
 
-    Family differences (Qwen2's q/k/v biases, Qwen3's per-head q/k norms) come from the adapter table.
+    Family differences (Qwen2's q/k/v biases, Qwen3's and Gemma3's per-head q/k norms, Gemma3's four
+    norms per layer) come from the adapter table.
     """
     adapter = adapter_for(config)
     c = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -50,7 +51,7 @@ def parameter_count(config) -> int:
     attention = d * heads * hd + 2 * d * kv * hd + heads * hd * d
     attention += (heads * hd + 2 * kv * hd) * qkv_bias + d * attn_bias
     mlp = 3 * d * inter + (2 * inter + d) * mlp_bias
-    norms = 2 * d + (2 * hd if adapter.qk_norm else 0)
+    norms = adapter.layer_norms * d + (2 * hd if adapter.qk_norm else 0)
     embed = vocab * d
     head = 0 if getattr(c, "tie_word_embeddings", False) else vocab * d
     return embed + head + d + n_layers * (attention + mlp + norms)

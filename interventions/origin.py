@@ -252,7 +252,7 @@ def analyze_origin(loaded, traces, out: str | Path | None = None, *, config: Ori
 
     import torch
 
-    from .adapters import decoder_layers, get_module
+    from .adapters import decoder_layers, get_module, mlp_to_residual
     from .detect import decode_tokens
     from .observe import observe_tokens
     from .progress import track
@@ -318,8 +318,7 @@ def analyze_origin(loaded, traces, out: str | Path | None = None, *, config: Ori
         with torch.inference_mode():
             batch = torch.as_tensor(np.concatenate([alpha * comps, -alpha * comps]), dtype=param.dtype,
                                     device=param.device)[None]
-            outs = mlp(batch)
-            outs = (outs[0] if isinstance(outs, tuple) else outs)[0].float().cpu().numpy()
+            outs = mlp_to_residual(block, loaded.adapter, batch)[0].float().cpu().numpy()
         k = comps.shape[0]
         probe = probe_table(outs[:k], outs[k:], direction, explained, alpha=alpha, out_cos_min=config.out_cos_min,
                             norm_floor=norm_floor)

@@ -20,8 +20,8 @@ POSITIONS = [6, 11, 20]
 
 def site_module(loaded, site, layer):
     block = decoder_layers(loaded.model, loaded.adapter)[layer]
-    return {"block_output": block, "mlp_output": get_module(block, loaded.adapter.mlp),
-            "attention_output": get_module(block, loaded.adapter.attention)}[site]
+    return {"block_output": block, "mlp_output": get_module(block, loaded.adapter.mlp_output),
+            "attention_output": get_module(block, loaded.adapter.attention_output)}[site]
 
 
 def oracle_logits(loaded, edit: Edit) -> torch.Tensor:
@@ -54,7 +54,7 @@ def test_every_registered_site_kind_is_checked_here():
     assert set(site_kinds()) == set(SITE_KINDS)
 
 
-@pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama", "mistral", "phi3"])
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama", "mistral", "phi3", "gemma3_text"])
 @pytest.mark.parametrize("kind", SITE_KINDS)
 @pytest.mark.parametrize("site", ["mlp_output", "attention_output", "block_output"])
 def test_pyvene_equals_torch_oracle(family, kind, site):
@@ -81,6 +81,52 @@ def hidden_states(loaded, plan=None):
         for h in handles:
             h.remove()
     return seen
+
+
+def _residual_writes(loaded, layer, plan=None):
+    """(attention write, MLP write) of ``layer`` read off the residual stream alone, [T, D] each.
+
+    Independent of the adapter's site paths: h_in (block input), h_mid (the input of the module
+    that normalises the residual for the MLP, i.e. after the attention add) and h_out (block output)
+    give attention write = h_mid - h_in and MLP write = h_out - h_mid.
+    """
+    block = decoder_layers(loaded.model, loaded.adapter)[layer]
+    norms = [m for n, m in block.named_children() if n in ("pre_feedforward_layernorm",)] or \
+        [get_module(block, "post_attention_layernorm")]  # Llama-like: the pre-MLP norm is post_attention_layernorm
+    seen = {}
+    handles = [block.register_forward_pre_hook(lambda m, a: seen.__setitem__("in", a[0][0].clone())),
+               norms[0].register_forward_pre_hook(lambda m, a: seen.__setitem__("mid", a[0][0].clone())),
+               block.register_forward_hook(lambda m, a, o: seen.__setitem__("out", (o[0] if isinstance(o, tuple)
+                                                                                     else o)[0].clone()))]
+    try:
+        with torch.inference_mode():
+            (plan.forward(input_ids=IDS) if plan else loaded.model(input_ids=IDS))
+    finally:
+        for h in handles:
+            h.remove()
+    return seen["mid"] - seen["in"], seen["out"] - seen["mid"], seen["in"]
+
+
+@pytest.mark.parametrize("family", ["gemma3_text", "llama"])
+@pytest.mark.parametrize("site", ["mlp_output", "attention_output"])
+def test_output_edits_change_the_residual_by_exactly_the_edited_amount(family, site):
+    """Gemma3 normalises each sublayer output again before the residual add: an edit must land after
+    that norm. Scaling the write by 5 must add exactly 4x the clean write to the residual stream
+    (an edit on the raw MLP output would be normalised away: ~0 change); zeroing must remove it."""
+    loaded = loaded_tiny(family, layers=3)
+    layer = 1
+    attn_clean, mlp_clean, h_in = _residual_writes(loaded, layer)
+    clean = attn_clean if site == "attention_output" else mlp_clean
+    for kind, factor, expected in (("scale", 5.0, 5.0), ("zero", None, 0.0)):
+        plan = compile_edits(loaded, [Edit(kind, layer, POSITIONS, site=site, factor=factor)])
+        attn_edit, mlp_edit, h_in_edit = _residual_writes(loaded, layer, plan)
+        edited = attn_edit if site == "attention_output" else mlp_edit
+        assert torch.equal(h_in_edit, h_in)  # nothing upstream moved
+        scale = clean[POSITIONS].abs().max()
+        assert (edited[POSITIONS] - expected * clean[POSITIONS]).abs().max() < 1e-5 * scale * 5
+        others = [p for p in range(IDS.shape[1]) if p not in POSITIONS]
+        if site == "mlp_output":  # attention at this layer is upstream of the MLP edit: every position untouched
+            torch.testing.assert_close(edited[others], clean[others], rtol=1e-5, atol=1e-5 * scale)
 
 
 def test_zero_changes_exactly_the_positions_and_layers_it_should():

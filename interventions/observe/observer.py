@@ -244,8 +244,9 @@ class Observer:
             mlp = get_module(block, adapter.mlp)
             self._inner_handles += [
                 mlp.register_forward_pre_hook(self._keep("mlp_in", idx, from_input=True)),
-                mlp.register_forward_hook(self._keep("mlp_out", idx)),
-                attn.register_forward_hook(self._on_attention_output(idx)),
+                # the outputs as written into the residual stream (after Gemma3's post-norms)
+                get_module(block, adapter.mlp_output).register_forward_hook(self._keep("mlp_out", idx)),
+                get_module(block, adapter.attention_output).register_forward_hook(self._on_attention_output(idx)),
                 block.register_forward_hook(self._on_block_output(idx)),
             ]
             attn._interventions_probe = self._probe(idx)

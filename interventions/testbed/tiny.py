@@ -17,7 +17,13 @@ TINY_CONFIGS: dict[str, dict] = {
     "mistral": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=1,
                     sliding_window=None),
     "phi3": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=4),
+    # Gemma3: head_dim != hidden/heads, sliding-window layers (4 keys) interleaved with global ones
+    # (LAYER_PATTERNS), q/k norms, post-norms on both sublayer outputs, embeddings scaled by sqrt(hidden).
+    "gemma3_text": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                        head_dim=32, sliding_window=4, query_pre_attn_scalar=32),
 }
+LAYER_PATTERNS: dict[str, tuple[str, ...]] = {"gemma3_text": ("sliding_attention", "full_attention")}
+"""``layer_types`` repeated over the layers (even layers slide, odd ones are global)."""
 
 
 def tiny_config(family: str, *, layers: int = 3, vocab: int = 258):
@@ -25,6 +31,9 @@ def tiny_config(family: str, *, layers: int = 3, vocab: int = 258):
 
     kwargs = dict(TINY_CONFIGS[family], num_hidden_layers=layers, vocab_size=vocab, max_position_embeddings=512,
                   pad_token_id=None, bos_token_id=0, eos_token_id=1, tie_word_embeddings=False)
+    if family in LAYER_PATTERNS:
+        pattern = LAYER_PATTERNS[family]
+        kwargs["layer_types"] = [pattern[i % len(pattern)] for i in range(layers)]
     return AutoConfig.for_model(family, **kwargs)
 
 
