@@ -313,8 +313,8 @@ def analyze_origin(loaded, traces, out: str | Path | None = None, *, config: Ori
         direction = np.mean([d / (np.linalg.norm(d) + 1e-30) for d in directions[layer]], axis=0)
         gate = detection.norm_ratio if detection.norm_ratio is not None else detection.massive_ratio
         norm_floor = gate * float(np.median(median_norms[layer]))
-        mlp = get_module(decoder_layers(loaded.model, loaded.adapter)[layer], loaded.adapter.mlp)
-        param = next(mlp.parameters())
+        block = decoder_layers(loaded.model, loaded.adapter)[layer]
+        param = next(get_module(block, loaded.adapter.mlp).parameters())
         with torch.inference_mode():
             batch = torch.as_tensor(np.concatenate([alpha * comps, -alpha * comps]), dtype=param.dtype,
                                     device=param.device)[None]
