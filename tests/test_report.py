@@ -324,3 +324,63 @@ def test_report_without_secondary_sinks_renders_with_notes(tmp_path):
             assert png.exists() and png.stat().st_size > 1024
     assert "fig_norms.png" in text  # the primary sink's norms are still shown
     assert "drawing failed" not in text
+
+
+# ---------------------------------------------------------------------------------------------
+# exact zeros, degenerate estimates and untested layers: no CI, no p (terminal and report.md)
+# ---------------------------------------------------------------------------------------------
+
+DEGENERATE_REASON = "collapsed sandwich variance: cluster-robust SE 3.47e-16 is below 1e-06 x the model-based SE"
+
+
+def _honesty_stats(stats: dict) -> dict:
+    """``stats`` with a degenerate norm -> score slope, an exact-zero dose slope and a pre-edit layer.
+
+    The degenerate and exact-zero dicts also carry a stale CI and p (0.0123): nothing may print them.
+    """
+    out = json.loads(json.dumps(stats))
+    stale = {"ci_low": 7.77, "ci_high": 9.99, "p": 0.0123}
+    out["norm_score"].update(slope=8.54, degenerate=True, degenerate_reason=DEGENERATE_REASON, **stale)
+    group = next(iter(out["dose_response"]))
+    out["dose_response"][group]["controls"]["lifetime"].update(slope=0.0, exact_zero=True, degenerate=False, **stale)
+    out["dose_response"][group]["targets"]["lifetime"].update(degenerate=True, degenerate_reason=DEGENERATE_REASON,
+                                                              exact_zero=False, **stale)
+    out["verdicts"]["H2"].update(effect=1.5, ci=[7.77, 9.99], p=0.0123, degenerate=True,
+                                 degenerate_reason=DEGENERATE_REASON)
+    return out
+
+
+def test_terminal_lines_show_degenerate_and_exact_zero_without_ci_or_p(sink_run):
+    from interventions.report.tables import stats_lines, verdict_table
+
+    stats = _honesty_stats(analyze_run(sink_run, progress=False, report=False)[0])
+    line = next(l for l in stats_lines(stats) if l.startswith("norm -> score"))
+    assert f"degenerate: {DEGENERATE_REASON}" in line
+    assert "7.77" not in line and "9.99" not in line and "0.012" not in line and "[" not in line
+    h2 = next(detail for key, _, detail in verdict_table(stats) if key == "H2")
+    assert "degenerate" in h2 and "7.77" not in h2 and "0.012" not in h2
+    # a norm -> score result straight from stats/ with None CI and p does not crash the terminal
+    stats["norm_score"].update(ci_low=None, ci_high=None, p=None)
+    assert any("degenerate" in l for l in stats_lines(stats))
+
+
+def test_report_md_shows_degenerate_exact_zero_and_pre_edit_honestly(sink_run, tmp_path):
+    from interventions.analysis import load_run
+    from interventions.report.render import render_report
+
+    run = tmp_path / sink_run.name
+    shutil.copytree(sink_run, run, ignore=shutil.ignore_patterns("figures", "report.md"))
+    stats = _honesty_stats(analyze_run(run, progress=False, report=False)[0])
+    text = render_report(run, load_run(run), stats).read_text()
+    pooled = next(l for l in text.splitlines() if l.startswith("| pooled slope"))
+    assert f"degenerate: {DEGENERATE_REASON}" in pooled
+    assert "7.77" not in text and "9.99" not in text and "0.012" not in text
+    dose_rows = [l for l in text.splitlines() if "| lifetime | controls |" in l]
+    assert dose_rows and all("| 0 | exact zero | – |" in l for l in dose_rows[:1])
+    # the steepest layer is descriptive: no CI, no p
+    steep = next(l for l in text.splitlines() if l.startswith("| steepest layer"))
+    assert "| – (descriptive) | – |" in steep and "descriptive" in steep
+    # layers before the edit are listed as not tested; stats.json agrees
+    assert "before the edit (not tested)" in text
+    pre = [r for r in stats["per_layer_effects"] if r.get("pre_edit")]
+    assert pre and all(r["p"] is None and r["ci_low"] is None and r["p_adj"] is None for r in pre)

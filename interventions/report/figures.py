@@ -29,6 +29,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .formatting import inference_text  # noqa: E402
+
 DPI = 120
 Z95 = 1.959963984540054
 SITE_ORDER = ("block_output", "attention_output", "mlp_output")
@@ -738,8 +740,7 @@ def caption(name: str, tables: dict, stats: dict) -> str:
         return (f"Log ratio of secondary to primary sink score against the log MLP-output norm at l_start, one "
                 f"point per sink and layer ({ns.get('n_rows', 0)} rows, {ns.get('n_sinks', 0)} sinks, "
                 f"{ns.get('n_traces', 0)} traces), with the pooled fit "
-                f"(slope {_fmt(ns.get('slope'))}, 95% CI {_fmt(ns.get('ci_low'))} to {_fmt(ns.get('ci_high'))}; "
-                f"paper Fig. 7 mid).")
+                f"(slope {inference_text(ns, estimate='slope')}; paper Fig. 7 mid).")
     if name == "fig_norm_lifetime":
         nl = stats.get("norm_lifetime") or {}
         return (f"Lifetime of each secondary sink against its log MLP-output norm at l_start ({nl.get('n_sinks', 0)} "
