@@ -129,6 +129,8 @@ def compute_stats(tables: dict, *, seed: int = 0, n_boot: int = 500) -> dict:
         "H4": st.h4_mask_changes(effects[effects.kind == "attention_mask"]) if "attention_mask" in kinds
         else not_tested("H4", "attention_mask"),
     }
+    # descriptive means with trace-level intervals: every error bar the report's figures draw
+    out["summaries"] = st.figure_summaries(effects, tables["sink_layers"], seed=seed)
     return st.to_jsonable(out)
 
 

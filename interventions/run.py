@@ -471,7 +471,7 @@ def _run_trace(loaded, tr, conditions, config, sinks, sets, condition_s, reuse_p
         condition_s[condition.id] += time.perf_counter() - t_cond
     for k, v in ex.forwards.items():  # tokens: what ran; naive_tokens: one full forward per intervened pass
         forwards[k] += v
-    extra = {"sink_layers": sink_layer_rows(clean, sinks, L), "clean_profile": clean_profile_rows(clean, tr.index),
+    extra = {"sink_layers": sink_layer_rows(clean, sinks, L), "clean_profile": clean_profile_rows(clean, tr.index, sinks),
              "sink_window": sink_window_rows(clean, sinks, L)}
     return rows, downstream, extra
 
@@ -532,16 +532,23 @@ def sink_window_rows(obs, sinks: list[Sink], n_layers: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SINK_WINDOW_COLUMNS)
 
 
-def clean_profile_rows(obs, trace: int) -> pd.DataFrame:
-    """Per layer of one clean trace: the primary sink's score and norm, the median token norm."""
+def clean_profile_rows(obs, trace: int, sinks: list[Sink] = ()) -> pd.DataFrame:
+    """Per layer of one clean trace: the primary sink's score and norms, the median token's norms, and
+    the mean norms over the trace's clean secondary sinks (NaN when it has none; paper Fig. 1)."""
     scores = obs.mean_sink_scores()
     norm = obs.profiles["hidden_norm"]
-    return pd.DataFrame({"trace": trace, "layer": np.arange(scores.shape[0]), "primary_sink_score": scores[:, 0],
-                         "primary_hidden_norm": norm[:, 0], "median_hidden_norm": np.median(norm, axis=1),
-                         "primary_key_norm": obs.profiles["key_norm"][:, 0],
-                         "median_key_norm": np.median(obs.profiles["key_norm"], axis=1),
-                         "primary_value_norm": obs.profiles["value_norm"][:, 0],
-                         "median_value_norm": np.median(obs.profiles["value_norm"], axis=1)})
+    secondary = [s.position for s in sinks if s.kind == "secondary"]
+    out = pd.DataFrame({"trace": trace, "layer": np.arange(scores.shape[0]), "primary_sink_score": scores[:, 0],
+                        "primary_hidden_norm": norm[:, 0], "median_hidden_norm": np.median(norm, axis=1),
+                        "primary_key_norm": obs.profiles["key_norm"][:, 0],
+                        "median_key_norm": np.median(obs.profiles["key_norm"], axis=1),
+                        "primary_value_norm": obs.profiles["value_norm"][:, 0],
+                        "median_value_norm": np.median(obs.profiles["value_norm"], axis=1),
+                        "n_secondary": len(secondary)})
+    for what in ("hidden", "key", "value"):
+        values = np.asarray(obs.profiles[f"{what}_norm"] if what != "hidden" else norm, dtype=float)
+        out[f"secondary_{what}_norm"] = values[:, secondary].mean(axis=1) if secondary else np.nan
+    return out
 
 
 def summarize(effects: pd.DataFrame) -> pd.DataFrame:

@@ -191,8 +191,13 @@ def make_run(folder: Path, *, with_secondary: bool = True, seed: int = 0) -> Pat
             "trace": trace, "layer": np.arange(N_LAYERS), "primary_sink_score": primary,
             "primary_hidden_norm": np.r_[1.0, np.full(N_LAYERS - 1, 300.0)], "median_hidden_norm": med,
             "primary_key_norm": np.r_[5.0, np.full(N_LAYERS - 1, 0.5)], "median_key_norm": np.full(N_LAYERS, 5.0),
-            "primary_value_norm": np.r_[1.0, np.full(N_LAYERS - 1, 0.05)],
-            "median_value_norm": np.full(N_LAYERS, 1.2)}))
+            "primary_value_norm": np.r_[1.0, np.zeros(N_LAYERS - 1)],  # exactly 0, as in the planted model
+            "median_value_norm": np.full(N_LAYERS, 1.2),
+            "n_secondary": 3 if with_secondary else 0,
+            "secondary_hidden_norm": np.r_[np.ones(3), np.full(N_LAYERS - 3, 40.0)] if with_secondary else np.nan,
+            "secondary_key_norm": np.r_[np.full(4, 5.0), np.full(N_LAYERS - 4, 1.0)] if with_secondary else np.nan,
+            "secondary_value_norm": np.r_[np.full(4, 1.0), np.full(N_LAYERS - 4, 0.1)] if with_secondary
+            else np.nan}))
         rows = _effects_of_trace(trace, sinks, primary, rng) if with_secondary else \
             _effects_without_sinks(trace, primary, rng)
         frame = pd.DataFrame(rows)
@@ -384,3 +389,140 @@ def test_report_md_shows_degenerate_exact_zero_and_pre_edit_honestly(sink_run, t
     assert "before the edit (not tested)" in text
     pre = [r for r in stats["per_layer_effects"] if r.get("pre_edit")]
     assert pre and all(r["p"] is None and r["ci_low"] is None and r["p_adj"] is None for r in pre)
+
+
+# ---------------------------------------------------------------------------------------------
+# figures draw what stats/ computed
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def analyzed(sink_run):
+    from interventions.analysis import load_run
+
+    stats, _ = analyze_run(sink_run, progress=False, report=False)
+    return load_run(sink_run), json.loads((sink_run / "stats.json").read_text())
+
+
+def _intervals(rows) -> list[tuple[float, float]]:
+    return sorted((round(r["ci_low"], 9), round(r["ci_high"], 9)) for r in rows
+                  if r.get("ci_low") is not None and not r.get("exact_zero") and not r.get("degenerate"))
+
+
+def _drawn(ax) -> list[tuple[float, float]]:
+    from interventions.report.figure_style import bar_intervals
+
+    return sorted((round(lo, 9), round(hi, 9)) for lo, hi in bar_intervals(ax))
+
+
+@pytest.mark.parametrize("name, key, panels", [
+    ("fig_dose", "dose_levels", {0: "lifetime", 1: "sink_score"}),
+    ("fig_swap", "swap_rates", {0: None}),
+    ("fig_mask", "mask_kl", {1: None}),
+])
+def test_figure_error_bars_are_the_stats_json_intervals(analyzed, name, key, panels):
+    import matplotlib.pyplot as plt
+
+    from interventions.report.figures import DRAW
+
+    tables, stats = analyzed
+    rows = stats["summaries"][key]
+    assert _intervals(rows), f"no interval in stats.json summaries[{key!r}] to compare with"
+    fig = DRAW[name](tables, stats)
+    try:
+        for index, measure in panels.items():
+            expected = _intervals([r for r in rows if measure is None or r["measure"] == measure])
+            assert _drawn(fig.axes[index]) == expected
+    finally:
+        plt.close(fig)
+
+
+def test_scores_band_is_the_stats_json_interval(analyzed):
+    import matplotlib.pyplot as plt
+
+    from interventions.report.figures import DRAW
+
+    tables, stats = analyzed
+    fig = DRAW["fig_scores"](tables, stats)
+    try:
+        bands = [c for c in fig.axes[0].collections if c.get_label().startswith("secondary 95% CI")]
+        assert len(bands) == 1
+        verts = bands[0].get_paths()[0].vertices
+        rows = [r for r in stats["summaries"]["secondary_score_by_layer"] if r["ci_low"] is not None]
+        for r in rows:
+            at = verts[np.isclose(verts[:, 0], r["layer"])][:, 1]
+            assert np.isclose(at.min(), r["ci_low"]) and np.isclose(at.max(), r["ci_high"])
+    finally:
+        plt.close(fig)
+
+
+def test_fig_dose_draws_one_series_per_token(analyzed):
+    import matplotlib.pyplot as plt
+
+    from interventions.report.figures import DRAW
+
+    tables, stats = analyzed
+    effects = tables["effects"]
+    scale = effects[(effects["kind"] == "scale") & ~effects["is_control"].astype(bool)]
+    expected = {f"{tok!r} ({ts})" for tok, ts in scale[["token", "target_set"]].drop_duplicates().itertuples(index=False)}
+    controls = {f"{ts} (controls)" for ts in effects.loc[(effects["kind"] == "scale") & effects["is_control"].astype(bool),
+                                                        "target_set"].unique()}
+    fig = DRAW["fig_dose"](tables, stats)
+    try:
+        for ax in fig.axes[:2]:
+            drawn = [line.get_gid() for line in ax.get_lines() if line.get_gid()]
+            assert len(drawn) == len(set(drawn))
+            assert set(drawn) == expected | controls
+    finally:
+        plt.close(fig)
+    # the synthetic run's "weak" token responds and the "sinks" tokens do too, each on its own line
+    assert len(expected) >= 2
+
+
+def test_fig_norm_score_lines_are_the_fitted_model_through_the_fitted_rows(analyzed):
+    import matplotlib.pyplot as plt
+
+    from interventions.report.figures import DRAW
+    from interventions.report.figures_fits import norm_score_points
+
+    tables, stats = analyzed
+    fit = stats["norm_score"]
+    assert fit["estimable"] and fit["layer_intercepts"]
+    points = norm_score_points(tables, stats)
+    assert len(points) == fit["n_rows"]  # the figure shows exactly the rows the fit used
+    fig = DRAW["fig_norm_score"](tables, stats)
+    try:
+        lines = {line.get_gid(): line for line in fig.axes[0].get_lines() if (line.get_gid() or "").startswith("fit")}
+        intercepts = {r["layer"]: r["intercept"] for r in fit["layer_intercepts"]}
+        assert {f"fit-layer-{layer}" for layer in intercepts} == set(lines)
+        for layer, a in intercepts.items():
+            x, y = lines[f"fit-layer-{layer}"].get_data()
+            assert np.allclose(y, a + fit["slope"] * np.asarray(x))
+            g = points[points["layer"] == layer]
+            # OLS with one intercept per layer: the residuals of each layer average to 0, so the line runs
+            # through the middle of its layer's points
+            assert abs(float(np.mean(g["y"] - (a + fit["slope"] * g["x"])))) < 1e-8
+    finally:
+        plt.close(fig)
+
+
+def test_fig_norms_draws_secondary_key_and_value_norms_and_zero_norms(analyzed):
+    import matplotlib.pyplot as plt
+
+    from interventions.report.figures import DRAW
+
+    tables, stats = analyzed
+    fig = DRAW["fig_norms"](tables, stats)
+    try:
+        for ax, what in zip(fig.axes[:3], ("hidden", "key", "value")):
+            assert "not recorded" not in ax.get_title()
+            secondary = [line for line in ax.get_lines() if line.get_label().startswith("secondary sinks")]
+            assert len(secondary) == 1, what
+            assert np.allclose(secondary[0].get_ydata(), tables["clean_profile"].groupby("layer")[
+                f"secondary_{what}_norm"].mean())
+        value = fig.axes[2]
+        assert value.get_yscale() == "linear"  # the primary value norm is exactly 0: a log axis would hide it
+        primary = next(line for line in value.get_lines() if line.get_label().startswith("primary"))
+        assert np.count_nonzero(np.asarray(primary.get_ydata()) == 0) == N_LAYERS - 1
+    finally:
+        plt.close(fig)
