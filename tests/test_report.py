@@ -526,3 +526,16 @@ def test_fig_norms_draws_secondary_key_and_value_norms_and_zero_norms(analyzed):
         assert np.count_nonzero(np.asarray(primary.get_ydata()) == 0) == N_LAYERS - 1
     finally:
         plt.close(fig)
+
+
+def test_inference_cells_never_show_a_ci_or_p_without_one():
+    from interventions.report.formatting import inference_cells, inference_text
+
+    assert inference_cells({"estimate": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p": 1.0}) == ("0", "exact zero", "–")
+    value, ci, p = inference_cells({"estimate": 2.0, "ci_low": 2.0, "ci_high": 2.0, "p": 1e-9})
+    assert ci.startswith("degenerate") and p == "–"
+    assert inference_cells({"estimate": 0.5, "ci_low": None, "ci_high": None, "p": 0.06})[1:] == ("unbounded", "0.06")
+    assert inference_cells({"estimate": 0.5, "ci_low": 0.1, "ci_high": None, "p": 0.03})[1] == "[0.1, inf]"
+    assert inference_cells({"estimate": 0.2, "pre_edit": True, "ci_low": 0.1, "ci_high": 0.3, "p": 0.01}) == \
+        ("0.2", "not tested (before the edit)", "–")
+    assert inference_text({"estimate": 1.0, "ci_low": 0.5, "ci_high": 1.5}) == "1 [0.5, 1.5]"

@@ -83,6 +83,12 @@ def inference_cells(d: dict, *, estimate: str = "estimate", ci: tuple[str, str] 
     if d.get(degenerate):
         return fmt_num(value), f"degenerate: {d.get(reason) or 'no reason recorded'}", "–"
     low, high = d.get(ci[0]), d.get(ci[1])
+    if not _missing(low) and not _missing(high) and float(low) == float(high):
+        # a zero-width interval is no interval: on an estimate of exactly 0 it is an unflagged exact zero,
+        # otherwise a collapsed (degenerate) variance; neither gets a CI or p
+        if not _missing(value) and float(value) == 0.0:
+            return "0", EXACT_ZERO, "–"
+        return fmt_num(value), "degenerate: zero-width interval", "–"
     if _missing(low) and _missing(high):
         ci_text = "unbounded" if not _missing(d.get(p)) else "–"
     else:
@@ -96,4 +102,5 @@ def inference_text(d: dict, **keys) -> str:
     value, ci, p = inference_cells(d, **keys)
     if p == "–" and not ci.startswith("["):
         return f"{value} ({ci})" if ci not in ("–",) else value
-    return f"{value} {ci}, p {p}" if ci.startswith("[") else f"{value} (CI {ci}), p {p}"
+    p_text = "" if p == "–" else f", p {p}"
+    return f"{value} {ci}{p_text}" if ci.startswith("[") else f"{value} (CI {ci}){p_text}"
