@@ -68,9 +68,14 @@ class WarningsOnce:
             return
         self.repeats[key] = 0
         first = text.splitlines()[0] if text else ""
-        self.out.print(f"[yellow]warning:[/yellow] {category.__name__}: {first} "
+        self.out.print(f"[yellow]{_who(filename)} warning:[/yellow] {category.__name__}: {first} "
                        f"[dim]({_origin(filename)}:{lineno}; repeats not shown)[/dim]",
                        highlight=False, soft_wrap=True)
+
+
+def _who(filename: str) -> str:
+    """``library`` for a warning raised outside this package (``progress.warn`` prints our own as ``warning:``)."""
+    return "interventions" if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent) else "library"
 
 
 def _origin(filename: str) -> str:

@@ -40,6 +40,7 @@ def test_each_distinct_warning_is_printed_once():
     text = buffer.getvalue()
     assert text.count("past_key_values") == 1 and text.count("another one") == 1
     assert "FutureWarning" in text and "repeats not shown" in text and "test_warnings_once.py" in text
+    assert text.startswith("library warning:")  # told apart from the tool's own "warning:" lines
     assert hook.repeats[("FutureWarning", "`past_key_values` is deprecated; use `cache` instead.")] == 4
 
 
