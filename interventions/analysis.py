@@ -121,6 +121,8 @@ def compute_stats(tables: dict, *, seed: int = 0, n_boot: int = 500) -> dict:
         out["per_layer_effects"] = st.to_jsonable(layer_effects.to_dict(orient="records"))
         out["per_layer_notes"] = list(layer_effects.attrs.get("notes", []))
     out["verdicts"], out["tautologies"] = hypothesis_verdicts(effects, tables["manifest"], seed=seed)
+    # descriptive means with trace-level intervals: every error bar the report's figures draw
+    out["summaries"] = st.figure_summaries(effects, tables["sink_layers"], seed=seed)
     return st.to_jsonable(out)
 
 

@@ -160,17 +160,24 @@ def sink_window_rows(obs, sinks: list[Sink], n_layers: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SINK_WINDOW_COLUMNS)
 
 
-def clean_profile_rows(obs, trace: int) -> pd.DataFrame:
-    """Per layer of one clean trace: the primary sink's score and norm, the median token norm."""
+def clean_profile_rows(obs, trace: int, sinks: list[Sink] = ()) -> pd.DataFrame:
+    """Per layer of one clean trace: the reference primary sink's score and norms, the median token's
+    norms, and the mean norms over the trace's clean secondary sinks (NaN when it has none; paper Fig. 1)."""
     scores = obs.mean_sink_scores()
     norm = obs.profiles["hidden_norm"]
     ref = obs.reference_position or 0  # the reference primary sink (position 0 when the trace has none)
-    return pd.DataFrame({"trace": trace, "layer": np.arange(scores.shape[0]), "primary_sink_score": scores[:, ref],
-                         "primary_hidden_norm": norm[:, ref], "median_hidden_norm": np.median(norm, axis=1),
-                         "primary_key_norm": obs.profiles["key_norm"][:, ref],
-                         "median_key_norm": np.median(obs.profiles["key_norm"], axis=1),
-                         "primary_value_norm": obs.profiles["value_norm"][:, ref],
-                         "median_value_norm": np.median(obs.profiles["value_norm"], axis=1)})
+    secondary = [s.position for s in sinks if s.kind == "secondary"]
+    out = pd.DataFrame({"trace": trace, "layer": np.arange(scores.shape[0]), "primary_sink_score": scores[:, ref],
+                        "primary_hidden_norm": norm[:, ref], "median_hidden_norm": np.median(norm, axis=1),
+                        "primary_key_norm": obs.profiles["key_norm"][:, ref],
+                        "median_key_norm": np.median(obs.profiles["key_norm"], axis=1),
+                        "primary_value_norm": obs.profiles["value_norm"][:, ref],
+                        "median_value_norm": np.median(obs.profiles["value_norm"], axis=1),
+                        "n_secondary": len(secondary)})
+    for what in ("hidden", "key", "value"):
+        values = np.asarray(obs.profiles[f"{what}_norm"] if what != "hidden" else norm, dtype=float)
+        out[f"secondary_{what}_norm"] = values[:, secondary].mean(axis=1) if secondary else np.nan
+    return out
 
 
 def summarize(effects: pd.DataFrame) -> pd.DataFrame:

@@ -184,7 +184,7 @@ def run_trace(loaded, tr, conditions, config, sinks, sets, condition_s, reuse_pr
         condition_s[condition.id] += time.perf_counter() - t_cond
     for k, v in ex.forwards.items():  # tokens: what ran; naive_tokens: one full forward per intervened pass
         forwards[k] += v
-    extra = {"sink_layers": sink_layer_rows(clean, sinks, L), "clean_profile": clean_profile_rows(clean, tr.index),
+    extra = {"sink_layers": sink_layer_rows(clean, sinks, L), "clean_profile": clean_profile_rows(clean, tr.index, sinks),
              "sink_window": sink_window_rows(clean, sinks, L)}
     return rows, downstream, extra
 

@@ -194,8 +194,13 @@ def make_run(folder: Path, *, with_secondary: bool = True, seed: int = 0) -> Pat
             "trace": trace, "layer": np.arange(N_LAYERS), "primary_sink_score": primary,
             "primary_hidden_norm": np.r_[1.0, np.full(N_LAYERS - 1, 300.0)], "median_hidden_norm": med,
             "primary_key_norm": np.r_[5.0, np.full(N_LAYERS - 1, 0.5)], "median_key_norm": np.full(N_LAYERS, 5.0),
-            "primary_value_norm": np.r_[1.0, np.full(N_LAYERS - 1, 0.05)],
-            "median_value_norm": np.full(N_LAYERS, 1.2)}))
+            "primary_value_norm": np.r_[1.0, np.zeros(N_LAYERS - 1)],  # exactly 0, as in the planted model
+            "median_value_norm": np.full(N_LAYERS, 1.2),
+            "n_secondary": 3 if with_secondary else 0,
+            "secondary_hidden_norm": np.r_[np.ones(3), np.full(N_LAYERS - 3, 40.0)] if with_secondary else np.nan,
+            "secondary_key_norm": np.r_[np.full(4, 5.0), np.full(N_LAYERS - 4, 1.0)] if with_secondary else np.nan,
+            "secondary_value_norm": np.r_[np.full(4, 1.0), np.full(N_LAYERS - 4, 0.1)] if with_secondary
+            else np.nan}))
         rows = _effects_of_trace(trace, sinks, primary, rng) if with_secondary else \
             _effects_without_sinks(trace, primary, rng)
         frame = pd.DataFrame(rows)
@@ -327,3 +332,213 @@ def test_report_without_secondary_sinks_renders_with_notes(tmp_path):
             assert png.exists() and png.stat().st_size > 1024
     assert "fig_norms.png" in text  # the primary sink's norms are still shown
     assert "drawing failed" not in text
+
+
+# ---------------------------------------------------------------------------------------------
+# exact zeros, degenerate estimates and untested layers: no CI, no p (terminal and report.md)
+# ---------------------------------------------------------------------------------------------
+
+DEGENERATE_REASON = "collapsed sandwich variance: cluster-robust SE 3.47e-16 is below 1e-06 x the model-based SE"
+
+
+def _honesty_stats(stats: dict) -> dict:
+    """``stats`` with a degenerate norm -> score slope, an exact-zero dose slope and a pre-edit layer.
+
+    The degenerate and exact-zero dicts also carry a stale CI and p (0.0123): nothing may print them.
+    """
+    out = json.loads(json.dumps(stats))
+    stale = {"ci_low": 7.77, "ci_high": 9.99, "p": 0.0123}
+    out["norm_score"].update(slope=8.54, degenerate=True, degenerate_reason=DEGENERATE_REASON, **stale)
+    group = next(iter(out["dose_response"]))
+    out["dose_response"][group]["controls"]["lifetime"].update(slope=0.0, exact_zero=True, degenerate=False, **stale)
+    out["dose_response"][group]["targets"]["lifetime"].update(degenerate=True, degenerate_reason=DEGENERATE_REASON,
+                                                              exact_zero=False, **stale)
+    out["verdicts"]["H2"].update(effect=1.5, ci=[7.77, 9.99], p=0.0123, degenerate=True,
+                                 degenerate_reason=DEGENERATE_REASON)
+    return out
+
+
+def test_terminal_lines_show_degenerate_and_exact_zero_without_ci_or_p(sink_run):
+    from interventions.report.tables import stats_lines, verdict_table
+
+    stats = _honesty_stats(analyze_run(sink_run, progress=False, report=False)[0])
+    line = next(l for l in stats_lines(stats) if l.startswith("norm -> score"))
+    assert f"degenerate: {DEGENERATE_REASON}" in line
+    assert "7.77" not in line and "9.99" not in line and "0.012" not in line and "[" not in line
+    h2 = next(detail for key, _, detail in verdict_table(stats) if key == "H2")
+    assert "degenerate" in h2 and "7.77" not in h2 and "0.012" not in h2
+    # a norm -> score result straight from stats/ with None CI and p does not crash the terminal
+    stats["norm_score"].update(ci_low=None, ci_high=None, p=None)
+    assert any("degenerate" in l for l in stats_lines(stats))
+
+
+def test_report_md_shows_degenerate_exact_zero_and_pre_edit_honestly(sink_run, tmp_path):
+    from interventions.analysis import load_run
+    from interventions.report.render import render_report
+
+    run = tmp_path / sink_run.name
+    shutil.copytree(sink_run, run, ignore=shutil.ignore_patterns("figures", "report.md"))
+    stats = _honesty_stats(analyze_run(run, progress=False, report=False)[0])
+    text = render_report(run, load_run(run), stats).read_text()
+    pooled = next(l for l in text.splitlines() if l.startswith("| pooled slope"))
+    assert f"degenerate: {DEGENERATE_REASON}" in pooled
+    assert "7.77" not in text and "9.99" not in text and "0.012" not in text
+    dose_rows = [l for l in text.splitlines() if "| lifetime | controls |" in l]
+    assert dose_rows and all("| 0 | exact zero | – |" in l for l in dose_rows[:1])
+    # the steepest layer is descriptive: no CI, no p
+    steep = next(l for l in text.splitlines() if l.startswith("| steepest layer"))
+    assert "| – (descriptive) | – |" in steep and "descriptive" in steep
+    # layers before the edit are listed as not tested; stats.json agrees
+    assert "before the edit (not tested)" in text
+    pre = [r for r in stats["per_layer_effects"] if r.get("pre_edit")]
+    assert pre and all(r["p"] is None and r["ci_low"] is None and r["p_adj"] is None for r in pre)
+
+
+# ---------------------------------------------------------------------------------------------
+# figures draw what stats/ computed
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def analyzed(sink_run):
+    from interventions.analysis import load_run
+
+    stats, _ = analyze_run(sink_run, progress=False, report=False)
+    return load_run(sink_run), json.loads((sink_run / "stats.json").read_text())
+
+
+def _intervals(rows) -> list[tuple[float, float]]:
+    return sorted((round(r["ci_low"], 9), round(r["ci_high"], 9)) for r in rows
+                  if r.get("ci_low") is not None and not r.get("exact_zero") and not r.get("degenerate"))
+
+
+def _drawn(ax) -> list[tuple[float, float]]:
+    from interventions.report.figure_style import bar_intervals
+
+    return sorted((round(lo, 9), round(hi, 9)) for lo, hi in bar_intervals(ax))
+
+
+@pytest.mark.parametrize("name, key, panels", [
+    ("fig_dose", "dose_levels", {0: "lifetime", 1: "sink_score"}),
+    ("fig_swap", "swap_rates", {0: None}),
+    ("fig_mask", "mask_kl", {1: None}),
+])
+def test_figure_error_bars_are_the_stats_json_intervals(analyzed, name, key, panels):
+    import matplotlib.pyplot as plt
+
+    from interventions.report.figures import DRAW
+
+    tables, stats = analyzed
+    rows = stats["summaries"][key]
+    assert _intervals(rows), f"no interval in stats.json summaries[{key!r}] to compare with"
+    fig = DRAW[name](tables, stats)
+    try:
+        for index, measure in panels.items():
+            expected = _intervals([r for r in rows if measure is None or r["measure"] == measure])
+            assert _drawn(fig.axes[index]) == expected
+    finally:
+        plt.close(fig)
+
+
+def test_scores_band_is_the_stats_json_interval(analyzed):
+    import matplotlib.pyplot as plt
+
+    from interventions.report.figures import DRAW
+
+    tables, stats = analyzed
+    fig = DRAW["fig_scores"](tables, stats)
+    try:
+        bands = [c for c in fig.axes[0].collections if c.get_label().startswith("secondary 95% CI")]
+        assert len(bands) == 1
+        verts = bands[0].get_paths()[0].vertices
+        rows = [r for r in stats["summaries"]["secondary_score_by_layer"] if r["ci_low"] is not None]
+        for r in rows:
+            at = verts[np.isclose(verts[:, 0], r["layer"])][:, 1]
+            assert np.isclose(at.min(), r["ci_low"]) and np.isclose(at.max(), r["ci_high"])
+    finally:
+        plt.close(fig)
+
+
+def test_fig_dose_draws_one_series_per_token(analyzed):
+    import matplotlib.pyplot as plt
+
+    from interventions.report.figures import DRAW
+
+    tables, stats = analyzed
+    effects = tables["effects"]
+    scale = effects[(effects["kind"] == "scale") & ~effects["is_control"].astype(bool)]
+    expected = {f"{tok!r} ({ts})" for tok, ts in scale[["token", "target_set"]].drop_duplicates().itertuples(index=False)}
+    controls = {f"{ts} (controls)" for ts in effects.loc[(effects["kind"] == "scale") & effects["is_control"].astype(bool),
+                                                        "target_set"].unique()}
+    fig = DRAW["fig_dose"](tables, stats)
+    try:
+        for ax in fig.axes[:2]:
+            drawn = [line.get_gid() for line in ax.get_lines() if line.get_gid()]
+            assert len(drawn) == len(set(drawn))
+            assert set(drawn) == expected | controls
+    finally:
+        plt.close(fig)
+    # the synthetic run's "weak" token responds and the "sinks" tokens do too, each on its own line
+    assert len(expected) >= 2
+
+
+def test_fig_norm_score_lines_are_the_fitted_model_through_the_fitted_rows(analyzed):
+    import matplotlib.pyplot as plt
+
+    from interventions.report.figures import DRAW
+    from interventions.report.figures_fits import norm_score_points
+
+    tables, stats = analyzed
+    fit = stats["norm_score"]
+    assert fit["estimable"] and fit["layer_intercepts"]
+    points = norm_score_points(tables, stats)
+    assert len(points) == fit["n_rows"]  # the figure shows exactly the rows the fit used
+    fig = DRAW["fig_norm_score"](tables, stats)
+    try:
+        lines = {line.get_gid(): line for line in fig.axes[0].get_lines() if (line.get_gid() or "").startswith("fit")}
+        intercepts = {r["layer"]: r["intercept"] for r in fit["layer_intercepts"]}
+        assert {f"fit-layer-{layer}" for layer in intercepts} == set(lines)
+        for layer, a in intercepts.items():
+            x, y = lines[f"fit-layer-{layer}"].get_data()
+            assert np.allclose(y, a + fit["slope"] * np.asarray(x))
+            g = points[points["layer"] == layer]
+            # OLS with one intercept per layer: the residuals of each layer average to 0, so the line runs
+            # through the middle of its layer's points
+            assert abs(float(np.mean(g["y"] - (a + fit["slope"] * g["x"])))) < 1e-8
+    finally:
+        plt.close(fig)
+
+
+def test_fig_norms_draws_secondary_key_and_value_norms_and_zero_norms(analyzed):
+    import matplotlib.pyplot as plt
+
+    from interventions.report.figures import DRAW
+
+    tables, stats = analyzed
+    fig = DRAW["fig_norms"](tables, stats)
+    try:
+        for ax, what in zip(fig.axes[:3], ("hidden", "key", "value")):
+            assert "not recorded" not in ax.get_title()
+            secondary = [line for line in ax.get_lines() if line.get_label().startswith("secondary sinks")]
+            assert len(secondary) == 1, what
+            assert np.allclose(secondary[0].get_ydata(), tables["clean_profile"].groupby("layer")[
+                f"secondary_{what}_norm"].mean())
+        value = fig.axes[2]
+        assert value.get_yscale() == "linear"  # the primary value norm is exactly 0: a log axis would hide it
+        primary = next(line for line in value.get_lines() if line.get_label().startswith("primary"))
+        assert np.count_nonzero(np.asarray(primary.get_ydata()) == 0) == N_LAYERS - 1
+    finally:
+        plt.close(fig)
+
+
+def test_inference_cells_never_show_a_ci_or_p_without_one():
+    from interventions.report.formatting import inference_cells, inference_text
+
+    assert inference_cells({"estimate": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p": 1.0}) == ("0", "exact zero", "–")
+    value, ci, p = inference_cells({"estimate": 2.0, "ci_low": 2.0, "ci_high": 2.0, "p": 1e-9})
+    assert ci.startswith("degenerate") and p == "–"
+    assert inference_cells({"estimate": 0.5, "ci_low": None, "ci_high": None, "p": 0.06})[1:] == ("unbounded", "0.06")
+    assert inference_cells({"estimate": 0.5, "ci_low": 0.1, "ci_high": None, "p": 0.03})[1] == "[0.1, inf]"
+    assert inference_cells({"estimate": 0.2, "pre_edit": True, "ci_low": 0.1, "ci_high": 0.3, "p": 0.01}) == \
+        ("0.2", "not tested (before the edit)", "–")
+    assert inference_text({"estimate": 1.0, "ci_low": 0.5, "ci_high": 1.5}) == "1 [0.5, 1.5]"

@@ -34,6 +34,9 @@ def _version(value: bool):
 def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                       help="Print versions of this tool, torch, transformers and pyvene.")):
     """Causal interventions on attention sinks. Start with `intervene detect --help` or `intervene run --help`."""
+    from ..progress import install_warnings_once
+
+    install_warnings_once()  # a library warning repeated in every forward is printed once per command
 
 
 app.command("detect")(detect_command)

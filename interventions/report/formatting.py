@@ -43,7 +43,64 @@ def fmt_p(value) -> str:
     return f"{v:.2g}" if v < 0.1 else f"{v:.2f}"
 
 
+def _missing(value) -> bool:
+    try:
+        return value is None or not math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return True
+
+
 def fmt_ci(low, high) -> str:
-    if low is None and high is None:
+    """``[low, high]``; a missing bound is an unbounded side (a sign-flip interval that the test
+    cannot close at this number of traces), so it prints as -inf / inf, never as a number."""
+    if _missing(low) and _missing(high):
         return "–"
-    return f"[{fmt_num(low)}, {fmt_num(high)}]"
+    return f"[{'-inf' if _missing(low) else fmt_num(low)}, {'inf' if _missing(high) else fmt_num(high)}]"
+
+
+NOT_TESTED_PRE_EDIT = "not tested (before the edit)"
+EXACT_ZERO = "exact zero"
+
+
+def inference_cells(d: dict, *, estimate: str = "estimate", ci: tuple[str, str] = ("ci_low", "ci_high"),
+                    p: str = "p", exact_zero: str = "exact_zero", degenerate: str = "degenerate",
+                    reason: str = "degenerate_reason", pre_edit: str = "pre_edit") -> tuple[str, str, str]:
+    """``(estimate, CI, p)`` cells of one estimate in a stats dict, honest about what has no inference.
+
+    - ``pre_edit`` (a layer no edit can reach): the change, ``not tested (before the edit)``, no p;
+    - ``exact_zero``: ``0``, ``exact zero``, no p (a CI or p on an exact zero would be noise);
+    - ``degenerate``: the estimate, ``degenerate: <reason>``, no p;
+    - no CI at all but a p (a sign-flip test with too few traces to close its interval):
+      ``unbounded``; otherwise ``[low, high]`` and the p-value.
+
+    Whatever the dict holds in its CI and p keys, the first three cases never print them.
+    """
+    value = d.get(estimate)
+    if d.get(pre_edit):
+        return fmt_num(value), NOT_TESTED_PRE_EDIT, "–"
+    if d.get(exact_zero):
+        return "0", EXACT_ZERO, "–"
+    if d.get(degenerate):
+        return fmt_num(value), f"degenerate: {d.get(reason) or 'no reason recorded'}", "–"
+    low, high = d.get(ci[0]), d.get(ci[1])
+    if not _missing(low) and not _missing(high) and float(low) == float(high):
+        # a zero-width interval is no interval: on an estimate of exactly 0 it is an unflagged exact zero,
+        # otherwise a collapsed (degenerate) variance; neither gets a CI or p
+        if not _missing(value) and float(value) == 0.0:
+            return "0", EXACT_ZERO, "–"
+        return fmt_num(value), "degenerate: zero-width interval", "–"
+    if _missing(low) and _missing(high):
+        ci_text = "unbounded" if not _missing(d.get(p)) else "–"
+    else:
+        ci_text = fmt_ci(low, high)
+    return fmt_num(value), ci_text, fmt_p(d.get(p))
+
+
+def inference_text(d: dict, **keys) -> str:
+    """One phrase for running text: ``1.2 [0.9, 1.5], p 0.003``, ``0 (exact zero)``,
+    ``1.5 (degenerate: <reason>)`` or ``0.02 (not tested (before the edit))``."""
+    value, ci, p = inference_cells(d, **keys)
+    if p == "–" and not ci.startswith("["):
+        return f"{value} ({ci})" if ci not in ("–",) else value
+    p_text = "" if p == "–" else f", p {p}"
+    return f"{value} {ci}{p_text}" if ci.startswith("[") else f"{value} (CI {ci}){p_text}"

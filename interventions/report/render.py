@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .formatting import fmt_ci as _ci
 from .formatting import fmt_num as _num
 from .formatting import fmt_p as _p
+from .formatting import inference_cells, inference_text
+from .tables import flat_verdict
 
 HYPOTHESES = {
     "H1": "zeroing the l_start MLP output prevents the secondary sink",
@@ -28,9 +29,14 @@ HOW_TO_READ = [
                 "and a 95% CI that excludes 0 on the predicted side; *not supported* means the CI excludes 0 on "
                 "the other side or lies entirely within the declared equivalence margin; anything else, or too "
                 "few targets or traces, is *inconclusive*."),
-    ("Trace as unit", "tokens of one trace share a forward pass, so every CI resamples whole traces and every "
-                      "p-value flips the signs of whole-trace sums (with fewer than 6 traces no sign-flip p can go "
-                      "below 0.05)."),
+    ("Trace as unit", "tokens of one trace share a forward pass, so every p-value flips the signs of whole-trace "
+                      "sums and its CI inverts that test (with fewer than 6 traces no sign-flip p can go below 0.05 "
+                      "and the CI is unbounded), regressions use CR2 trace-cluster errors with Bell-McCaffrey df, "
+                      "and bootstraps resample whole traces."),
+    ("Exact zero / degenerate", "an *exact zero* is an estimate whose every per-token change lies within the "
+                                "exact-null tolerance; a *degenerate* estimate has no usable variance (every trace "
+                                "agrees, a collapsed sandwich variance, a fit that did not converge). Neither gets "
+                                "a CI or a p-value; the reason is printed instead."),
     ("Norm -> score slope", "the elasticity of the secondary/primary sink-score ratio with respect to the l_start "
                             "MLP-output norm (OLS of log ratio on log norm with one intercept per layer, "
                             "trace-clustered CI); R^2 within is the share of within-layer variance it explains."),
@@ -138,11 +144,10 @@ def _verdicts(stats: dict) -> list[str]:
         n = v.get("n")
         n_text = "–" if n is None else \
             f"{n}" + (f" ({v['n_traces']} traces)" if v.get("n_traces") is not None else "")
-        ci = v.get("ci") or [None, None]
         text = v.get("hypothesis", "")
         text = text.split(": ", 1)[1] if ": " in text else HYPOTHESES.get(key, text if text != key else "")
         rows.append([f"**{key}** {text}", f"**{v.get('verdict', '?')}**",
-                     v.get("test", "–"), _num(v.get("effect")), _ci(*ci), _p(v.get("p")), n_text,
+                     v.get("test", "–"), *inference_cells(flat_verdict(v)), n_text,
                      v.get("reason", "")])
     lines += _table(["hypothesis", "verdict", "test", "effect", "95% CI", "p", "n", "reason"], rows)
     comp_rows = []
@@ -151,8 +156,7 @@ def _verdicts(stats: dict) -> list[str]:
         if len(comps) < 2:
             continue
         for c in comps:
-            comp_rows.append([key, c.get("name"), c.get("verdict"), _num(c.get("effect")),
-                              _ci(*(c.get("ci") or [None, None])), _p(c.get("p")), _num(c.get("n")),
+            comp_rows.append([key, c.get("name"), c.get("verdict"), *inference_cells(flat_verdict(c)), _num(c.get("n")),
                               _num(c.get("margin")), c.get("reason", "")])
     if comp_rows:
         lines += ["Components of compound hypotheses (each must be supported):", ""]
@@ -182,21 +186,35 @@ def _norm_score(ns: dict) -> list[str]:
     lines = ["### Norm -> sink score (paper Fig. 7 mid)", ""]
     if not ns.get("estimable"):
         return lines + [f"Not estimable: {ns.get('reason', 'no data')}.", ""]
-    rows = [["pooled slope (elasticity)", _num(ns.get("slope")), _ci(ns.get("ci_low"), ns.get("ci_high")),
-             _p(ns.get("p")),
-             f"R^2 {_num(ns.get('r2'))}, within-layer R^2 {_num(ns.get('r2_within'))}; {ns.get('se_type', '')} SE"]]
+    rows = [["pooled slope (elasticity)", *inference_cells(ns, estimate="slope"),
+             f"R^2 {_num(ns.get('r2'))}, within-layer R^2 {_num(ns.get('r2_within'))}; {ns.get('se_type', '')} SE"
+             + (f", {_num(ns.get('df'))} df" if ns.get("df") is not None else "")]]
     mixed = ns.get("mixed") or {}
     if mixed.get("run") and mixed.get("slope") is not None:
-        rows.append(["mixed model (random trace intercept)", _num(mixed.get("slope")),
-                     _ci(mixed.get("ci_low"), mixed.get("ci_high")), _p(mixed.get("p")),
+        rows.append(["mixed model (random trace intercept)", *inference_cells(mixed, estimate="slope"),
                      "converged" if mixed.get("converged") else "did not converge"])
+    elif mixed.get("run"):
+        rows.append(["mixed model (random trace intercept)", "–",
+                     f"degenerate: {mixed.get('degenerate_reason') or 'no estimate'}", "–", "check only"])
     if ns.get("steepest_layer") is not None:
-        ci = ns.get("steepest_ci") or [None, None]
-        rows.append([f"steepest layer ({ns['steepest_layer']})", _num(ns.get("steepest_slope")), _ci(*ci), "–",
-                     "slope within that layer alone"])
+        rows.append([f"steepest layer ({ns['steepest_layer']})", _num(ns.get("steepest_slope")), "– (descriptive)",
+                     "–", ns.get("steepest_note") or "descriptive: argmax of per-layer slopes, no CI or test"])
     lines += _table(["estimate", "value", "95% CI", "p", "note"], rows)
+    window = ns.get("window")
+    design = (f"fixed window of attention layers l_start+1 .. l_start+{window} for every sink, "
+              f"{ns.get('n_dead_rows') if ns.get('n_dead_rows') is not None else '?'} of the rows after the sink "
+              f"died" if window else "every recorded sink-layer row")
     lines += [f"n = {ns.get('n_rows')} sink-layer rows, {ns.get('n_sinks')} sinks, {ns.get('n_traces')} traces; "
-              f"model `{ns.get('model')}`.", ""]
+              f"{design}; model `{ns.get('model')}`.", ""]
+    per_layer = [r for r in ns.get("per_layer") or []]
+    if per_layer:
+        cells = []
+        for r in per_layer:
+            if r.get("estimable"):
+                cells.append(f"layer {r['layer']}: {inference_text(r, estimate='slope')}")
+            else:
+                cells.append(f"layer {r['layer']}: not estimable ({r.get('reason')})")
+        lines += ["Per-layer slopes (descriptive; each layer alone): " + "; ".join(cells) + ".", ""]
     return lines
 
 
@@ -212,8 +230,7 @@ def _norm_lifetime(nl: dict) -> list[str]:
                  else sp.get("note", "")])
     lin = nl.get("linear") or {}
     if lin:
-        rows.append(["linear slope (layers per log norm)", _num(lin.get("slope")),
-                     _ci(lin.get("ci_low"), lin.get("ci_high")), _p(lin.get("p")),
+        rows.append(["linear slope (layers per log norm)", *inference_cells(lin, estimate="slope"),
                      f"R^2 {_num(lin.get('r2'))}, BIC {_num(lin.get('bic'), 4)}"])
     po = nl.get("poisson") or {}
     if po.get("estimable"):
@@ -221,9 +238,8 @@ def _norm_lifetime(nl: dict) -> list[str]:
                 f"dispersion {_num(po.get('dispersion'))}")
         unc = po.get("uncensored_only") or {}
         if unc.get("estimable"):
-            note += f"; uncensored only: slope {_num(unc.get('slope'))} {_ci(unc.get('ci_low'), unc.get('ci_high'))}"
-        rows.append(["Poisson slope (log lifetime per log norm)", _num(po.get("slope")),
-                     _ci(po.get("ci_low"), po.get("ci_high")), _p(po.get("p")), note])
+            note += f"; uncensored only: slope {inference_text(unc, estimate='slope')}"
+        rows.append(["Poisson slope (log lifetime per log norm)", *inference_cells(po, estimate="slope"), note])
     lines += _table(["estimate", "value", "95% CI", "p", "note"], rows)
     if nl.get("plateaus_estimable"):
         iso = nl.get("isotonic") or {}
@@ -267,12 +283,15 @@ def _dose(dose: dict | None) -> list[str]:
                     continue
                 trend = r.get("trend") or {}
                 note = f"Page trend p {_p(trend.get('p_perm'))}" if trend.get("estimable") else r.get("reason", "")
-                rows.append([group, measure, side, _num(r.get("slope")), _ci(r.get("ci_low"), r.get("ci_high")),
-                             _p(r.get("p")), f"n={r.get('n_units', res.get(f'n_{side}'))}; factors {factors}; {note}"])
+                if r.get("estimable") is False:
+                    rows.append([group, measure, side, "–", "–", "–", r.get("reason", "not estimable")])
+                    continue
+                rows.append([group, measure, side, *inference_cells(r, estimate="slope"),
+                             f"n={r.get('n_units', res.get(f'n_{side}'))}; factors {factors}; {note}"])
             d = (res.get("difference") or {}).get(measure) or {}
             if d.get("estimable"):
-                rows.append([group, measure, "targets - controls", _num(d.get("slope_difference")),
-                             _ci(d.get("ci_low"), d.get("ci_high")), _p(d.get("p")), "slope difference"])
+                rows.append([group, measure, "targets - controls", *inference_cells(d, estimate="slope_difference"),
+                             "slope difference"])
     lines += _table(["group", "measure", "tokens", "slope per log factor", "95% CI", "p", "note"], rows)
     return lines
 
@@ -296,11 +315,17 @@ def _compensation(comp: dict, has_mask: bool) -> list[str]:
     if not has_mask:
         mask = {}
     if mask.get("estimable"):
+        control = {"estimate": mask.get("control_effect"), "ci_low": mask.get("control_ci_low"),
+                   "ci_high": mask.get("control_ci_high")}
+        did = {"estimate": mask.get("did"), "ci_low": mask.get("did_ci_low"), "ci_high": mask.get("did_ci_high"),
+               "p": mask.get("p_did"), "exact_zero": mask.get("did_exact_zero"),
+               "degenerate": mask.get("did_degenerate"), "degenerate_reason": "zero between-trace variance"}
         lines.append(f"- Masking attention to the targets changes the primary sink score in the masked layers by "
-                     f"{_num(mask.get('effect'))} {_ci(mask.get('ci_low'), mask.get('ci_high'))}, "
-                     f"p {_p(mask.get('p'))} "
-                     f"(controls {_num(mask.get('control_effect'))}; {mask.get('n_targets')} targets, "
-                     f"{mask.get('n_traces')} traces; rows: {mask.get('masked_rule')}).")
+                     f"{inference_text(mask, estimate='effect')} "
+                     f"(controls {inference_text(control) if control['estimate'] is not None else 'none'}; "
+                     f"targets minus controls {inference_text(did) if did['estimate'] is not None else '–'}; "
+                     f"{mask.get('n_targets')} targets, {mask.get('n_traces')} traces; "
+                     f"rows: {mask.get('masked_rule')}).")
     elif mask:
         lines.append(f"- Mask effect on the primary sink: not estimable ({mask.get('reason', 'no rows')}).")
     return lines + [""]
@@ -311,36 +336,46 @@ def _per_layer(stats: dict) -> list[str]:
     records = stats.get("per_layer_effects")
     if not records:
         return lines + ["No per-layer effects (no effects rows).", ""]
-    by_cond: dict[str, dict] = {}
+    shown = ("is_sink", "sink_score")
+    cells: dict[tuple[str, str], dict] = {}
     for r in records:
-        by_cond.setdefault(r["condition"], {"tested": set()})
-        by_cond[r["condition"]]["tested"].add(r["layer"])
-        if r.get("measure") not in ("is_sink", "sink_score"):
+        if r.get("measure") not in shown:
             continue
+        d = cells.setdefault((r["condition"], r["measure"]), {k: [] for k in
+                                                             ("+", "-", "tested", "pre_edit", "exact_zero",
+                                                              "degenerate", "p_adj")})
+        if r.get("pre_edit"):
+            d["pre_edit"].append(r["layer"])
+        elif r.get("exact_zero"):
+            d["exact_zero"].append(r["layer"])
+        elif r.get("degenerate"):
+            d["degenerate"].append(r["layer"])
         p_adj, effect = r.get("p_adj"), r.get("effect")
-        if p_adj is None or effect is None or p_adj >= 0.05:
+        if p_adj is None:
             continue
-        key = (r["measure"], "+" if effect > 0 else "-")
-        by_cond[r["condition"]].setdefault(key, []).append(r["layer"])
+        d["tested"].append(r["layer"])
+        d["p_adj"].append(p_adj)
+        if effect is not None and p_adj < 0.05:
+            d["+" if effect > 0 else "-"].append(r["layer"])
     rows = []
-    for cond, d in by_cond.items():
-        cells = []
-        for measure in ("is_sink", "sink_score"):
-            parts = [f"{sign} {_compact_layers(d[(measure, sign)])}" for sign in ("+", "-") if (measure, sign) in d]
-            cells.append("; ".join(parts) if parts else "none")
-        best = [r.get("p_adj") for r in records if r["condition"] == cond and r.get("p_adj") is not None
-                and r.get("measure") in ("is_sink", "sink_score")]
-        rows.append([cond, *cells, _p(min(best)) if best else "–", f"{len(d['tested'])}"])
-    lines += _table(["condition", "is_sink: layers", "sink_score: layers", "smallest p_adj", "layers tested"], rows)
+    for (cond, measure), d in sorted(cells.items()):
+        found = "; ".join(f"{sign} {_compact_layers(d[sign])}" for sign in ("+", "-") if d[sign]) or "none"
+        rows.append([cond, measure, found, _p(min(d["p_adj"])) if d["p_adj"] else "–",
+                     _compact_layers(d["tested"]) or "none",
+                     *(_compact_layers(d[k]) or "–" for k in ("pre_edit", "exact_zero", "degenerate"))])
+    lines += _table(["condition", "measure", "layers with p_adj < 0.05", "smallest p_adj", "layers tested",
+                     "before the edit (not tested)", "exact zero", "degenerate"], rows)
     n_traces = [r.get("n_traces") for r in records if r.get("n_traces")]
-    n_tests = sum(1 for r in records if r.get("measure") == "sink_score" and r.get("p") is not None)
+    n_tests = sum(1 for r in records if r.get("measure") == "sink_score" and r.get("p_adj") is not None)
     if n_traces and n_tests:
         g = min(n_traces)
         floor = 2.0 / 2 ** g
         lines += [f"With {g} trace(s) the smallest two-sided sign-flip p is {_p(floor)}; Holm over {n_tests} "
                   f"tests per measure needs p < {_p(0.05 / n_tests)} for the most significant layer, so 'none' "
                   f"can mean too few traces rather than no effect (the verdicts above are single pre-declared "
-                  f"tests and are not adjusted).", ""]
+                  f"tests and are not adjusted). Layers before the edited layer cannot change and are not tested; "
+                  f"an exact zero (every token's change within the exact-null tolerance) and a degenerate estimate "
+                  f"(every trace shows the same change) carry no CI and no p.", ""]
     return lines
 
 

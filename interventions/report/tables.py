@@ -14,7 +14,7 @@ import os
 from rich.console import Console
 from rich.table import Table
 
-from .formatting import fmt_num, fmt_p
+from .formatting import fmt_num, fmt_p, inference_text
 
 out = Console(highlight=False, soft_wrap=True)
 """stdout: what a command found. ``interventions.progress.console`` (stderr) carries everything else."""
@@ -130,15 +130,25 @@ def print_run_summary(result) -> None:
                right=tuple(columns[1:]))
 
 
+def flat_verdict(v: dict) -> dict:
+    """A verdict (or component) dict with its ``ci`` pair as ``ci_low``/``ci_high`` and ``effect`` as
+    ``estimate``, the shape :func:`~.formatting.inference_cells` reads."""
+    ci = v.get("ci") or [None, None]
+    return {**v, "estimate": v.get("effect"), "ci_low": ci[0], "ci_high": ci[1]}
+
+
 def verdict_table(stats: dict) -> list[tuple[str, str, str]]:
-    """(hypothesis, verdict, one-line evidence) per hypothesis of ``stats``."""
+    """(hypothesis, verdict, one-line evidence) per hypothesis of ``stats``.
+
+    The evidence shows the effect with its CI and p only where the test has them: an exact zero
+    says so, a degenerate estimate gives its reason, and neither shows a CI or a p-value.
+    """
     rows = []
     for key, v in stats.get("verdicts", {}).items():
         effect = v.get("effect")
         detail = v.get("reason", "")
         if isinstance(effect, (int, float)) and effect == effect and abs(effect) != float("inf"):
-            detail = f"effect {fmt_num(effect)}, p {fmt_p(v.get('p'))}; {detail}" if v.get("p") is not None \
-                else detail
+            detail = f"effect {inference_text(flat_verdict(v))}; {detail}"
         rows.append((key, v.get("verdict", "?"), detail))
     return rows
 
@@ -159,16 +169,24 @@ def print_stats(stats: dict) -> None:
 
 
 def stats_lines(stats: dict) -> list[str]:
+    """One line per norm law; exact zeros and degenerate fits say so instead of showing a CI or p."""
     lines = []
     ns = stats.get("norm_score", {})
     if ns.get("estimable"):
-        lines.append(f"norm -> score: slope {fmt_num(ns['slope'])} [{fmt_num(ns['ci_low'])}, {fmt_num(ns['ci_high'])}] "
-                     f"(log ratio per log norm), R2 {fmt_num(ns['r2'], 2)}, {ns['n_sinks']} sinks / "
-                     f"{ns['n_traces']} traces")
+        lines.append(f"norm -> score: slope {inference_text(ns, estimate='slope')} (log ratio per log norm, "
+                     f"{ns.get('window') or 'all'}-layer window), R2 {fmt_num(ns.get('r2'), 2)}, "
+                     f"{ns.get('n_sinks')} sinks / {ns.get('n_traces')} traces")
+    elif ns:
+        lines.append(f"norm -> score: not estimable ({ns.get('reason', 'no data')})")
     nl = stats.get("norm_lifetime", {})
     if nl.get("estimable"):
         rho = nl.get("spearman", {})
-        lines.append(f"norm -> lifetime: Spearman rho {fmt_num(rho.get('rho'), 2)} "
-                     f"(permutation p {fmt_p(rho.get('p_perm'))}), {nl.get('n_distinct_lifetimes')} distinct "
-                     "lifetimes")
+        if rho.get("rho") is None:
+            lines.append(f"norm -> lifetime: Spearman rho undefined ({rho.get('note', 'constant values')})")
+        else:
+            lines.append(f"norm -> lifetime: Spearman rho {fmt_num(rho.get('rho'), 2)} "
+                         f"(permutation p {fmt_p(rho.get('p_perm'))}), {nl.get('n_distinct_lifetimes')} distinct "
+                         "lifetimes")
+    elif nl:
+        lines.append(f"norm -> lifetime: not estimable ({nl.get('reason', 'no data')})")
     return lines

@@ -2,6 +2,7 @@
 
 - :mod:`.fits`: norm -> sink-score ratio, norm -> lifetime (plateaus), dose-response.
 - :mod:`.effects`: per-layer intervention effects with trace-level inference, compensation.
+- :mod:`.summaries`: descriptive means with trace-bootstrap intervals, the numbers the figures draw.
 - :mod:`.verdicts`: the verdict rule and the pre-declared hypotheses H1-H4.
 - :mod:`.jsonable`: :func:`to_jsonable` for writing ``stats.json``.
 
@@ -15,7 +16,8 @@ sign-flip test that gives their p. Exact zeros (``exact_zero``) and degenerate e
 from ._common import SNAP_RTOL, snap_rtol_for
 from .effects import (adjust_pvalues, compensation, mask_primary_change, masked_layer_rows, per_layer_effects,
                       trace_mean_test)
-from .fits import dose_response, fit_norm_lifetime, fit_norm_score, page_trend, spearman_permutation
+from .fits import dose_response, fit_norm_lifetime, fit_norm_score, norm_score_rows, page_trend, spearman_permutation
+from .summaries import figure_summaries, trace_means
 from .jsonable import to_jsonable
 from .verdicts import (
     MARGINS,
@@ -38,7 +40,9 @@ __all__ = [
     "compensation",
     "dose_response",
     "fit_norm_lifetime",
+    "figure_summaries",
     "fit_norm_score",
+    "norm_score_rows",
     "h1_zero_prevents",
     "h2_scaling_grows",
     "h3_swap_suppresses",
@@ -52,5 +56,6 @@ __all__ = [
     "spearman_permutation",
     "to_jsonable",
     "trace_mean_test",
+    "trace_means",
     "verdict",
 ]

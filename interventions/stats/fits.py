@@ -102,11 +102,44 @@ def fit_norm_score(
     out["r2"] = float(res.rsquared)
     out["r2_within"] = _within_r2(d, res) if fe else float(res.rsquared)
     out["model"] = "log_ratio ~ log_norm" + (" + C(layer)" if fe else "")
+    out["layer_intercepts"] = _layer_intercepts(d, res, fe)
     out["mixed"] = _mixed_check(d, X, groups, level) if mixed else {"run": False, "note": "not requested"}
     if by_layer:
         out["per_layer"] = _per_layer_slopes(d, level, notes)
         out.update(_steepest(out["per_layer"]))
     return to_jsonable(out)
+
+
+def _layer_intercepts(d: pd.DataFrame, res, fe: bool) -> list[dict]:
+    """The fitted model's intercept in each layer: log ratio = intercept[layer] + slope * log norm.
+
+    With layer effects the first layer (sorted) is the baseline and each other layer adds its
+    dummy's coefficient (``pd.get_dummies`` orders categories, as in :func:`_design`).
+    """
+    params = np.asarray(res.params, dtype=float)
+    layers = sorted(d["layer"].unique().tolist())
+    if not fe:
+        return [{"layer": layer, "intercept": float(params[0])} for layer in layers]
+    return [{"layer": layer, "intercept": float(params[0] + (params[1 + i] if i else 0.0))}
+            for i, layer in enumerate(layers)]
+
+
+def norm_score_rows(df: pd.DataFrame, *, window: int | None = NORM_SCORE_WINDOW) -> pd.DataFrame:
+    """The rows :func:`fit_norm_score` fits, with ``x`` = log norm and ``y`` = log ratio (for drawing the fit).
+
+    Same window and the same drops as the fit; ``alive`` is kept when the input has it.
+    """
+    notes: list[str] = []
+    d, _ = _window_rows(df, window, notes)
+    keep = d[NORM_SCORE_COLUMNS + [c for c in ("alive", "l_start") if c in d.columns]]
+    rows = _log_ratio_rows(keep, notes)
+    extra = keep.dropna(subset=NORM_SCORE_COLUMNS)
+    ok = (extra["mlp_out_norm"] > 0) & (extra["sink_score"] > 0) & (extra["primary_sink_score"] > 0)
+    extra = extra[ok].reset_index(drop=True)
+    for c in ("alive", "l_start"):
+        if c in extra.columns:
+            rows[c] = as_bool(extra[c]).to_numpy() if c == "alive" else extra[c].to_numpy()
+    return rows
 
 
 def _window_rows(df: pd.DataFrame, window: int | None, notes: list[str]) -> tuple[pd.DataFrame, dict]:
