@@ -9,8 +9,8 @@ long context:
   sink score of that key, so it comes from the same column sums as every other sink score here.
 * **Sink-epsilon** (Gu et al.): the share of the model's heads with ``alpha > epsilon``
   (default 0.3). Reported per trace and as the mean over traces.
-* ``entropy``: the mean over queries of the Shannon entropy (nats) of the head's attention row;
-  ``entropy_norm`` divides each row's entropy by log(number of keys it can see) (1 = uniform).
+* ``entropy``: the mean over queries of the Shannon entropy (nats) of the head's attention row,
+  summed inside the same fused attention pass that gives the column sums (0: one key per query).
 * ``output_norm``: the mean over queries of ||W_O^h o^h_t||, the norm of what head h writes
   into the residual stream (its slice of the output projection applied to its own output), and
   ``output_ratio``: that norm over the median token norm of the residual stream entering the
@@ -29,7 +29,7 @@ Measures are averaged over traces first, then classified (``alpha_sd`` is the sp
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 
 from .adapters import decoder_layers, get_module
-from .attention import attention_probabilities
+from .attention import ColumnSumRequest
 from .observe import Observer
 
 HEAD_CLASSES = ("sink", "dormant", "other")
@@ -61,10 +61,10 @@ class HeadMeasures:
     """Per-(layer, head) sink measures of one model over a set of traces."""
 
     table: pd.DataFrame
-    """One row per (layer, head): alpha, alpha_sd, entropy, entropy_norm, output_norm,
-    output_ratio, head_class, averaged over traces."""
+    """One row per (layer, head): alpha, alpha_sd, entropy, output_norm, output_ratio,
+    head_class, averaged over traces."""
     per_trace: pd.DataFrame
-    """One row per (trace, layer, head): alpha, entropy, entropy_norm, output_norm, output_ratio."""
+    """One row per (trace, layer, head): alpha, entropy, output_norm, output_ratio."""
     sink_epsilon: float
     """Mean over traces of the share of heads with alpha > epsilon (Gu et al.'s Sink-epsilon)."""
     sink_epsilon_per_trace: list[float]
@@ -108,8 +108,7 @@ class _HeadProbe:
     """Extra hooks beside an :class:`Observer`: per-head entropy, output norms, residual norms.
 
     Enter it *after* the observer: its root pre-hook then runs after the observer's, so it can
-    chain onto the observer's attention probe (the one place that sees the attended queries and
-    keys) without replacing it.
+    wrap the observer's attention probe and ask the same fused pass for row entropies as well.
     """
 
     def __init__(self, loaded, block_size: int = 256):
@@ -118,7 +117,6 @@ class _HeadProbe:
         self.layers = decoder_layers(loaded.model, loaded.adapter)
         n = len(self.layers)
         self.entropy: list = [None] * n
-        self.entropy_norm: list = [None] * n
         self.output_norm: list = [None] * n
         self.residual_median: list = [None] * n
         self._handles: list = []
@@ -183,27 +181,15 @@ class _HeadProbe:
         return hook
 
     def _chained_probe(self, idx, inner):
-        def probe(module, query, key, value, attention_mask, kwargs):
+        """The observer's probe, asking the attention pass for row entropies as well."""
+        def probe(module, query, key, value, attention_mask, kwargs, sums=None):
+            if sums is not None and sums.entropy is not None:
+                self.entropy[idx] = (sums.entropy[0] / query.shape[2]).cpu()
             if inner is not None:
-                inner(module, query, key, value, attention_mask, kwargs)
-            heads = query.shape[1]
-            total = torch.zeros(heads, dtype=torch.float64)
-            total_norm = torch.zeros(heads, dtype=torch.float64)
-            for _, probs in attention_probabilities(
-                query, key, attention_mask, kwargs.get("scaling") or module.scaling, block_size=self.block_size,
-                sliding_window=kwargs.get("sliding_window"), softcap=kwargs.get("softcap"),
-                edit=getattr(module, "_interventions_edit", None),
-            ):
-                p = probs[0]  # [H, b, K]
-                plogp = torch.where(p > 0, p * torch.log(p.clamp_min(1e-30)), torch.zeros((), device=p.device))
-                h_rows = -plogp.sum(dim=-1)  # [H, b]
-                visible = (p > 0).sum(dim=-1).clamp_min(1).float()
-                norm = torch.where(visible > 1, h_rows / torch.log(visible), torch.zeros((), device=p.device))
-                total += h_rows.sum(dim=-1).double().cpu()
-                total_norm += norm.sum(dim=-1).double().cpu()
-            q_len = query.shape[2]
-            self.entropy[idx] = (total / q_len).float()
-            self.entropy_norm[idx] = (total_norm / q_len).float()
+                inner(module, query, key, value, attention_mask, kwargs, sums)
+
+        request = getattr(inner, "column_sums", None) or ColumnSumRequest(block_size=self.block_size)
+        probe.column_sums = replace(request, entropy=True)
         return probe
 
 
@@ -216,7 +202,6 @@ def _observe_heads(loaded, token_ids, key_position: int, block_size: int) -> dic
     out = {
         "alpha": obs.sink_scores[:, :, key_position],  # [L, H]
         "entropy": torch.stack(probe.entropy).numpy(),
-        "entropy_norm": torch.stack(probe.entropy_norm).numpy(),
         "output_norm": torch.stack(probe.output_norm).numpy(),
     }
     residual = np.asarray(probe.residual_median, dtype=np.float64)[:, None]
@@ -263,7 +248,7 @@ def measure_heads(model, traces, *, classes: HeadClasses | None = None, block_si
         rows.append(frame)
     per_trace = pd.concat(rows, ignore_index=True)
     grouped = per_trace.groupby(["layer", "head"])
-    table = grouped[["alpha", "entropy", "entropy_norm", "output_norm", "output_ratio"]].mean().reset_index()
+    table = grouped[["alpha", "entropy", "output_norm", "output_ratio"]].mean().reset_index()
     table.insert(3, "alpha_sd", grouped["alpha"].std(ddof=1).to_numpy() if per_trace["trace"].nunique() > 1
                  else np.nan)
     table["head_class"] = classify_heads(table, classes)

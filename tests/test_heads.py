@@ -55,7 +55,7 @@ def test_planted_sink_heads_found_and_previous_token_head_is_not(planted):
     assert result.heads_of("sink") == []
     gate = result.table.query("layer == @GATE_LAYER and head == 0").iloc[0]
     assert gate["head_class"] == "other"
-    assert gate["alpha"] < 0.1 and gate["entropy_norm"] < 0.01  # one key per query: the previous token
+    assert gate["alpha"] < 0.1 and gate["entropy"] < 0.01  # one key per query: the previous token (0 nats)
     assert (result.table.query("layer == 0")["alpha"] < 0.2).all()  # layer 0 has no sink attention
     assert result.sink_epsilon == pytest.approx(len(planted_sink_heads) / (N_LAYERS * N_HEADS))
     # The classes follow the parameters: with no dormant threshold every sink head is a plain sink head.
