@@ -59,9 +59,14 @@ class AttentionEdit:
     ``redirect_to`` (e.g. 0, the primary sink) and the other probabilities are unchanged.
     """
 
-    masked_keys: tuple[int, ...]
+    masked_keys: tuple[int, ...] = ()
     """Absolute key positions no query may attend to."""
     redirect_to: int | None = None
+    window: int | None = None
+    """Streaming eviction (StreamingLLM's StartRecent cache): a query at absolute position p sees
+    only keys p - window < j <= p, plus the first ``keep_first`` keys. None: no eviction."""
+    keep_first: int = 0
+    """With ``window``: the first keys every query keeps (the attention sinks StreamingLLM keeps)."""
 
 
 def _wrap(base_name: str):
@@ -223,7 +228,8 @@ def blockwise_attention(
     out_buf = torch.empty(kv_heads * groups * n_max * value.shape[-1], dtype=torch.float32, device=device) \
         if value is not None else None
     causal_tile = None
-    explicit_mask = attention_mask is not None or sliding_window is not None
+    evict = edit is not None and edit.window is not None
+    explicit_mask = attention_mask is not None or sliding_window is not None or evict
     if not explicit_mask:  # -inf above the diagonal of a square tile
         causal_tile = torch.full((n_max, n_max), float("-inf"), device=device).triu_(1)
 
@@ -246,6 +252,10 @@ def blockwise_attention(
                 s.div_(softcap).tanh_().mul_(softcap)
             if explicit_mask:
                 keep = _mask_block(mask_b, t0, t1, q_len, k_len, device, sliding_window, k_end)
+                if evict:  # StartRecent: the first keep_first keys plus the last `window` ones
+                    rows = torch.arange(t0, t1, device=device)[:, None] + (k_len - q_len)
+                    cols = torch.arange(k_end, device=device)[None, :]
+                    keep = keep & ((cols > rows - edit.window) | (cols < edit.keep_first))
                 s4.masked_fill_(~keep, float("-inf"))
             else:
                 s4[..., k_end - n:k_end].add_(causal_tile[:n, :n])

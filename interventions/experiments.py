@@ -65,7 +65,7 @@ import yaml
 
 from .errors import UserError
 
-KINDS = ("detect", "origin", "runs", "known_answers")
+KINDS = ("detect", "origin", "runs", "known_answers", "streaming")
 VERDICTS = ("supported", "not supported", "inconclusive", "not tested")
 SETTINGS = ("model", "traces", "limit", "seed", "max_tokens", "chat_template", "dtype", "device",
             "attn_implementation", "trust_remote_code", "revision")
@@ -508,6 +508,10 @@ def run_experiment(exp: Experiment | str | Path, *, results_root: str | Path = "
             from .known_answers import run_known_answers_experiment
 
             measured = run_known_answers_experiment(exp, mode, settings, out, progress, overrides or {})
+        elif exp.kind == "streaming":
+            from .streaming_eval import run_streaming_experiment
+
+            measured = run_streaming_experiment(exp, mode, settings, out, progress, overrides or {})
         else:
             measured = _run_specs(exp, specs, out, progress, report)
     except BaseException:
