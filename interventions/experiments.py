@@ -69,7 +69,8 @@ KINDS = ("detect", "origin", "runs", "known_answers", "streaming")
 VERDICTS = ("supported", "not supported", "inconclusive", "not tested")
 SETTINGS = ("model", "traces", "limit", "seed", "max_tokens", "chat_template", "dtype", "device",
             "attn_implementation", "trust_remote_code", "revision")
-EXTRAS = ("detection", "origin", "reference", "spec_overrides", "expect", "description", "paper", "threads")
+EXTRAS = ("detection", "origin", "reference", "spec_overrides", "expect", "description", "paper", "threads",
+          "window", "keep_first")  # window, keep_first: kind streaming
 TOP_KEYS = ("name", "claim", "paper", "kind", "specs", "planted", "expect", "real", "notes", "negative")
 PLANTED_DEFAULTS = {"model": "testbed:planted", "traces": "testbed", "limit": 8, "seed": 0, "dtype": "float32",
                     "device": "cpu"}
