@@ -42,6 +42,8 @@ class Adapter:
     """Path from the causal LM to the list of decoder layers."""
     attention: str = "self_attn"
     """Attention module inside a decoder layer; its output is the attention output o_t^l."""
+    attention_out_proj: str = "o_proj"
+    """Output projection inside the attention module (its input holds every head's output: per-head measures)."""
     mlp: str = "mlp"
     """MLP module inside a decoder layer; its input is the MLP input x_t^l."""
     mlp_output: str = "mlp"

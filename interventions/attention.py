@@ -59,9 +59,14 @@ class AttentionEdit:
     ``redirect_to`` (e.g. 0, the primary sink) and the other probabilities are unchanged.
     """
 
-    masked_keys: tuple[int, ...]
+    masked_keys: tuple[int, ...] = ()
     """Absolute key positions no query may attend to."""
     redirect_to: int | None = None
+    window: int | None = None
+    """Streaming eviction (StreamingLLM's StartRecent cache): a query at absolute position p sees
+    only keys p - window < j <= p, plus the first ``keep_first`` keys. None: no eviction."""
+    keep_first: int = 0
+    """With ``window``: the first keys every query keeps (the attention sinks StreamingLLM keeps)."""
 
 
 def _wrap(base_name: str):
@@ -78,7 +83,7 @@ def _wrap(base_name: str):
                 sums = blockwise_attention(
                     query, key, None, attention_mask, kwargs.get("scaling") or module.scaling,
                     block_size=request.block_size, sliding_window=kwargs.get("sliding_window"),
-                    softcap=kwargs.get("softcap"), boundaries=request.boundaries)[1]
+                    softcap=kwargs.get("softcap"), boundaries=request.boundaries, entropy=request.entropy)[1]
         if probe is not None:
             probe(module, query, key, value, attention_mask, kwargs, sums)
         return out
@@ -151,6 +156,9 @@ class ColumnSums:
     """float32 [B, H, S]."""
     prefix: dict[int, torch.Tensor]
     """``b`` -> float32 [B, H, b]: queries < b over keys < b (see ``attention_column_sums_split``)."""
+    entropy: torch.Tensor | None = None
+    """float32 [B, H]: Shannon entropy (nats) of each query's attention row, summed over queries
+    (only when the request asks for ``entropy``; per-head measures)."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +168,8 @@ class ColumnSumRequest:
     block_size: int | None = None
     """Queries per block at most (None: 256, fewer when T is long; see ``query_block``)."""
     boundaries: tuple[int, ...] = ()
+    entropy: bool = False
+    """Also sum each query's attention entropy per head (``ColumnSums.entropy``)."""
     exact: bool = False
     """Leave the model's own attention output (sdpa/eager) in place and compute the column sums in
     a second pass: bit-identical logits, at about twice the attention cost. Otherwise the layer's
@@ -179,6 +189,7 @@ def blockwise_attention(
     edit: AttentionEdit | None = None,
     column_sums: bool = True,
     boundaries=(),
+    entropy: bool = False,
 ) -> tuple[torch.Tensor | None, ColumnSums | None]:
     """Attention output and column sums from one pass over query blocks.
 
@@ -190,7 +201,8 @@ def blockwise_attention(
     model's dtype (bf16 on a GPU: float32 accumulation); the output is cast back to it.
 
     Returns the output in the layout sdpa/eager return, [B, Q, H, D] (None without ``value``), and
-    the column sums (None unless ``column_sums``), with the prefix sums for ``boundaries``.
+    the column sums (None unless ``column_sums``), with the prefix sums for ``boundaries`` and,
+    with ``entropy``, each head's row entropies summed over queries (0 log 0 = 0).
     """
     bsz, heads, q_len, dim = query.shape
     kv_heads, k_len = key.shape[1], key.shape[2]
@@ -205,6 +217,7 @@ def blockwise_attention(
     sums = torch.zeros(bsz, heads, k_len, dtype=torch.float32, device=device) if column_sums else None
     wanted = sorted({int(b) for b in boundaries if 0 < int(b) <= q_len}) if column_sums else []
     partial: dict[int, torch.Tensor] = {}
+    entropy_sums = torch.zeros(bsz, heads, dtype=torch.float32, device=device) if entropy and column_sums else None
     removed = None
     if edit is not None and edit.masked_keys:
         removed = torch.tensor(sorted({k for k in edit.masked_keys if k < k_len}), dtype=torch.long, device=device)
@@ -215,7 +228,8 @@ def blockwise_attention(
     out_buf = torch.empty(kv_heads * groups * n_max * value.shape[-1], dtype=torch.float32, device=device) \
         if value is not None else None
     causal_tile = None
-    explicit_mask = attention_mask is not None or sliding_window is not None
+    evict = edit is not None and edit.window is not None
+    explicit_mask = attention_mask is not None or sliding_window is not None or evict
     if not explicit_mask:  # -inf above the diagonal of a square tile
         causal_tile = torch.full((n_max, n_max), float("-inf"), device=device).triu_(1)
 
@@ -238,6 +252,10 @@ def blockwise_attention(
                 s.div_(softcap).tanh_().mul_(softcap)
             if explicit_mask:
                 keep = _mask_block(mask_b, t0, t1, q_len, k_len, device, sliding_window, k_end)
+                if evict:  # StartRecent: the first keep_first keys plus the last `window` ones
+                    rows = torch.arange(t0, t1, device=device)[:, None] + (k_len - q_len)
+                    cols = torch.arange(k_end, device=device)[None, :]
+                    keep = keep & ((cols > rows - edit.window) | (cols < edit.keep_first))
                 s4.masked_fill_(~keep, float("-inf"))
             else:
                 s4[..., k_end - n:k_end].add_(causal_tile[:n, :n])
@@ -267,7 +285,9 @@ def blockwise_attention(
                     partial[cut_at] = partial.get(cut_at, torch.zeros(bsz, heads, cut_at, device=device))
                     partial[cut_at][b] = sums[b, :, :cut_at] + rows
                 sums[b, :, :k_end] += block_sums.view(heads, k_end)
-    return out, (ColumnSums(sums, partial) if sums is not None else None)
+                if entropy_sums is not None:
+                    entropy_sums[b] -= torch.special.xlogy(s4, s4).sum(dim=(2, 3)).view(heads)
+    return out, (ColumnSums(sums, partial, entropy_sums) if sums is not None else None)
 
 
 def fused_attention(module, query, key, value, attention_mask, kwargs, *, edit: AttentionEdit | None = None,
@@ -277,7 +297,7 @@ def fused_attention(module, query, key, value, attention_mask, kwargs, *, edit: 
         query, key, value, attention_mask, kwargs.get("scaling") or module.scaling,
         block_size=request.block_size if request else None, sliding_window=kwargs.get("sliding_window"),
         softcap=kwargs.get("softcap"), edit=edit, column_sums=request is not None,
-        boundaries=request.boundaries if request else (),
+        boundaries=request.boundaries if request else (), entropy=request.entropy if request else False,
     )
     return (out, None), sums
 

@@ -65,11 +65,12 @@ import yaml
 
 from .errors import UserError
 
-KINDS = ("detect", "origin", "runs", "known_answers")
+KINDS = ("detect", "origin", "runs", "known_answers", "streaming")
 VERDICTS = ("supported", "not supported", "inconclusive", "not tested")
 SETTINGS = ("model", "traces", "limit", "seed", "max_tokens", "chat_template", "dtype", "device",
             "attn_implementation", "trust_remote_code", "revision")
-EXTRAS = ("detection", "origin", "reference", "spec_overrides", "expect", "description", "paper", "threads")
+EXTRAS = ("detection", "origin", "reference", "spec_overrides", "expect", "description", "paper", "threads",
+          "window", "keep_first")  # window, keep_first: kind streaming
 TOP_KEYS = ("name", "claim", "paper", "kind", "specs", "planted", "expect", "real", "notes", "negative")
 PLANTED_DEFAULTS = {"model": "testbed:planted", "traces": "testbed", "limit": 8, "seed": 0, "dtype": "float32",
                     "device": "cpu"}
@@ -508,6 +509,10 @@ def run_experiment(exp: Experiment | str | Path, *, results_root: str | Path = "
             from .known_answers import run_known_answers_experiment
 
             measured = run_known_answers_experiment(exp, mode, settings, out, progress, overrides or {})
+        elif exp.kind == "streaming":
+            from .streaming_eval import run_streaming_experiment
+
+            measured = run_streaming_experiment(exp, mode, settings, out, progress, overrides or {})
         else:
             measured = _run_specs(exp, specs, out, progress, report)
     except BaseException:

@@ -9,6 +9,7 @@ from .compare import compare_command
 from .compare_runs import compare_runs_command
 from .detect import detect_command
 from .experiment import experiment_command
+from .heads import heads_command
 from .analyze import report_command, stats_command
 from .run import run_command, schema_command, validate_command
 
@@ -48,6 +49,7 @@ app.command("report")(report_command)
 app.command("experiment")(experiment_command)
 app.command("compare")(compare_command)
 app.command("compare-runs")(compare_runs_command)
+app.command("heads")(heads_command)
 app.add_typer(testbed.app, name="testbed")
 
 

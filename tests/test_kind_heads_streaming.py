@@ -1,0 +1,85 @@
+"""``head_ablation`` and ``streaming``: exact against their oracles, and the planted facts they must
+reproduce (the gate head carries the " &" sink; a query that cannot see the gate loses it)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from interventions.api import edit
+from interventions.edits import HeadAblation, Streaming
+from interventions.observe import Observer
+from interventions.spec import Spec
+
+from .conditions_helpers import PLANTED_BASE
+from .conftest import loaded_tiny
+
+IDS = torch.arange(2, 34)[None]
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama", "gemma3_text"])
+def test_zeroing_a_head_equals_zeroing_its_output_projection_columns(family):
+    loaded = loaded_tiny(family, layers=3)
+    o_proj = loaded.model.model.layers[1].self_attn.o_proj
+    dh = o_proj.weight.shape[1] // loaded.dims["heads"]
+    with torch.inference_mode():
+        clean = loaded.model(input_ids=IDS).logits
+        with edit(loaded, [HeadAblation(layer=1, positions=range(IDS.shape[1]), heads=[2])]):
+            ablated = loaded.model(input_ids=IDS).logits
+        saved = o_proj.weight[:, 2 * dh:3 * dh].clone()
+        o_proj.weight[:, 2 * dh:3 * dh] = 0
+        try:
+            oracle = loaded.model(input_ids=IDS).logits
+        finally:
+            o_proj.weight[:, 2 * dh:3 * dh] = saved
+        assert (ablated - oracle).abs().max() < 1e-5 and (ablated - clean).abs().max() > 1e-4
+        # at the target positions only: nothing before the first one changes
+        with edit(loaded, [HeadAblation(layer=1, positions=[20, 25], heads=[0, 1])]):
+            part = loaded.model(input_ids=IDS).logits
+    assert torch.equal(part[0, :20], clean[0, :20]) and (part[0, 20:] - clean[0, 20:]).abs().max() > 1e-4
+    assert loaded.model.model.layers[1].self_attn.o_proj._forward_pre_hooks == {}
+
+
+def test_streaming_keeps_the_first_and_the_recent_keys_only():
+    loaded = loaded_tiny("qwen2", layers=2)
+    T = IDS.shape[1]
+    with torch.inference_mode():
+        clean = loaded.model(input_ids=IDS).logits
+        with edit(loaded, [Streaming(layer=[0, 1], positions=[], keep_first=2, window=T)]):
+            assert (loaded.model(input_ids=IDS).logits - clean).abs().max() < 1e-5  # the window holds everything
+        with edit(loaded, [Streaming(layer=[0, 1], positions=[], keep_first=0, window=1)]), \
+                Observer(loaded) as observer:  # every query sees only itself
+            loaded.model(input_ids=IDS, use_cache=False)
+        scores = observer.collect(IDS[0].tolist()).sink_scores  # [L, H, T]
+        expected = 1.0 / (T - np.arange(T))
+        np.testing.assert_allclose(scores, np.broadcast_to(expected, scores.shape), rtol=1e-5)
+        with edit(loaded, [Streaming(layer=[0, 1], positions=[], keep_first=1, window=4)]):
+            k1 = loaded.model(input_ids=IDS).logits
+    assert torch.equal(k1[0, :5], clean[0, :5]) or (k1[0, :5] - clean[0, :5]).abs().max() < 1e-5
+    assert (k1[0, 5:] - clean[0, 5:]).abs().max() > 1e-4  # queries past k + w lose keys
+
+
+def test_planted_gate_head_and_streaming_window_decide_the_gated_sink(cache_dir):
+    from interventions.run import run_spec
+
+    targets = {**PLANTED_BASE["targets"], "gated": {"select": "tokens", "tokens": [" &"]}}
+    spec = Spec.from_dict({**PLANTED_BASE, "targets": targets, "interventions": [
+        {"kind": "head_ablation", "layers": 2, "heads": [0], "targets": ["gated"]},          # the gate head
+        {"kind": "head_ablation", "layers": 2, "heads": [1], "targets": ["gated"]},          # a sink head writing 0
+        {"kind": "streaming", "layers": [2], "keep_first": 0, "window": 1, "targets": ["gated"]},
+        {"kind": "streaming", "layers": [2], "keep_first": 0, "window": 2, "targets": ["gated"]},
+    ]})
+    ids = [c.id for c in spec.conditions()]
+    assert ids == ["head_ablation.zero.L2.h0.targets", "head_ablation.zero.L2.h1.targets",
+                   "streaming.L2.k0.w1", "streaming.L2.k0.w2"]
+    result = run_spec(spec, progress=False)
+    e = result.effects
+    gated = e[e.clean_lifetime > 0].drop_duplicates(["condition", "trace", "position"])
+    assert len(gated) and set(gated.condition) == set(ids)
+    by = {c: g for c, g in gated.groupby("condition")}
+    assert (by["head_ablation.zero.L2.h0.targets"].lifetime == 0).all()   # gate head silenced: no sink
+    assert (by["head_ablation.zero.L2.h1.targets"].lifetime == by["head_ablation.zero.L2.h1.targets"].clean_lifetime).all()
+    assert set(by["head_ablation.zero.L2.h0.targets"].heads) == {"2.0"}
+    assert (by["streaming.L2.k0.w1"].lifetime == 0).all()                  # cannot see the previous token
+    assert (by["streaming.L2.k0.w2"].lifetime == by["streaming.L2.k0.w2"].clean_lifetime).all()
