@@ -30,8 +30,9 @@ EXPERIMENTS = REPO / "experiments"
 SHARED = REPO.parent / "shared" / "data" / "secondary-sinks-paper"
 NAMES = ["sink_levels", "mlp_origin", "norm_laws", "ablation", "swap_timeline", "compensation"]
 N_TRACES = 6
-REAL_ONLY = ["primary_sink_checks"]
-"""Studies with no planted run (known answers on the cached real models; tests/test_gguf_real_weights.py)."""
+REAL_ONLY = ["primary_sink_checks", "streaming_sinks"]
+"""Studies with no planted run (known answers and streaming eviction on the cached real models;
+tests/test_gguf_real_weights.py and tests/test_kind_heads_streaming.py)."""
 
 
 @pytest.fixture(scope="module", autouse=True)
