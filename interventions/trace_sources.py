@@ -21,7 +21,6 @@ from typing import Literal
 import numpy as np
 
 from .errors import UserError
-from .traces import Trace
 
 GENERATORS = ("random_tokens", "repeated_token")
 
@@ -66,18 +65,24 @@ def ordinary_token_ids(tokenizer) -> np.ndarray:
     return vocab[~np.isin(vocab, sorted(special))]
 
 
-def generate_traces(tokenizer, source: GeneratedTraces) -> list[Trace]:
-    """Build the traces of a generated source, reproducibly from ``source.seed``."""
-    rng = np.random.default_rng(source.seed)
+def generated_ids(tokenizer, source: GeneratedTraces, index: int) -> list[int]:
+    """Token ids of generated trace ``index``: the tokenizer's special prefix, then ``length`` tokens.
+
+    Each trace has its own generator seeded by (``seed``, ``index``), so trace i is the same
+    whatever ``n`` or ``limit`` is.
+    """
+    rng = np.random.default_rng([source.seed, index])
     pool = ordinary_token_ids(tokenizer)
-    prefix = special_prefix(tokenizer)
-    traces = []
-    for i in range(source.n):
-        if source.generate == "random_tokens":
-            body = rng.choice(pool, size=source.length, replace=True)
-        else:
-            body = np.full(source.length, rng.choice(pool))
-        ids = prefix + [int(t) for t in body]
-        traces.append(Trace(index=i, token_ids=ids, trace_id=f"{source.generate}-{source.seed}-{i}",
-                            original_length=len(ids)))
-    return traces
+    if source.generate == "random_tokens":
+        body = rng.choice(pool, size=source.length, replace=True)
+    else:
+        body = np.full(source.length, rng.choice(pool))
+    return special_prefix(tokenizer) + [int(t) for t in body]
+
+
+def generated_records(source: GeneratedTraces, n: int | None = None) -> list[dict]:
+    """Trace records (``{"generate": ...}``) that :func:`interventions.traces.traces_from_records`
+    turns into token ids with the model's tokenizer; ``n`` overrides ``source.n`` (a spec's ``limit``)."""
+    count = source.n if n is None else min(n, source.n)
+    return [{"generate": source.generate, "length": source.length, "seed": source.seed, "index": i,
+             "id": f"{source.generate}-{source.seed}-{i}"} for i in range(count)]

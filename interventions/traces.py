@@ -113,6 +113,12 @@ def tokenize_record(record: dict, tokenizer, *, chat_template: bool = False, pre
 
 
 def _tokenize(record: dict, tokenizer, *, chat_template: bool, prepend_bos: str) -> tuple[list[int], int | None, str]:
+    if "generate" in record:  # a generated trace (interventions.trace_sources): ids, not text
+        from .trace_sources import GeneratedTraces, generated_ids
+
+        source = GeneratedTraces(record["generate"], length=record["length"], n=record["index"] + 1,
+                                 seed=record["seed"])
+        return generated_ids(tokenizer, source, record["index"]), None, "generated: the tokenizer's special prefix"
     if prepend_bos not in BOS_MODES:
         raise UserError(f"prepend_bos is {prepend_bos!r}; use one of {', '.join(BOS_MODES)}", field="prepend_bos")
     prompt = record.get("prompt")
@@ -194,3 +200,11 @@ def write_traces(texts: list[str], path: str | Path) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
     return p
+
+
+def generate_traces(tokenizer, source) -> list[Trace]:
+    """The traces of a generated source (:class:`interventions.trace_sources.GeneratedTraces`):
+    Gu et al.'s input controls (random tokens, one repeated token), reproducibly from its seed."""
+    from .trace_sources import generated_records
+
+    return traces_from_records(generated_records(source), tokenizer)

@@ -251,7 +251,7 @@ def test_readme_section_runs_as_written(tmp_path, cache_dir):
     out = Path(tmp_path / shlex.split(commands[-1])[shlex.split(commands[-1]).index("--out") + 1])
     assert (out / "difference_heatmap.png").exists() and (out / "effects_by_layer.png").exists()
     table = pd.read_parquet(out / "comparison.parquet")
-    tenfold = table[table["condition"] == "scale.mlp_output.l_start.x10"].set_index("x")["diff"]
+    tenfold = table[table["condition"] == "scale.mlp_output.l_start.x10.weak+others"].set_index("x")["diff"]
     assert tenfold.loc[5:8].eq(0.5).all() and tenfold.drop(range(5, 9)).eq(0).all()  # the caption's numbers
     python = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     here = os.getcwd()
@@ -261,4 +261,4 @@ def test_readme_section_runs_as_written(tmp_path, cache_dir):
         exec(python, scope)
     finally:
         os.chdir(here)
-    assert (scope["table"]["condition"] == "scale.mlp_output.l_start.x10").all()
+    assert (scope["table"]["condition"] == "scale.mlp_output.l_start.x10.weak+others").all()

@@ -12,7 +12,8 @@ import torch
 from .conftest import FAMILIES, loaded_tiny
 from interventions.heads import HeadClasses, measure_heads
 from interventions.testbed.planted import GATE_LAYER, N_HEADS, N_LAYERS, ONSET_LAYER
-from interventions.trace_sources import GeneratedTraces, generate_traces, special_prefix
+from interventions.trace_sources import GeneratedTraces, special_prefix
+from interventions.traces import generate_traces
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -88,3 +89,25 @@ def test_heads_cli_writes_tables_and_rejects_bad_input(tmp_path, cache_dir):
     bad = subprocess.run([sys.executable, "-m", "interventions.cli.main", "heads", "testbed:planted", "--generate",
                           "zeros", "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert bad.returncode == 2 and "traces.generate" in bad.stderr and not (tmp_path / "x").exists()
+
+
+def test_a_spec_can_run_on_generated_traces(cache_dir):
+    """``traces: {generate: ...}`` in a spec: the run sees the tokenizer's prefix plus generated tokens."""
+    from interventions.run import run_spec
+    from interventions.spec import Spec
+
+    spec = Spec.from_dict({
+        "name": "generated", "model": "testbed:planted", "dtype": "float32", "report": False, "limit": 2,
+        "traces": {"generate": "repeated_token", "length": 24, "n": 5, "seed": 3},
+        "targets": {"bos": {"select": "primary_sinks"}},
+        "interventions": [{"kind": "zero", "site": "mlp_output", "layer": 1, "targets": ["bos"]}]})
+    result = run_spec(spec, progress=False)
+    e = result.effects
+    assert sorted(e.trace.unique()) == [0, 1] and set(e.position) == {0}
+    # zeroing the onset MLP at BOS removes the planted massive activation: BOS is no longer a sink after it
+    at2 = e[e.layer == 2]
+    assert (at2.clean_hidden_norm > 50).all() and (at2.hidden_norm < 5).all()
+    with pytest.raises(Exception, match="generate"):
+        Spec.from_dict({**{k: v for k, v in spec.model_dump().items() if k in ("name", "model", "targets")},
+                        "traces": {"generate": "zeros"}, "interventions": [
+                            {"kind": "zero", "site": "mlp_output", "layer": 1, "targets": ["bos"]}]})

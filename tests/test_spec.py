@@ -423,3 +423,17 @@ def test_registry_is_the_union():
     for name, cls in KINDS.items():
         assert cls.model_fields["kind"].default == name
         assert cls.model_config["extra"] == "forbid"
+
+
+def test_colliding_interventions_name_their_targets_in_every_condition():
+    """norm_scale scales two target groups by 2: every condition of both interventions then names its
+    targets, not only the colliding x2 (a bare x5 beside x2.weak+others would hide what x5 edits)."""
+    from interventions.spec import load_spec
+
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    ids = [c.id for c in load_spec(repo / "specs" / "norm_scale.yaml").conditions()]
+    assert ids == ["scale.mlp_output.l_start.x2.weak+others", "scale.mlp_output.l_start.x5.weak+others",
+                   "scale.mlp_output.l_start.x10.weak+others", "scale.mlp_output.l_start.x0.5.sinks",
+                   "scale.mlp_output.l_start.x2.sinks"]

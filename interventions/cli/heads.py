@@ -63,7 +63,7 @@ def heads_command(
     started = time.time()
     loaded = load_model(model, dtype=dtype, device=device)
     if source is not None:
-        from ..trace_sources import generate_traces
+        from ..traces import generate_traces
 
         trace_list = generate_traces(loaded.tokenizer, source)
         label = f"generate={source.generate} length={source.length} n={source.n} seed={source.seed}"

@@ -341,12 +341,16 @@ def _expand(spec) -> tuple[list[Condition], list[str]]:
     for _, conds in per:
         for c in conds:
             counts[c.id] = counts.get(c.id, 0) + 1
+    # Two interventions giving the same id are told apart by their targets, and then every condition
+    # of those interventions names its targets (not only the colliding factor: x2.weak+others next to
+    # a bare x5 would hide which targets x5 edits).
+    named = {i for i, conds in per if any(counts[c.id] > 1 for c in conds)}
     out: list[Condition] = []
     first: dict[str, int] = {}
     problems: list[str] = []
     for i, conds in per:
         for c in conds:
-            if counts[c.id] > 1:  # two interventions give the same id: tell them apart by their targets
+            if i in named:
                 c = Condition(**{**c.__dict__, "id": f"{c.id}.{'+'.join(c.targets)}"})
             if c.id in first:
                 if first[c.id] != i:

@@ -453,6 +453,11 @@ def spec_trace_records(spec: Spec, truth_folder: str | None) -> list[dict]:
     """Trace records of a spec: its JSONL file, or the planted model's own traces."""
     from ..traces import read_trace_records
 
+    if not isinstance(spec.traces, str):  # generated: token ids made with the model's tokenizer later
+        from ..trace_sources import GeneratedTraces, generated_records
+
+        t = spec.traces
+        return generated_records(GeneratedTraces(t.generate, length=t.length, n=t.n, seed=t.seed), n=spec.limit)
     if spec.traces == TESTBED_TRACES:
         from ..testbed.planted import load_truth, planted_traces
 

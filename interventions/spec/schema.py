@@ -80,6 +80,18 @@ VALIDATOR: list = []
 exactly as a file would without this module importing the loader back."""
 
 
+class GeneratedTraceSource(SpecModel):
+    """``traces: {generate: random_tokens, length: 64, n: 100, seed: 0}``: Gu et al.'s input controls
+    (see :mod:`interventions.trace_sources`): the tokenizer's own special prefix, then ``length``
+    random vocabulary tokens, or one random token repeated."""
+
+    generate: Literal["random_tokens", "repeated_token"] = Field(
+        description="random_tokens (independent draws) or repeated_token (one token per trace, repeated).")
+    length: int = Field(64, ge=2, description="Generated tokens per trace, after the tokenizer's special prefix.")
+    n: int = Field(100, ge=1, description="Number of traces (a spec's limit takes the first N).")
+    seed: int = Field(0, description="Seed of the generator; trace i uses (seed, i).")
+
+
 # --------------------------------------------------------------------------------------------
 # the spec
 
@@ -107,7 +119,9 @@ class Spec(SpecModel):
     description: str = Field("", description="What this spec asks, in a sentence (goes into the report).")
     model: str = Field(description="Hub id, local folder, .gguf file, testbed:planted or testbed:planted-llama.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin; hub models only.")
-    traces: str = Field(description="A JSONL traces file (relative to the spec file) or testbed (the planted model's).")
+    traces: str | GeneratedTraceSource = Field(
+        description="A JSONL traces file (relative to the spec file), testbed (the planted model's), or "
+                    "{generate: random_tokens | repeated_token, length, n, seed}.")
     limit: int | None = Field(None, ge=1, description="Use only the first N traces.")
     max_tokens: int | None = Field(None, ge=2,
                                    description="Truncate longer traces to this many tokens (with a warning).")
@@ -153,8 +167,8 @@ class Spec(SpecModel):
 
     @field_validator("traces")
     @classmethod
-    def _traces(cls, v: str) -> str:
-        if not v.strip():
+    def _traces(cls, v):
+        if isinstance(v, str) and not v.strip():
             raise _fail("'' is empty — give a JSONL traces file or testbed")
         return v
 
