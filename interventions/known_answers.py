@@ -207,27 +207,8 @@ def run_known_answers_experiment(exp, mode: str, settings: dict, out, progress: 
     ``models.<config name>.traces`` (every per-trace value); each model's record is also written to
     ``<out>/<config name>.json``.
     """
-    import gc
-    import json
-    from pathlib import Path
+    from .per_model import run_per_model
 
-    from .models import load_model
-    from .progress import console
-    from .traces import load_traces
-
-    configs = ([(name, {**exp.mode(name)[1], **overrides}) for name in exp.real] if mode == "planted"
-               else [(mode, settings)])
-    measured: dict = {"models": {}}
-    for name, cfg in configs:
-        console.print(f"[bold]{exp.name}[/bold]: {name} ({cfg['model']})", highlight=False)
-        loaded = load_model(cfg["model"], dtype=cfg.get("dtype", "float32"), device=cfg.get("device", "cpu"))
-        traces = load_traces(cfg["traces"], loaded.tokenizer, limit=cfg.get("limit"), max_tokens=cfg.get("max_tokens"),
-                             chat_template=bool(cfg.get("chat_template", False)), prepend_bos="never")
-        record = run_known_answers(loaded, [t.token_ids for t in traces], progress=progress)
-        record["model"] = loaded.describe()
-        record["first_tokens"] = loaded.tokenizer.convert_ids_to_tokens(traces[0].token_ids[:6])
-        measured["models"][name] = record
-        Path(out, f"{name}.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
-        del loaded
-        gc.collect()
-    return measured
+    return run_per_model(exp, mode, settings, out, overrides,
+                         lambda loaded, traces, cfg: run_known_answers(loaded, [t.token_ids for t in traces],
+                                                                       progress=progress))

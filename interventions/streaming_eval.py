@@ -60,27 +60,10 @@ def run_streaming_experiment(exp, mode: str, settings: dict, out, progress: bool
     """``kind: streaming`` of :mod:`interventions.experiments`: the default mode runs every real
     configuration of the study in turn, ``--real --config NAME`` one of them; measured values are
     ``models.<config name>.summary.*``."""
-    import gc
-    import json
-    from pathlib import Path
+    from .per_model import run_per_model
 
-    from .models import load_model
-    from .progress import console
-    from .traces import load_traces
+    def measure(loaded, traces, cfg):
+        return streaming_nll(loaded, [t.token_ids for t in traces], keep_first=tuple(cfg.get("keep_first", (0, 1, 2, 4))),
+                             window=int(cfg.get("window", 32)), progress=progress)
 
-    configs = ([(name, {**exp.mode(name)[1], **overrides}) for name in exp.real] if mode == "planted"
-               else [(mode, settings)])
-    measured: dict = {"models": {}}
-    for name, cfg in configs:
-        console.print(f"[bold]{exp.name}[/bold]: {name} ({cfg['model']})", highlight=False)
-        loaded = load_model(cfg["model"], dtype=cfg.get("dtype", "float32"), device=cfg.get("device", "cpu"))
-        traces = load_traces(cfg["traces"], loaded.tokenizer, limit=cfg.get("limit"), max_tokens=cfg.get("max_tokens"),
-                             chat_template=bool(cfg.get("chat_template", False)))
-        record = streaming_nll(loaded, [t.token_ids for t in traces], keep_first=tuple(cfg.get("keep_first", (0, 1, 2, 4))),
-                               window=int(cfg.get("window", 32)), progress=progress)
-        record["model"] = loaded.describe()
-        measured["models"][name] = record
-        Path(out, f"{name}.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
-        del loaded
-        gc.collect()
-    return measured
+    return run_per_model(exp, mode, settings, out, overrides, measure)

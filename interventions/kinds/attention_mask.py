@@ -8,13 +8,13 @@ by the softmax, or (``redirect: bos``) the removed mass moved onto the primary s
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
 from ..spec.conditions import Condition, Edit, EffectColumn, InterventionBase, register_kind
 from ..spec.fields import LayerRange, concrete, layer_label, layer_spec_validator
+from .base import attention_edits
 
 
 @register_kind
@@ -51,27 +51,17 @@ class AttentionMask(InterventionBase):
         return {"redirect": condition.redirect or "", "masked": layer in edited_layers}
 
     @classmethod
-    @contextmanager
     def install(cls, loaded, edits):
         """Install the attention edits on their layers for the duration of the block."""
-        from ..adapters import decoder_layers, get_module
         from ..attention import AttentionEdit
 
-        layers = decoder_layers(loaded.model, loaded.adapter)
-        touched = []
-        try:
-            for edit in edits:
-                attn = get_module(layers[edit.layer], loaded.adapter.attention)
-                previous = getattr(attn, "_interventions_edit", None)
-                keys = tuple(sorted(set(edit.positions) | set(previous.masked_keys if previous else ())))
-                attn._interventions_edit = AttentionEdit(masked_keys=keys, redirect_to=edit.redirect_to)
-                touched.append(attn)
-            yield
-        finally:
-            for attn in touched:
-                if hasattr(attn, "_interventions_edit"):
-                    del attn._interventions_edit
+        def build(previous, edit):
+            keys = tuple(sorted(set(edit.positions) | set(previous.masked_keys if previous else ())))
+            return AttentionEdit(masked_keys=keys, redirect_to=edit.redirect_to,
+                                 window=previous.window if previous else None,
+                                 keep_first=previous.keep_first if previous else 0)
 
+        return attention_edits(loaded, edits, build)
 
 applied = AttentionMask.install
 """The install step under its old name."""

@@ -5,6 +5,7 @@ Not a kind itself; ``zero``, ``scale``, ``add`` and ``patch`` build on it.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
@@ -30,3 +31,27 @@ class SiteIntervention(InterventionBase):
         """One condition ``<kind>.<site>.<layer><suffix>`` over the layers of ``layer``."""
         return self._condition(index, f"{self.kind}.{self.site}.{layer_label(self.layer)}{suffix}",
                                layer=concrete(self.layer), **kw)
+
+
+@contextmanager
+def attention_edits(loaded, edits, build):
+    """Set ``build(previous, edit)`` (an :class:`~interventions.attention.AttentionEdit`) on the attention
+    module of each edit's layer for the duration of the block, and remove it on exit (also on error).
+
+    The install step shared by the kinds that edit attention probabilities (``attention_mask``,
+    ``streaming``); ``previous`` is what an earlier edit of the same forward set on that layer.
+    """
+    from ..adapters import decoder_layers, get_module
+
+    layers = decoder_layers(loaded.model, loaded.adapter)
+    touched = []
+    try:
+        for edit in edits:
+            attn = get_module(layers[edit.layer], loaded.adapter.attention)
+            attn._interventions_edit = build(getattr(attn, "_interventions_edit", None), edit)
+            touched.append(attn)
+        yield
+    finally:
+        for attn in touched:
+            if hasattr(attn, "_interventions_edit"):
+                del attn._interventions_edit

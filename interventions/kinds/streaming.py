@@ -20,13 +20,13 @@ before it see every key anyway), so the runner recomputes only from there.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
 from ..spec.conditions import Condition, Edit, EffectColumn, InterventionBase, register_kind
 from ..spec.fields import LayerRange, concrete, layer_label, layer_spec_validator
+from .base import attention_edits
 
 
 ALL_LAYERS = 1024
@@ -88,25 +88,13 @@ class Streaming(InterventionBase):
         return None
 
     @classmethod
-    @contextmanager
     def install(cls, loaded, edits):
         """Put the StartRecent restriction on each edited layer's attention for the duration of the block."""
-        from ..adapters import decoder_layers, get_module
         from ..attention import AttentionEdit
 
-        layers = decoder_layers(loaded.model, loaded.adapter)
-        touched = []
-        try:
-            for edit in edits:
-                attn = get_module(layers[edit.layer], loaded.adapter.attention)
-                previous = getattr(attn, "_interventions_edit", None)
-                attn._interventions_edit = AttentionEdit(
-                    masked_keys=previous.masked_keys if previous else (),
-                    redirect_to=previous.redirect_to if previous else None,
-                    window=int(edit.params["window"]), keep_first=int(edit.params["keep_first"]))
-                touched.append(attn)
-            yield
-        finally:
-            for attn in touched:
-                if hasattr(attn, "_interventions_edit"):
-                    del attn._interventions_edit
+        def build(previous, edit):
+            return AttentionEdit(masked_keys=previous.masked_keys if previous else (),
+                                 redirect_to=previous.redirect_to if previous else None,
+                                 window=int(edit.params["window"]), keep_first=int(edit.params["keep_first"]))
+
+        return attention_edits(loaded, edits, build)
