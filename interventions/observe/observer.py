@@ -334,9 +334,9 @@ class Observer:
                     cand["mlp_in_cos"][idx] = xcos[:, j]
                 vecs = self._cand_vecs.setdefault(p, {"hidden": [None] * len(self.layers),
                                                       "mlp_in": [None] * len(self.layers)})
-                vecs["hidden"][idx] = refs[p]["hidden"].detach().float().cpu()
+                vecs["hidden"][idx] = refs[p]["hidden"].detach().to("cpu", torch.float32, copy=True)
                 if refs[p]["mlp_in"] is not None:
-                    vecs["mlp_in"][idx] = refs[p]["mlp_in"].detach().float().cpu()
+                    vecs["mlp_in"][idx] = refs[p]["mlp_in"].detach().to("cpu", torch.float32, copy=True)
         return hook
 
     def _on_final_norm(self, module, args, output):
@@ -350,7 +350,7 @@ class Observer:
             refs = torch.stack([h[p - self.offset] for p in positions])
             cos = _cos_many(h, refs)
             self._final["cos"] = {p: cos[:, j] for j, p in enumerate(positions)}
-            self._final["vectors"] = {p: h[p - self.offset].detach().float().cpu() for p in positions}
+            self._final["vectors"] = {p: h[p - self.offset].detach().to("cpu", torch.float32, copy=True) for p in positions}
 
     def _update_candidates(self, idx: int, norm: torch.Tensor) -> None:
         """Track positions 0-2 (or the fixed reference) from layer 0 and massive positions from their first massive layer."""
