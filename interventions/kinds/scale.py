@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, field_validator
 
 from ..spec.conditions import Condition, Edit, EffectColumn, register_kind
+from ..spec.fields import check_factor as _check_factor
 from ..spec.fields import fail, show
 from .base import SiteIntervention
-
-
-def _check_factor(v: float) -> float:
-    if not math.isfinite(v):
-        raise fail(f"{show(v)} is not a finite number — factors are positive numbers such as 2, 5, 10")
-    if v == 0:
-        raise fail("0 is not allowed — a factor of 0 removes the output: use kind: zero")
-    if v < 0:
-        raise fail(f"{show(v)} is not allowed — factors must be > 0 (a negative factor flips the sign)")
-    return v
 
 
 @register_kind
