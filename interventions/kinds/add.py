@@ -22,7 +22,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, Field, field_validator
 
 from ..spec.conditions import Condition, Edit, EffectColumn, register_kind
-from ..spec.fields import SpecModel, fail, show
+from ..spec.fields import SpecModel, each_once, fail, show
 from .base import SiteIntervention
 
 
@@ -61,13 +61,7 @@ class Add(SiteIntervention):
         min_length=1, description="Multipliers of the direction, each its own condition.")
     normalize: bool = Field(True, description="Scale the direction to norm 1 first (coefficient = added norm).")
 
-    @field_validator("coefficients")
-    @classmethod
-    def _unique(cls, v: list[float]) -> list[float]:
-        dups = sorted({c for c in v if v.count(c) > 1})
-        if dups:
-            raise fail(f"{show(dups[0])} is listed twice — each coefficient is one condition; list it once")
-        return v
+    _unique = field_validator("coefficients")(each_once("coefficient"))
 
     def label(self) -> str:
         d = self.direction

@@ -8,7 +8,7 @@ from pydantic import AfterValidator, Field, field_validator
 
 from ..spec.conditions import Condition, Edit, EffectColumn, register_kind
 from ..spec.fields import check_factor as _check_factor
-from ..spec.fields import fail, show
+from ..spec.fields import each_once
 from .base import SiteIntervention
 
 
@@ -23,13 +23,7 @@ class Scale(SiteIntervention):
     factors: list[Annotated[float, AfterValidator(_check_factor)]] = Field(
         min_length=1, description="Scale factors, each its own condition; > 0 (use kind: zero for 0).")
 
-    @field_validator("factors")
-    @classmethod
-    def _unique(cls, v: list[float]) -> list[float]:
-        dups = sorted({f for f in v if v.count(f) > 1})
-        if dups:
-            raise fail(f"{show(dups[0])} is listed twice — each factor is one condition; list it once")
-        return v
+    _unique = field_validator("factors")(each_once("factor"))
 
     def conditions(self, index: int) -> list[Condition]:
         return [self._site_condition(index, f".x{f:g}", factor=f) for f in self.factors]

@@ -230,6 +230,16 @@ def tokens_validator(v: Any) -> Any:
     return list(v)
 
 
+def each_once(noun: str):
+    """A field validator: every value of a list field once, since each is its own condition."""
+    def check(v: list[float]) -> list[float]:
+        dups = sorted({x for x in v if v.count(x) > 1})
+        if dups:
+            raise fail(f"{show(dups[0])} is listed twice — each {noun} is one condition; list it once")
+        return v
+    return check
+
+
 def check_factor(v: float) -> float:
     if not math.isfinite(v):
         raise fail(f"{show(v)} is not a finite number — factors are positive numbers such as 2, 5, 10")
