@@ -247,9 +247,44 @@ def _measure_units(measure: str, rows: pd.DataFrame, *, arm: str) -> pd.DataFram
                 out.append({"condition": cond, "trace": trace, "position": -1,
                             "value": float((after["primary_sink_score"] - after["clean_primary_sink_score"]).mean())})
         return pd.DataFrame(out, columns=keys + ["value"])
+    if measure == "primary_beyond_renormalisation":
+        out = []
+        if "renorm_primary_sink_score" not in rows.columns:
+            return pd.DataFrame(columns=keys + ["value"])
+        for (cond, trace), g in rows.groupby(["condition", "trace"]):
+            per_layer = g.groupby("layer").agg(observed=("primary_sink_score", "first"),
+                                               clean=("clean_primary_sink_score", "first"),
+                                               predicted=("renorm_primary_sink_score", "max"))
+            masked = per_layer["predicted"].notna()
+            if not masked.any():
+                continue
+            # From the first masked layer on: the arithmetic prediction where this forward masks,
+            # the clean score in the layers after (and between) its masks, where nothing is removed.
+            span = per_layer[per_layer.index >= per_layer.index[masked.to_numpy()].min()]
+            expected = span["predicted"].where(span["predicted"].notna(), span["clean"])
+            out.append({"condition": cond, "trace": trace, "position": -1,
+                        "value": float((span["observed"] - expected).mean())})
+        return pd.DataFrame(out, columns=keys + ["value"])
     if measure == "kl":
         return _per_unit(rows.dropna(subset=["kl"]), keys, value=("kl", "mean"))
     raise ValueError(f"unknown measure {measure!r}")
+
+
+def _mass_balance(target_rows: pd.DataFrame, control_rows: pd.DataFrame | None, notes: list[str]) -> dict:
+    """Clean attention mass the masks remove, targets vs controls (mean per query over masked layers)."""
+    def mean_mass(r):
+        if r is None or not len(r):
+            return None
+        per = r.dropna(subset=["masked_attention_mass"]).drop_duplicates(["condition", "trace", "layer"])
+        return float(per["masked_attention_mass"].mean()) if len(per) else None
+
+    t, c = mean_mass(target_rows), mean_mass(control_rows)
+    out = {"targets": t, "controls": c, "controls_over_targets": c / t if t and c is not None else None}
+    if out["controls_over_targets"] is not None and not 0.5 <= out["controls_over_targets"] <= 2:
+        notes.append(f"the controls' masks remove {out['controls_over_targets']:.2g}x the targets' clean attention "
+                     "mass (the best match available); the renormalisation prediction, not the controls, accounts "
+                     "for the arithmetic of removing it")
+    return out
 
 
 def hypothesis_verdicts(effects: pd.DataFrame, manifest: dict, *, seed: int = 0) -> tuple[dict, list[dict]]:
@@ -358,6 +393,8 @@ def _family_verdict(h, key, fkey, fconds, conditions, by_id, d, *, seed, family_
         by_off = pre.assign(offset=pre["clean_l_start"] - pre["intervened_layer"]).groupby("offset")["suppressed"]
         details["rate_by_offset_before_l_start"] = {int(k): float(v) for k, v in by_off.mean().items()}
         notes.append("the trend over swap layers ('more at later layers') is descriptive (rate_by_offset), not tested")
+    if kind == "attention_mask" and len(rows) and "masked_attention_mass" in rows.columns:
+        details["masked_attention_mass"] = _mass_balance(target_rows, comp_rows if arm == "controls" else None, notes)
     excluded = [{"condition": c, "reason": "tautological: edits the whole hidden state at the target's own "
                                            "l_start (see tautologies); left out"} for c in ids if c in tautological]
     return family_report(key, h.id, h.claim, h.alpha, components, conditions=ids, comparison=arm,

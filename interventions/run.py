@@ -231,15 +231,21 @@ def _run(spec, *, results_root: Path, run_dir: Path | str | None, overwrite: boo
     # Phase 1: clean detection over all traces (each rank observes its share), or the interrupted run's.
     t0 = time.perf_counter()
     tokens = {tr.index: decode_tokens(loaded.tokenizer, tr.token_ids) for tr in traces}
-    clean_sinks = _load_clean_sinks(out) if resume else None
+    # Controls matched on attention mass need every key's clean score, which clean_sinks.jsonl does not keep.
+    needs_scores = any(getattr(t, "by", None) == "attention_mass" for t in spec.targets.values())
+    clean_sinks = _load_clean_sinks(out) if resume and not needs_scores else None
     reused_clean = clean_sinks is not None
+    key_scores: dict[int, np.ndarray] = {}
     if clean_sinks is None:
-        local: dict[int, list[Sink]] = {}
+        local: dict[int, tuple] = {}
         for tr in track([tr for tr in traces if ranks.owns(tr.index)], description="clean pass", enabled=progress):
             obs = observe_tokens(loaded, tr.token_ids, reference=config.reference, massive_ratio=config.massive_ratio)
-            local[tr.index] = detect_sinks(obs, trace=tr.index, tokens=tokens[tr.index], config=config,
-                                           chat_template=spec.chat_template)
-        clean_sinks = {i: s for part in ranks.gather(local) for i, s in part.items()}
+            local[tr.index] = (detect_sinks(obs, trace=tr.index, tokens=tokens[tr.index], config=config,
+                                            chat_template=spec.chat_template),
+                               obs.mean_sink_scores() if needs_scores else None)
+        gathered = {i: v for part in ranks.gather(local) for i, v in part.items()}
+        clean_sinks = {i: v[0] for i, v in gathered.items()}
+        key_scores = {i: v[1] for i, v in gathered.items() if v[1] is not None}
     clean_pass_s = time.perf_counter() - t0
     all_sinks = [s for i in sorted(clean_sinks) for s in clean_sinks[i]]
     facts = RunFacts.from_sinks(all_sinks)
@@ -249,7 +255,8 @@ def _run(spec, *, results_root: Path, run_dir: Path | str | None, overwrite: boo
                         "sink to take it from; give an integer layer instead", field="interventions")
     sets = {tr.index: resolve_targets(spec.targets, trace=tr.index, token_ids=np.asarray(tr.token_ids),
                                       tokens=tokens[tr.index], sinks=clean_sinks.get(tr.index, []), facts=facts,
-                                      tokenizer=loaded.tokenizer) for tr in traces}
+                                      tokenizer=loaded.tokenizer, key_scores=key_scores.get(tr.index))
+            for tr in traces}
     if not any(skip_reason(c, t, prep.dims["layers"]) is None
                for s in sets.values() for c in conditions for _, group in groups(c, s) for t in group):
         raise UserError("every target set resolved to no position in every trace; check the targets "

@@ -70,9 +70,44 @@ def token_ids_for(tokenizer, tokens: list[str | int], *, field: str) -> list[int
     return ids
 
 
+def attention_mass(key_scores: np.ndarray, position: int, layers: list[int]) -> float:
+    """Clean attention mass of key ``position``: its column sum (score x queries that see it, mean over
+    heads) averaged over ``layers`` (all layers when empty)."""
+    L, T = key_scores.shape
+    rows = [l for l in layers if 0 <= l < L] or list(range(L))
+    return float(key_scores[rows, position].mean()) * (T - position)
+
+
+def mass_matched(matched: list[Target], pool: np.ndarray, key_scores: np.ndarray, caliper: int,
+                 n_layers: int) -> list[tuple[int, Target]]:
+    """Pair each target (in position order) with the unused pool position of closest log attention mass
+    within ``caliper`` tokens (the nearest positions when none is that close)."""
+    free = [int(p) for p in pool]
+    pairs = []
+    for m in matched:
+        if not free:
+            break
+        layers = (list(range(m.l_start + 1, m.l_start + m.ref_lifetime + 1))
+                  if m.l_start is not None and m.ref_lifetime else list(range(1, n_layers)))
+        want = np.log(max(attention_mass(key_scores, m.position, layers), 1e-12))
+        near = [p for p in free if abs(p - m.position) <= caliper]
+        if not near:
+            closest = min(abs(p - m.position) for p in free)
+            near = [p for p in free if abs(p - m.position) == closest]
+        best = min(near, key=lambda p: (abs(np.log(max(attention_mass(key_scores, p, layers), 1e-12)) - want),
+                                        abs(p - m.position), p))
+        free.remove(best)
+        pairs.append((best, m))
+    return pairs
+
+
 def resolve_targets(target_specs: dict, *, trace: int, token_ids: np.ndarray, tokens: list[str], sinks: list[Sink],
-                    facts: RunFacts, tokenizer) -> dict[str, list[Target]]:
-    """Positions of every named target set in one trace (matched controls resolved last)."""
+                    facts: RunFacts, tokenizer, key_scores: np.ndarray | None = None) -> dict[str, list[Target]]:
+    """Positions of every named target set in one trace (matched controls resolved last).
+
+    ``key_scores``: the clean run's sink score of every key per layer ([L, T], mean over heads),
+    needed by ``matched_controls`` with ``by: attention_mass``.
+    """
     by_pos = {s.position: s for s in sinks}
     T = len(token_ids)
 
@@ -120,11 +155,19 @@ def resolve_targets(target_specs: dict, *, trace: int, token_ids: np.ndarray, to
         matched = resolved.get(spec.match, [])
         taken = {t.position for t in matched}
         pool = np.array([t for t in range(1, T) if t not in by_pos and t not in taken], dtype=np.int64)
-        rng = np.random.default_rng([spec.seed, trace])
-        n = min(len(matched), len(pool))
-        chosen = rng.choice(pool, size=n, replace=False) if n else np.array([], dtype=np.int64)
-        # Pair control i with target i (both sorted by position) so it borrows that target's l_start
-        # and lifetime: `layer: l_start` and `layers: sink_lifetime` then edit the same layers.
-        resolved[name] = [make(int(p), name, control=True, l_start=m.l_start, lifetime=m.ref_lifetime)
-                          for p, m in zip(sorted(chosen.tolist()), matched)]
+        if getattr(spec, "by", "random") == "attention_mass":
+            if key_scores is None:
+                raise UserError("matched_controls by attention_mass needs the clean run's attention scores",
+                                field=f"targets.{name}.by")
+            pairs = mass_matched(matched, pool, key_scores, spec.caliper, key_scores.shape[0])
+        else:
+            rng = np.random.default_rng([spec.seed, trace])
+            n = min(len(matched), len(pool))
+            chosen = rng.choice(pool, size=n, replace=False) if n else np.array([], dtype=np.int64)
+            # Pair control i with target i (both sorted by position).
+            pairs = list(zip(sorted(chosen.tolist()), matched))
+        # Control i borrows its target's l_start and lifetime: `layer: l_start` and `layers:
+        # sink_lifetime` then edit the same layers.
+        resolved[name] = sorted((make(int(p), name, control=True, l_start=m.l_start, lifetime=m.ref_lifetime)
+                                 for p, m in pairs), key=lambda t: t.position)
     return resolved

@@ -168,7 +168,7 @@ def test_condition_ids_for_other_layer_forms():
         "scale.block_output.L7.x0.5",
     ]
     assert conds[0].layer == [0, 1, 2, 3] and conds[1].layer == 2
-    assert conds[4].layers_for(l_start=3, lifetime=4) == [3, 4, 5, 6]
+    assert conds[4].layers_for(l_start=3, lifetime=4) == [4, 5, 6, 7]  # attention layers reading the sink
 
 
 def test_colliding_condition_ids_get_target_suffix():
@@ -184,7 +184,7 @@ def test_resolve_layers():
     assert resolve_layers("l_start", l_start=6) == [6]
     assert resolve_layers("l_start-2", l_start=6) == [4]
     assert resolve_layers("l_start-2", l_start=6, min_layer=5) == []
-    assert resolve_layers("sink_lifetime", l_start=2, lifetime=3) == [2, 3, 4]
+    assert resolve_layers("sink_lifetime", l_start=2, lifetime=3) == [3, 4, 5]
     with pytest.raises(ValueError):
         resolve_layers("l_start")
 

@@ -26,12 +26,20 @@ class AttentionMask(InterventionBase):
     EFFECT_COLUMNS: ClassVar[dict[str, EffectColumn]] = {
         "redirect": EffectColumn("attention_mask: none | bos", ""),
         "masked": EffectColumn("attention_mask: this layer is one of the layers masked for this target", False),
+        "renorm_primary_sink_score": EffectColumn(
+            "attention_mask: primary sink score the mask gives by arithmetic alone (renormalisation, or the "
+            "redirected mass), applied to the clean layer's attention; NaN in layers this forward does not mask",
+            float("nan")),
+        "masked_attention_mass": EffectColumn(
+            "attention_mask: clean attention on the keys this forward masks in this layer, per query (mean over "
+            "heads and queries); NaN in layers it does not mask. Targets and controls side by side show how well "
+            "the controls are matched", float("nan")),
     }
 
     kind: Literal["attention_mask"] = Field("attention_mask", description="Mask attention to the target tokens.")
     layers: int | list[int] | LayerRange | Literal["sink_lifetime"] = Field(
         description="Layers masked together: int, list, {from: a, to: b} or sink_lifetime "
-                    "(where each target is a sink).")
+                    "(the attention layers that read each target while it is a sink: l_start+1 .. l_start+lifetime).")
     redirect: Literal["none", "bos"] = Field(
         "none", description="Where the removed attention goes: none (renormalise) or bos (to the primary sink).")
 
@@ -43,12 +51,41 @@ class AttentionMask(InterventionBase):
 
     @classmethod
     def edits_for(cls, condition, target, layers, state):
-        return [Edit("attention_mask", layer, [target.position], redirect_to=0 if condition.redirect == "bos" else None)
-                for layer in layers]
+        # bos: the removed mass goes to the trace's reference primary sink (position 0 unless detection
+        # put the primary sink elsewhere).
+        to = (state or {}).get("reference", 0) if condition.redirect == "bos" else None
+        return [Edit("attention_mask", layer, [target.position], redirect_to=to) for layer in layers]
+
+    @classmethod
+    def trace_state(cls, conditions, trace) -> dict:
+        """Per (condition, targets | controls): the primary sink score each masked layer would have by
+        renormalisation alone (:mod:`interventions.renormalisation`), from one clean forward."""
+        from ..attention import AttentionEdit
+        from ..renormalisation import predicted_key_scores
+        from ..run_trace import edits_for, groups
+
+        n_layers = trace.loaded.dims["layers"]
+        reference = next((s.position for s in trace.sinks if s.kind == "primary" and s.reference), 0)
+        state = {"reference": reference}
+        plans = {}
+        for c in conditions:
+            for is_control, group in groups(c, trace.sets):
+                edits, _ = edits_for(c, group, state, n_layers)
+                masked: dict[int, set] = {}
+                for e in edits:
+                    masked.setdefault(e.layer, set()).update(e.positions)
+                plans[(c.id, is_control)] = {
+                    layer: AttentionEdit(masked_keys=tuple(sorted(keys)),
+                                         redirect_to=reference if c.redirect == "bos" else None)
+                    for layer, keys in masked.items()}
+        return {**state, "predicted": predicted_key_scores(trace.loaded, trace.token_ids, plans, reference)}
 
     @classmethod
     def effect_values(cls, condition, target, layer, edited_layers, state=None) -> dict:
-        return {"redirect": condition.redirect or "", "masked": layer in edited_layers}
+        predicted = (state or {}).get("predicted", {}).get((condition.id, target.is_control), {}).get(layer, {})
+        return {"redirect": condition.redirect or "", "masked": layer in edited_layers,
+                "renorm_primary_sink_score": predicted.get("score", float("nan")),
+                "masked_attention_mass": predicted.get("removed", float("nan"))}
 
     @classmethod
     def install(cls, loaded, edits):

@@ -7,8 +7,8 @@ Layer specs
 a list of ints, an inclusive range ``{from: a, to: b}``, or ``l_start`` (each sink's first sink
 layer, from detection). ``layers`` of ``mean_swap`` is a *sweep*: one condition per layer
 (``{from: a, to: l_start}`` sweeps down from each sink's l_start). ``layers`` of
-``attention_mask`` is again one condition over all the layers, or ``sink_lifetime`` (the layers
-where each target is a sink: ``l_start .. l_start + lifetime - 1``).
+``attention_mask`` is again one condition over all the layers, or ``sink_lifetime`` (the attention
+layers that read each target while it is a sink: ``l_start + 1 .. l_start + lifetime``).
 """
 
 from __future__ import annotations
@@ -287,9 +287,12 @@ def resolve_layers(layer: Any, *, l_start: int | None = None, lifetime: int | No
 
     ``int`` and lists are absolute. ``l_start`` / ``l_start-N`` need the token's first sink
     layer (``[]`` when ``l_start - N < min_layer``); ``sink_lifetime`` needs ``l_start`` and
-    ``lifetime`` and gives ``l_start .. l_start + lifetime - 1`` (the default rule's contiguous
-    run; under ``rule: legacy`` a sink's aligned layers need not be contiguous, so a runner
-    that has the detected ``Sink`` should use its ``layers`` list instead).
+    ``lifetime`` and gives the *attention* layers that read the sink, ``l_start + 1 .. l_start +
+    lifetime``: a state aligned at layer l (the output of layer l) is a key in the attention of
+    layer l + 1, the convention of ``peak_sink_score`` and ``sink_layers.parquet`` (at layer
+    l_start itself attention still reads the token before it became a sink). The default rule's
+    run is contiguous; under ``rule: paper-code`` a runner that has the detected ``Sink`` should
+    use its ``layers`` list instead.
     """
     if is_int(layer):
         return [layer]
@@ -302,7 +305,7 @@ def resolve_layers(layer: Any, *, l_start: int | None = None, lifetime: int | No
     if layer == "sink_lifetime":
         if l_start is None or lifetime is None:
             raise ValueError("layer 'sink_lifetime' needs the token's l_start and lifetime")
-        return list(range(l_start, l_start + lifetime))
+        return list(range(l_start + 1, l_start + lifetime + 1))
     m = RELATIVE_LAYER_RE.match(str(layer))
     if m:
         if l_start is None:

@@ -84,12 +84,26 @@ class Positions(TargetBase):
 
 @register_target
 class MatchedControls(TargetBase):
-    """Random non-sink positions, as many per trace as the target set ``match`` holds."""
+    """Non-sink positions, one per member of the target set ``match`` in each trace.
+
+    ``by: random`` draws them at random. ``by: attention_mass`` pairs each target with the non-sink
+    position whose clean attention mass (column sum of its attention, mean over heads, over the
+    attention layers that read the target while it is a sink) is closest on a log scale, among
+    positions within ``caliper`` tokens of it (nearest-neighbour matching with a caliper, without
+    replacement): the control an attention mask needs, since masking removes mass in proportion
+    to it. A secondary sink usually draws more attention than any ordinary token, so the match is
+    the best available, not exact; ``masked_attention_mass`` in the effects rows shows the balance.
+    """
 
     select: Literal["matched_controls"] = Field(
-        "matched_controls", description="Random non-sink positions matched in count to another set.")
+        "matched_controls", description="Non-sink positions matched in count (and optionally attention mass) "
+                                        "to another set.")
     match: str = Field(description="Name of the target set whose per-trace count is matched.")
     seed: int = Field(0, description="Seed of the random draw (the same seed gives the same positions).")
+    by: Literal["random", "attention_mass"] = Field(
+        "random", description="random, or attention_mass (closest clean attention mass within the caliper).")
+    caliper: int = Field(32, ge=1, description="by: attention_mass: farthest distance in tokens from the target; "
+                                               "without a candidate that close, the nearest ones are used.")
 
 
 TargetSet = registered_union(TARGETS, "select", TargetBase)

@@ -140,6 +140,12 @@ def _component(name: str, test: str, est: dict, *, direction: str, alpha: float,
                min_n: int, min_traces: int) -> dict:
     """A component record: the test's numbers plus its verdict under the rule."""
     ci = (est.get("ci_low"), est.get("ci_high"))
+    if est.get("exact_null"):
+        j = judge_traces({"n_traces": est.get("n_traces"), "exact_null": True}, direction=direction, alpha=alpha,
+                         margin=margin, n=est.get("n"), min_n=min_n, min_traces=min_traces)
+        return {"name": name, "test": test, "direction": direction, "margin": margin, "effect": 0.0,
+                "ci": [None, None], "p": None, "n": est.get("n"), "n_traces": est.get("n_traces"),
+                "exact_null": True, **j}
     j = judge(est.get("p"), est.get("effect"), ci, direction=direction, alpha=alpha, n=est.get("n"),
               n_traces=est.get("n_traces"), min_n=min_n, min_traces=min_traces, margin=margin)
     if j["reason"].startswith("test not estimable") and est.get("reason"):
@@ -183,6 +189,11 @@ def _rate_test(units: pd.DataFrame, value: str, *, seed: int, n_boot: int, level
     targets = units[~units["is_control"]]
     base = {"n": int(len(targets)), "n_traces": int(targets["trace"].nunique()),
             "target_mean": eff["estimate"], "control_mean": ctl["estimate"] if s["N_c"].sum() else None}
+    paired = paired_trace_differences(s) if s["N_c"].sum() > 0 else s["S_t"][s["N_t"] > 0]
+    if len(paired) and np.all(np.abs(np.asarray(paired, float)) < EXACT_TOL):
+        # every trace exactly 0: no p or CI (a bootstrap of zeros would print CI [0, 0])
+        return {**base, "effect": 0.0, "ci_low": None, "ci_high": None, "p": None, "exact_null": True,
+                "vs_controls": bool(s["N_c"].sum() > 0), "ci_method": None}
     if s["N_c"].sum() > 0:
         p, _ = sign_flip_test(paired_trace_differences(s), rng=rng)
         return {**base, "effect": did["estimate"], "ci_low": did["ci_low"], "ci_high": did["ci_high"], "p": p,
