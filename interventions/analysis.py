@@ -224,6 +224,19 @@ def _measure_units(measure: str, rows: pd.DataFrame, *, arm: str) -> pd.DataFram
             r = rows[rows["clean_lifetime"].fillna(0) > 0]
         u = _per_unit(r, keys, value=("suppressed", "max"))
         return u.assign(value=u["value"].astype(float))
+    if measure == "suppression_trend":
+        # Within each trace: OLS slope of "suppressed" on the swap layer over (target, layer < l_start)
+        # pairs, so "more suppression at later layers" is a per-trace number the sign flip can test.
+        r = rows[rows["intervened_layer"] < rows["clean_l_start"]] if arm == "target" else \
+            rows[rows["clean_lifetime"].fillna(0) > 0]
+        u = _per_unit(r, ["trace", "position", "intervened_layer"], value=("suppressed", "max"))
+        out = []
+        for trace, g in u.groupby("trace"):
+            x, y = g["intervened_layer"].to_numpy(float), g["value"].to_numpy(float)
+            if np.unique(x).size >= 2:
+                out.append({"condition": "*", "trace": trace, "position": -1,
+                            "value": float(np.polyfit(x, y, 1)[0])})
+        return pd.DataFrame(out, columns=keys + ["value"])
     if measure == "lifetime_slope":
         u = _per_unit(rows, ["trace", "position", "factor"], lifetime=("lifetime", "max"),
                       clean=("clean_lifetime", "max"))
@@ -392,7 +405,9 @@ def _family_verdict(h, key, fkey, fconds, conditions, by_id, d, *, seed, family_
         pre = target_rows[target_rows["intervened_layer"] < target_rows["clean_l_start"]]
         by_off = pre.assign(offset=pre["clean_l_start"] - pre["intervened_layer"]).groupby("offset")["suppressed"]
         details["rate_by_offset_before_l_start"] = {int(k): float(v) for k, v in by_off.mean().items()}
-        notes.append("the trend over swap layers ('more at later layers') is descriptive (rate_by_offset), not tested")
+        if "suppression_trend" not in h.measure:
+            notes.append("the trend over swap layers ('more at later layers') is descriptive here (rate_by_offset); "
+                         "declare measure: [suppression_rate, suppression_trend] to test it")
     if kind == "attention_mask" and len(rows) and "masked_attention_mass" in rows.columns:
         details["masked_attention_mass"] = _mass_balance(target_rows, comp_rows if arm == "controls" else None, notes)
     excluded = [{"condition": c, "reason": "tautological: edits the whole hidden state at the target's own "

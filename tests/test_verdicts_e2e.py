@@ -80,3 +80,23 @@ def test_tautological_swap_is_excluded(tmp_path, cache_dir):
     assert [t["condition"] for t in stats["tautologies"]] == ["mean_swap.block_output.l_start"]
     h3 = stats["verdicts"]["H3"]
     assert h3["verdict"] == "inconclusive" and h3["excluded"]   # nothing left before l_start
+
+
+@pytest.mark.parametrize("model", ["testbed:planted", "testbed:negative-h3"])
+def test_declared_suppression_trend_is_tested_not_described(tmp_path, cache_dir, model):
+    """H3's "more suppression nearer l_start", declared as a measure, is a trace-level test. Planted:
+    swapping the attention output at layer 2 (the gate head) suppresses, earlier layers do not, so the
+    slope is positive; the whole hidden state suppresses at every layer before l_start (flat: exact
+    null). negative-h3: nothing at the sink's own position matters, so no trend anywhere."""
+    data = yaml.safe_load((REPO / "specs" / "mean_swap.yaml").read_text())
+    data.update(model=model, limit=6, report=False, hypotheses=[{
+        "id": "H3", "conditions": {"kind": "mean_swap"}, "measure": ["suppression_rate", "suppression_trend"]}])
+    result = run_spec(Spec.from_dict(data), results_root=tmp_path, progress=False)
+    verdicts = analyze_run(result.out, progress=False, report=False)[0]["verdicts"]
+    trend = {k: next(c for c in v["components"] if c["name"] == "suppression_trend") for k, v in verdicts.items()}
+    if model == "testbed:planted":
+        assert trend["H3/attention_output"]["verdict"] == "supported" and trend["H3/attention_output"]["effect"] > 0
+        assert trend["H3/block_output"]["exact_null"] and trend["H3/block_output"]["verdict"] == "not supported"
+        assert not any("descriptive" in n for n in verdicts["H3/block_output"]["notes"])
+    else:
+        assert all(t["verdict"] != "supported" for t in trend.values()), trend

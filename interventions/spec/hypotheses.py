@@ -34,6 +34,9 @@ MEASURES = {
                        "within-token slope of lifetime on log(factor), over the factors where the token is a sink"),
     "suppression_rate": ("mean_swap", "increase", 0.05,
                          "share of (future sink, swap layer < l_start) pairs that are no sink after the swap"),
+    "suppression_trend": ("mean_swap", "increase", 0.01,
+                          "within-trace slope of the suppression rate on the swap layer before l_start (per layer; "
+                          "positive: swaps nearer l_start suppress more)"),
     "primary_beyond_renormalisation": (
         "attention_mask", "nonzero", 0.01,
         "change of the primary sink score beyond what the mask does by arithmetic alone, from the first masked "
