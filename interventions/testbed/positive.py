@@ -7,42 +7,48 @@ the sinks a forward pass of the saved weights shows under the cosine rule alone 
 clears 0.95 by >= 0.005) and the primary sink's norm ratio (> 5 x the layer median by a wide
 margin), measured, not assumed.
 
-What is planted on top of the planted model (x = RMSNorm(h) ~ 8 h / |h|):
+What is planted on top of the planted model (x = RMSNorm(h) = 8 h / |h|; scores in nats):
 
 * **A clean feature X** (residual dimension ``X_DIM`` = 63, taken out of CONTENT): every
   embedding has 0 there (the content part of each row is rescaled so that the row keeps unit norm
   and every named feature keeps its planted value, so N = 12 / 22 / 35 are unchanged) and every
-  random query/key/value weight reading it is zeroed. Nothing but the reader head writes X.
+  random query/key/value weight reading it is zeroed. Only the reader head writes X.
 * **Reader head** (layer ``READER_LAYER`` = 5, head ``READER_HEAD`` = 3 on kv head 1: the first
   attention that reads h[4], where the layer-4 MLP wrote the secondary sinks). It keeps the
-  planted sink-attention query; value dim ``READER_VDIM`` reads x[TAG] (secondary sinks at h[4]:
-  8 N 0.0995 / sqrt(N^2 + 1) ~ 0.79 for every N; BOS and ordinary tokens: 0) and o_proj writes
-  ``READER_GAIN`` (1.5) times it into X. So every query t after a secondary sink carries
-  X(t) ~ 1.5 * 0.79 * sum_s a5[t, s] (a5: head 3's attention at layer 5; ~0.05 to " ^", ~0.25 to
-  " @" from a query that sees one of them), i.e. X ~ 0.05 .. 0.4. Masking the secondary sinks
-  at layer 5 (every sink lives there: l_start = 4, lifetime >= 2) sets X to 0 downstream, except
-  the tiny share the sub-threshold " ~" (N = 2.8, also TAG-marked, key ~ -6 nats) contributes.
+  planted sink-attention query; value dim 0 of kv head 1 reads x[TAG] (a secondary sink at h[4]:
+  8 * 0.0995 N / sqrt(N^2 + 1) ~ 0.79 for every N; BOS and ordinary tokens: 0) and o_proj writes
+  ``READER_GAIN`` = 1.5 times it into X. So a query t after secondary sinks s carries
+  X(t) = 1.5 * 0.79 * sum_s a5[t, s] (head 3 gives ~0.03 to a " ^", ~0.10 to a " #", ~0.18 to a
+  " @" late in a 60-token trace): X ~ 0.05 .. 0.6 (``measured_primary.max_abs_x``). Every
+  secondary sink lives at layer 5 (l_start 4, lifetime >= 2), so masking them in their lifetime
+  layers sets X to 0 downstream (the sub-threshold " ~", TAG-marked too, has key ~ -6 and
+  contributes < 1e-3).
+* **Shield**: a sink-aligned query (x[SINK] ~ 8: secondary sinks, " ~") looks at BOS in the
+  reader head instead: query dim 15 (the position-invariant partner of rotary pair 7) =
+  ``SHIELD_Q`` 0.5 x[SINK], key dim 15 = x[SINK] - ``SHIELD_K`` 10 x[TAG] (8 for BOS, ~0 for a
+  secondary sink) adds ~8 to BOS's score from those queries only (head 2, sharing kv head 1, has
+  no query there). So the sinks themselves get X < 1e-3 and keep their planted cosines (without
+  it " @" reached cos 0.951 at layer 10, 0.001 from the threshold; with it 0.959 as planted).
 * **X lowers attention to the primary sink** in layers ``MOD_LAYERS`` = 6..11: every head's
-  sink-attention query (bias BETA[h] on rotary pair 7) gets ``MOD_WEIGHT`` (-0.5) x[X] more, so
-  BOS's logit moves by -0.5 x[X] * ALPHA * 8 / 4 = -0.33 x[X] nats (x[X] ~ 8 X: up to ~ -1 nat;
-  ordinary keys have 0 on that pair and do not move). In the clean run BOS's share from a query
-  after a secondary sink is thus *lower* than in the planted model; masking the sinks removes X
-  and the primary sink score rises, in the masked layers (on top of softmax renormalisation, which
-  removing a key also causes) and after them (layer 11, where nothing is masked and
-  renormalisation predicts no change at all).
-* **The LM head reads X**: lm_head column X is ``LM_GAIN`` (0.4) times a fixed random normal
-  vector, so the logits of a query carrying X shift by ~0.4 * 8 X * r_v nats; removing X changes
-  next-token predictions (KL of a few hundredths of a nat and more after a secondary sink),
-  while masking ordinary tokens removes no X (their TAG is 0) and changes them only through the
-  tiny renormalisation of the reader head.
+  sink-attention query (bias BETA[h] on rotary pair 7) gets ``MOD_WEIGHT`` (-1.0) x[X] more, so
+  BOS's score moves by -1.0 x[X] * ALPHA * 8 / 4 = -0.67 x[X] (x[X] ~ 8 X: down to ~ -3 late in a
+  trace); ordinary keys have 0 on that pair and do not move, secondary sinks' keys move in
+  proportion. Clean BOS score (mean over heads and queries, 8 traces) at layers 6..11: 0.71 0.77
+  0.82 0.86 0.89 0.91, against the planted 0.79 0.85 0.90 0.94 0.97 0.98.
+* **The LM head reads X**: lm_head column X is ``LM_GAIN`` (0.15) times a fixed N(0, 1) vector
+  (seed + 4), the rest the planted read-out (the embeddings), so a query's logits shift by
+  0.15 * 8 X / |h| * r_v.
 
-Why H4 is true here: masking attention to the secondary sinks in their lifetime layers changes
-the primary sink's score beyond what renormalisation predicts (its direction is even opposite to
-what a pure renormalisation-free reading of the clean layer would expect in layer 11, where the
-clean and masked attention differ only through X), and changes the predictions far more than
-masking matched random tokens, which carry no TAG. Side effects, all measured in ``truth.json``:
-ordinary tokens' norms grow to at most sqrt(1 + X^2) (< 1.1), BOS stays exactly 100 d (its X is 0:
-it attends only to itself), secondary sinks get X too (their cosine to BOS falls by < 0.004).
+Why H4 is true here: masking attention to the secondary sinks in their lifetime layers removes
+X, so from layer 6 on BOS's score is higher than renormalising the clean layer's attention
+predicts (by 0.05-0.07 in layers 6..10, where renormalisation alone is exact in the planted
+model) and higher than clean at layer 11, where nothing is masked and renormalisation predicts no
+change (+0.07); next-token predictions move (mean KL 0.17 nats at positions >= a sink). Masking
+matched random tokens (TAG 0, so no X lost) moves the primary score by < 0.004 and KL by ~1e-7
+(only the reader head's renormalisation). Numbers from specs/attn_mask.yaml, limit 8
+(tests/test_positive_h4.py). Side effects, measured in ``truth.json``: ordinary tokens' norms
+grow to sqrt(1 + X^2) < 1.2 (BOS stays 100 d, > 90 x the median); the sink levels are the
+planted ones (" ^" 4/2, " #" 4/4, " @" 4/7, " &" after " $" 4/3; " ~" no sink).
 """
 
 from __future__ import annotations
@@ -73,7 +79,7 @@ READER_HEAD = 3             # kv head 1 (GQA: heads 2, 3)
 READER_VDIM = 0             # value dim of kv head 1 that reads TAG
 READER_GAIN = 1.5           # X = READER_GAIN * (attention-weighted x[TAG])
 SHIELD_DIM = 15             # rotary partner of SINK_PAIR: position-invariant, unused by the planted heads
-SHIELD_Q = 0.5              # sink-aligned queries of the reader head look at BOS (+~16 nats), not at sinks
+SHIELD_Q = 0.5              # sink-aligned queries of the reader head look at BOS (+~8 nats), not at sinks
 SHIELD_K = 10.0             # key[SHIELD_DIM] = x[SINK] - SHIELD_K x[TAG]: 8 for BOS, ~0 for secondary sinks
 MOD_LAYERS = tuple(range(READER_LAYER + 1, P.N_LAYERS))
 MOD_WEIGHT = -1.0           # extra sink-attention query per unit of x[X]
@@ -180,8 +186,8 @@ def build_positive(out_dir: str | Path, name: str = "positive-h4", *, seed: int 
             entry["lifetime"] = levels[0][1]
         primary = _measure_primary(tmp, truth)
         design = {"x_dim": X_DIM, "reader_layer": READER_LAYER, "reader_head": READER_HEAD,
-                  "reader_gain": READER_GAIN, "mod_layers": list(MOD_LAYERS), "mod_weight": MOD_WEIGHT,
-                  "lm_gain": LM_GAIN}
+                  "reader_gain": READER_GAIN, "shield_q": SHIELD_Q, "shield_k": SHIELD_K,
+                  "mod_layers": list(MOD_LAYERS), "mod_weight": MOD_WEIGHT, "lm_gain": LM_GAIN}
         data = {**asdict(truth), "positive": name, "what": WHAT[name], "design": design,
                 "measured_levels": measured, "measured_primary": primary}
         (tmp / "truth.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
