@@ -56,7 +56,7 @@ def runs(cache_dir, tmp_path_factory):
 
 
 def test_positive_h4_builds_with_the_planted_sinks(positive, truth):
-    assert "testbed:positive-h4" in str(positive.source) or Path(positive.source.path).name.startswith("positive-h4-v")
+    assert Path(positive.source.path).name == "positive-h4-v1-seed0"
     assert truth["positive"] == "positive-h4"
     assert truth["measured_levels"] == PLANTED_LEVELS            # same sinks and levels as the planted model
     assert {t["token"]: t["lifetime"] for t in truth["triggers"]} == {" ^": 2, " #": 4, " @": 7}
