@@ -27,14 +27,21 @@ def cache_root() -> Path:
 def testbed_folder(name: str) -> Path:
     """The HF folder of testbed ``name``, building it on first use."""
     from .negative import NEGATIVE_VERSION, NEGATIVES, build_negative
+    from .positive import POSITIVE_VERSION, POSITIVES, build_positive
 
     if name in NEGATIVES:  # negative controls (negative.py): one hypothesis false by construction
         folder = cache_root() / "testbed" / f"{name}-v{NEGATIVE_VERSION}-seed0"
         if not (folder / "truth.json").is_file():
             build_negative(folder, name, seed=0)
         return folder
+    if name in POSITIVES:  # positive controls (positive.py): a hypothesis true by construction
+        folder = cache_root() / "testbed" / f"{name}-v{POSITIVE_VERSION}-seed0"
+        if not (folder / "truth.json").is_file():
+            build_positive(folder, name, seed=0)
+        return folder
     if name not in TESTBEDS:
-        raise UserError(f"unknown testbed {name!r}; known: {', '.join([*TESTBEDS, *NEGATIVES])}", field="model")
+        raise UserError(f"unknown testbed {name!r}; known: {', '.join([*TESTBEDS, *NEGATIVES, *POSITIVES])}",
+                        field="model")
     from .planted import PLANTED_VERSION, build_planted
 
     folder = cache_root() / "testbed" / f"{name}-v{PLANTED_VERSION}-seed0"

@@ -24,9 +24,9 @@ depend on a norm gate.
   decision (it lives in the previous token); only edits at layer 4 itself can.
 * H4 false: the planted model itself (attention writes nothing into the residual stream
   after layer 2, so masking attention to sinks cannot change later layers or predictions).
-  There is no H4-positive testbed: a hand-set model in which masking secondary sinks changes
-  the primary sink *beyond* renormalisation needs attention outputs that feed later sink
-  formation, which this planted design has none of; see README (Statistics).
+  Its positive counterpart is ``testbed:positive-h4`` (:mod:`.positive`): a layer-5 head reads
+  the secondary sinks into a feature that lowers later attention to the primary sink and shifts
+  the LM head, so masking them changes both beyond renormalisation and beyond controls.
 """
 
 from __future__ import annotations

@@ -1,0 +1,174 @@
+"""``testbed:positive-h4``: the planted model with a path that makes H4 true by construction.
+
+A layer-5 head reads the secondary sinks' TAG into a feature X; X lowers later attention to the
+primary sink and shifts the LM head (interventions/testbed/positive.py). Masking attention to the
+secondary sinks in their lifetime layers removes X, so the primary sink score rises beyond what
+softmax renormalisation predicts and predictions move; masking matched random tokens does neither.
+The same checks on ``testbed:planted`` (H4's negative) come out null.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from interventions import detect, edit, load_model, observe
+from interventions.analysis import analyze_run
+from interventions.edits import AttentionMask
+from interventions.run import run_spec
+from interventions.spec import Spec
+from interventions import testbed
+from interventions.testbed.planted import load_truth, planted_traces
+from interventions.testbed.positive import READER_LAYER, X_DIM
+from interventions.traces import traces_from_records
+
+from .conftest import REPO
+
+PLANTED_LEVELS = {" ^": [[4, 2]], " #": [[4, 4]], " @": [[4, 7]], " &": [[4, 3]]}
+
+
+@pytest.fixture(scope="module")
+def positive(cache_dir):
+    return load_model("testbed:positive-h4", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def truth(positive):
+    return json.loads((Path(positive.source.path) / "truth.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(cache_dir, tmp_path_factory):
+    """specs/attn_mask.yaml (limit 8) on the positive testbed and on the planted model (its negative)."""
+    out = {}
+    for name in ("positive-h4", "planted"):
+        data = yaml.safe_load((REPO / "specs" / "attn_mask.yaml").read_text())
+        data.update(model=f"testbed:{name}", limit=8, report=False)
+        result = run_spec(Spec.from_dict(data), results_root=tmp_path_factory.mktemp(name), progress=False)
+        stats = analyze_run(result.out, progress=False, report=False)[0]
+        out[name] = (result.effects, stats)
+    return out
+
+
+def test_positive_h4_builds_with_the_planted_sinks(positive, truth):
+    assert Path(positive.source.path).name == "positive-h4-v1-seed0"
+    assert truth["positive"] == "positive-h4"
+    assert truth["measured_levels"] == PLANTED_LEVELS            # same sinks and levels as the planted model
+    assert {t["token"]: t["lifetime"] for t in truth["triggers"]} == {" ^": 2, " #": 4, " @": 7}
+    assert truth["measured_primary"]["bos_norm_over_median_min"] > 50   # BOS 100 d, ordinary tokens ~1
+    assert 0.2 < truth["measured_primary"]["max_abs_x"] < 1.0          # X is really written, and small
+    t = load_truth(positive.source.path)
+    texts = planted_traces(t, 4, gated=True)
+    traces = traces_from_records([{"text": x} for x in texts], positive.tokenizer)
+    found = detect(positive, traces, progress=False)
+    assert set(found.primary().position) == {0} and set(found.traces.onset_layer) == {1}
+    sec = found.secondary()
+    levels = {tok: sorted({(int(a), int(b)) for a, b in zip(g.l_start, g.lifetime)})
+              for tok, g in sec.groupby("token")}
+    assert levels == {k: [tuple(x) for x in v] for k, v in PLANTED_LEVELS.items()}
+
+
+def test_unknown_testbed_names_the_positive_one(cache_dir):
+    from interventions.errors import UserError
+
+    with pytest.raises(UserError, match="positive-h4"):
+        testbed.testbed_folder("positive-h5")
+
+
+def _layer_means(effects, is_control: bool):
+    rows = effects[(effects.condition == "attention_mask.sink_lifetime.redirect-none")
+                   & (effects.is_control == is_control)]
+    shift = (rows.primary_sink_score - rows.clean_primary_sink_score).groupby(rows.layer).mean()
+    return shift, rows.kl.mean()
+
+
+def test_masking_secondary_sinks_moves_primary_after_the_mask_and_predictions(runs):
+    effects = runs["positive-h4"][0]
+    target, target_kl = _layer_means(effects, False)
+    control, control_kl = _layer_means(effects, True)
+    # Layer 11 is masked for no sink (" @" lives 4..10): renormalisation alone predicts no change there.
+    # Measured: +0.072 for targets, -0.0001 for controls; KL 0.17 vs 2e-7 nats.
+    assert target[11] > 0.04 and abs(control[11]) < 0.005
+    assert (target[6:11] > 0.05).all() and (control.abs() < 0.01).all()
+    assert target_kl > 0.1 and control_kl < 0.01
+    planted = runs["planted"][0]
+    p_target, p_kl = _layer_means(planted, False)
+    assert abs(p_target[11]) < 1e-4 and p_kl < 1e-4                  # H4's negative: nothing moves
+
+
+def _renormalised_primary(attn: torch.Tensor, masked: list[int]) -> float:
+    """Mean-over-heads-and-queries BOS share if ``masked`` keys were removed and the rest renormalised."""
+    a = attn[0]                                                      # [H, T, T]
+    kept = 1 - a[:, :, masked].sum(-1) if masked else torch.ones_like(a[:, :, 0])
+    return float((a[:, :, 0] / kept).mean())
+
+
+@pytest.mark.parametrize("name,beyond", [("positive-h4", True), ("planted", False)])
+def test_primary_change_in_masked_layers_is_beyond_renormalisation(cache_dir, name, beyond):
+    """Mask every secondary sink at its lifetime layers (the project's AttentionMask) and compare the
+    primary sink score with what renormalising the clean layer's attention predicts."""
+    from transformers import AutoModelForCausalLM
+
+    loaded = load_model(f"testbed:{name}", dtype="float32")
+    eager = AutoModelForCausalLM.from_pretrained(loaded.source.path, dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
+    t = load_truth(loaded.source.path)
+    traces = traces_from_records([{"text": x} for x in planted_traces(t, 2, gated=True)], loaded.tokenizer)
+    sinks = detect(loaded, traces, progress=False).secondary()
+    gaps = []
+    for tr in traces:
+        mine = sinks[sinks.trace == tr.index]
+        lives = {int(r.position): range(int(r.l_start), int(r.l_start + r.lifetime)) for r in mine.itertuples()}
+        masks = [AttentionMask(layer=list(life), positions=[p]) for p, life in lives.items()]
+        with edit(loaded, masks):
+            scores = observe(loaded, tr.token_ids, names="sink_scores").sink_scores   # [L, H, T]
+        with torch.no_grad():
+            clean = eager(torch.tensor([tr.token_ids]), output_attentions=True).attentions
+        for layer in range(READER_LAYER + 1, 11):                   # masked layers after the reader
+            masked = [p for p, life in lives.items() if layer in life]
+            assert masked
+            gaps.append(float(scores[layer, :, 0].mean()) - _renormalised_primary(clean[layer], masked))
+    gaps = np.array(gaps)
+    print(name, "masked minus renormalised primary score, layers 6..10:", np.round(gaps, 4))
+    if beyond:      # measured: 0.05 .. 0.20 above the renormalised clean share in every layer 6..10
+        assert (gaps > 0.03).all(), gaps
+    else:           # attention writes nothing downstream: renormalisation is the whole change
+        assert np.abs(gaps).max() < 1e-4, gaps
+
+
+def test_h4_verdict_supported_on_positive_not_on_planted(runs):
+    def components(name):
+        h4 = runs[name][1]["verdicts"]["H4/sink_lifetime/none"]
+        return h4, {c["name"]: c for c in h4["components"]}
+
+    h4, comps = components("positive-h4")
+    after = [c for n, c in comps.items() if "after" in (n + c.get("test", "")).lower()]
+    kl = [c for n, c in comps.items() if "kl" in n.lower()]
+    assert after and kl, list(comps)
+    assert after[0]["verdict"] == "supported" and after[0]["effect"] > 0.04, after[0]   # measured 0.072
+    assert kl[0]["verdict"] == "supported" and kl[0]["effect"] > 0.1, kl[0]              # measured 0.17
+    assert all(c["verdict"] == "supported" for c in comps.values()), comps
+    assert h4["verdict"] == "supported"
+    p_h4, p_comps = components("planted")
+    assert p_h4["verdict"] == "not supported"
+    assert all(c["verdict"] != "supported" for c in p_comps.values())
+
+
+def test_x_is_written_only_after_a_secondary_sink(positive, truth):
+    """X (the feature the masked sinks feed) is 0 before the first secondary sink and on BOS."""
+    t = load_truth(positive.source.path)
+    tr = traces_from_records([{"text": planted_traces(t, 1, gated=True)[0]}], positive.tokenizer)[0]
+    h = observe(positive, tr.token_ids, names=f"block_output.{READER_LAYER}").activations[
+        f"block_output.{READER_LAYER}"][:, X_DIM]
+    ids = tr.token_ids
+    triggers = {x["token_id"] for x in truth["triggers"]}
+    gated = {(g["gate_token_id"], g["token_id"]) for g in truth["gated"]}
+    first = next(p for p in range(1, len(ids)) if ids[p] in triggers or (ids[p - 1], ids[p]) in gated)
+    assert float(h[:first].abs().max()) < 1e-6
+    assert abs(float(h[first])) < 1e-3        # the sink itself is shielded: it looks at BOS, keeps its cosine
+    assert float(h[first + 1:].max()) > 0.1
