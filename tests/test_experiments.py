@@ -79,12 +79,22 @@ def test_planted_verdicts_are_the_stated_ones(results):
     assert swap["verdicts"]["H3/mlp_output"] == "not supported"   # nothing before l_start: exact null
     assert "mean_swap.block_output.l_start" in swap["hypotheses"]["H3/block_output"]["conditions"]
     assert any("tautological" in e["reason"] for e in swap["hypotheses"]["H3/block_output"]["excluded"])
-    # H4 is "not supported" on the planted model by construction: attention writes nothing after layer 2,
-    # so the primary sink after the mask and the predictions cannot move (exact nulls, no p, no CI).
+    # H4 on its positive testbed (positive-h4): the primary sink moves beyond renormalisation, KL rises.
     comp = results["compensation"].measured
     for key in ("H4/sink_lifetime/none", "H4/sink_lifetime/bos"):
-        h4 = comp["hypotheses"][key]
-        assert comp["verdicts"][key] == "not supported"
+        assert comp["verdicts"][key] == "supported", comp["hypotheses"][key]["reason"]
+        assert comp["hypotheses"][key]["conditions"] == [f"attention_mask.sink_lifetime.redirect-{key.rsplit('/', 1)[1]}"]
+
+
+def test_h4_negative_is_an_exact_null_beyond_renormalisation(cache_dir, tmp_path):
+    """The compensation study on the planted model (attention writes nothing after layer 2): the primary
+    sink moves only by renormalisation arithmetic and predictions not at all (exact nulls, no p, no CI)."""
+    result = run_experiment(EXPERIMENTS / "compensation", out=tmp_path, overrides={"limit": N_TRACES},
+                            progress=False, report=False, negative=True)
+    assert result.mode == "negative" and result.passed, result.failed
+    for key in ("H4/sink_lifetime/none", "H4/sink_lifetime/bos"):
+        h4 = result.measured["hypotheses"][key]
+        assert result.measured["verdicts"][key] == "not supported"
         assert all(c["exact_null"] and c["p"] is None and c["ci"] == [None, None] for c in h4["components"])
 
 
@@ -185,6 +195,25 @@ def test_cli_exits_1_when_a_planted_expectation_fails(cache_dir, tmp_path):
     (good_record,) = (tmp_path / "experiments" / "sink_levels").glob("*/experiment.json")
     (bad_record,) = (tmp_path / "experiments" / "wrong_expectation").glob("*/experiment.json")
     assert json.loads(good_record.read_text())["passed"] and not json.loads(bad_record.read_text())["passed"]
+
+
+def test_cli_negative_runs_the_negative_control_and_fails_when_it_would_support(cache_dir, tmp_path):
+    """`--negative` runs the study on its negative testbed; an expectation the negative breaks exits 1."""
+    ok = CliRunner().invoke(app, ["experiment", str(EXPERIMENTS / "compensation"), "--negative", "--no-report",
+                                  "--results", str(tmp_path), "--limit", "6", "--quiet"])
+    assert ok.exit_code == 0, ok.output
+    (record,) = (tmp_path / "experiments" / "compensation").glob("*/experiment.json")
+    assert json.loads(record.read_text())["mode"] == "negative"
+    bad = tmp_path / "bad"
+    shutil.copytree(EXPERIMENTS / "compensation", bad)
+    data = yaml.safe_load((bad / "experiment.yaml").read_text())
+    data.update(real={}, name="negative_claims_support", specs=[str(REPO / "specs" / "attn_mask.yaml")])
+    data["negative"]["expect"] = {"verdicts": {"H4/sink_lifetime/none": "supported"}}
+    (bad / "experiment.yaml").write_text(yaml.safe_dump(data))
+    res = CliRunner().invoke(app, ["experiment", str(bad), "--negative", "--no-report", "--results", str(tmp_path),
+                                   "--limit", "6", "--quiet"])
+    assert res.exit_code == 1 and "negative-control expectations failed" in res.output
+    assert CliRunner().invoke(app, ["experiment", str(bad), "--negative", "--real"]).exit_code == 2
 
 
 # --------------------------------------------------------------------------------------------
