@@ -2,6 +2,7 @@
 
     python benchmarks/calibration.py                 # G = 8 and 30 traces, K = 200 resamples each
     python benchmarks/calibration.py --k 50 --pool 12  # quicker
+    python benchmarks/calibration.py --cases H4        # only the cases whose label starts with H4
 
 Cheap by design: each (testbed, spec) runs once over a pool of traces; every simulated run
 draws G traces from the pool with replacement (each draw a separate cluster) and recomputes
@@ -10,8 +11,9 @@ the verdicts from those rows only (:func:`interventions.analysis.hypothesis_verd
 * negative testbeds (``testbed:negative-h1/h2/h3``, and the planted model for H4) and a
   placebo-only spec (H1 whose only condition zeroes the MLP at layer 2, not l_start): rate of
   "supported" per verdict key; target <= alpha + 2 Monte Carlo standard errors.
-* positive testbed (``testbed:planted``): power (rate of "supported") and, where the verdict has
-  a CI, its coverage of the pool's own effect (the effect over all pool traces).
+* positive testbeds (``testbed:planted`` for H1-H3, ``testbed:positive-h4`` for H4): power (rate of
+  "supported") and, where the verdict has a CI, its coverage of the pool's own effect (the effect
+  over all pool traces).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ CASES = [  # (label, hypothesis, model, spec changes, truth)
     ("H2 negative-h2", "H2", "testbed:negative-h2", {}, "negative"),
     ("H3 planted", "H3", "testbed:planted", {}, "positive"),
     ("H3 negative-h3", "H3", "testbed:negative-h3", {}, "negative"),
+    ("H4 positive-h4", "H4", "testbed:positive-h4", {}, "positive"),
     ("H4 planted (H4 false)", "H4", "testbed:planted", {}, "negative"),
 ]
 
@@ -87,6 +90,7 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=30)
     ap.add_argument("--g", type=int, nargs="+", default=[8, 30])
     ap.add_argument("--out", default=None, help="write the table as JSON here")
+    ap.add_argument("--cases", nargs="+", default=None, help="only cases whose label starts with one of these")
     args = ap.parse_args()
     import torch
 
@@ -94,6 +98,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, h, model, changes, truth in CASES:
+            if args.cases and not any(label.startswith(c) for c in args.cases):
+                continue
             tables = run_pool(model, SPECS[h], changes, args.pool, Path(tmp))
             for G in args.g:
                 res = calibrate(tables, G, args.k, seed=G)

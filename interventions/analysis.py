@@ -328,7 +328,7 @@ def hypothesis_verdicts(effects: pd.DataFrame, manifest: dict, *, seed: int = 0)
     if len(d) and (d["kind"] == "attention_mask").any():
         tautologies.append({"condition": "attention_mask (all)", "n_rows": 0, "reason": (
             "a masked target's own sink score is 0 in the masked layers by construction; no verdict reads it "
-            "(H4 reads the primary sink after the mask and the predictions)")})
+            "(H4 reads the primary sink beyond the renormalisation prediction, and the predictions)")})
     d = d[~taut] if len(d) else d
 
     verdicts: dict[str, dict] = {}

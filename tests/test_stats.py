@@ -719,3 +719,14 @@ def test_isotonic_matches_pava_and_bic_has_a_noise_floor():
     assert r["isotonic"]["bic"] == pytest.approx(n * math.log(LIFETIME_NOISE_VAR) + k * math.log(n))
     assert all(np.isfinite(v) for v in r["comparison"]["bic"].values())
     assert r["comparison"]["noise_floor_var"] == LIFETIME_NOISE_VAR
+
+
+def test_h4_kl_component_on_an_exact_zero_has_no_ci_or_p():
+    """Every target and control KL exactly 0 (a model whose attention writes nothing): the KL component
+    is an exact null, "not supported", with no CI [0, 0] and no p = 1 printed as if it were evidence."""
+    rows = h4_rows(np.random.default_rng(3)).assign(kl=0.0)
+    r = h4_mask_changes(rows, **FAST["h4"])
+    kl = next(c for c in r["components"] if "KL" in c["name"])
+    assert kl["exact_null"] and kl["ci"] == [None, None] and kl["p"] is None
+    assert kl["verdict"] == "not supported" and "exact null" in kl["reason"]
+    assert r["verdict"] != "supported"

@@ -20,7 +20,7 @@ HYPOTHESES = {
     "H1": "zeroing the l_start MLP output prevents the secondary sink",
     "H2": "scaling the MLP output norm creates sinks whose lifetime grows with the norm",
     "H3": "mean-swapping suppresses future sinks, more at later layers",
-    "H4": "masking attention to secondary sinks changes the primary sink score and predictions",
+    "H4": "masking attention to secondary sinks changes the primary sink beyond renormalisation, and predictions",
 }
 """Short statements for hypotheses a run did not test (their stats entry carries no text)."""
 
