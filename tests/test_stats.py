@@ -730,3 +730,14 @@ def test_h4_kl_component_on_an_exact_zero_has_no_ci_or_p():
     assert kl["exact_null"] and kl["ci"] == [None, None] and kl["p"] is None
     assert kl["verdict"] == "not supported" and "exact null" in kl["reason"]
     assert r["verdict"] != "supported"
+
+
+def test_a_significant_effect_inside_the_margin_is_negligible_not_supported():
+    """p < alpha with the whole CI inside +-margin: equivalent to no effect (two one-sided tests), so
+    "not supported (significant but negligible)"; the same numbers with no margin declared are supported."""
+    r = judge(0.001, 0.002, (0.001, 0.003), direction="increase", margin=0.01, n=50, n_traces=8)
+    assert r["verdict"] == "not supported" and "negligible" in r["reason"]
+    assert judge(0.001, 0.002, (0.001, 0.003), direction="increase", margin=None, n=50,
+                 n_traces=8)["verdict"] == "supported"
+    assert judge(0.001, 0.02, (0.005, 0.03), direction="increase", margin=0.01, n=50,
+                 n_traces=8)["verdict"] == "supported"     # CI reaches past the margin: a real effect

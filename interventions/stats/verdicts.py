@@ -58,10 +58,10 @@ score (attention mass) and KL in nats."""
 
 VERDICT_RULE = (
     "inconclusive if n < {min_n} targets or < {min_traces} traces or the test is missing; "
-    "supported if p < alpha, the CI excludes 0 and the effect has the predicted sign "
-    "(for a two-sided prediction, either sign); not supported if the CI excludes 0 on the "
-    "opposite side of the prediction, or the whole CI lies within the declared equivalence "
-    "margin (a well-powered null); otherwise inconclusive. A compound hypothesis is supported "
+    "not supported if the whole CI lies within the declared equivalence margin (a well-powered "
+    "null, or an effect too small to matter even when p < alpha); supported if p < alpha, the CI "
+    "excludes 0 and the effect has the predicted sign (for a two-sided prediction, either sign); "
+    "not supported if the CI excludes 0 on the opposite side of the prediction; otherwise inconclusive. A compound hypothesis is supported "
     "if all components are, not supported if any is, otherwise inconclusive."
 ).format(min_n=MIN_N, min_traces=MIN_TRACES)
 
@@ -102,13 +102,19 @@ def judge(
         return {"verdict": "inconclusive", "reason": "test not estimable (missing p, effect or CI)"}
     above, below = low > 0, high < 0
     predicted = (above and effect > 0) if sign > 0 else (below and effect < 0) if sign < 0 else (above or below)
+    if margin is not None and margin > 0 and -margin <= low and high <= margin:
+        # Checked first: an effect whose whole CI lies inside the margin is negligible even when p < alpha
+        # (two one-sided tests say it is equivalent to none); "supported" would overstate it.
+        return {"verdict": "not supported", "reason": f"CI [{low:.3g}, {high:.3g}] within the equivalence margin "
+                                                      f"+-{margin:g}" + (" (significant but negligible, p = "
+                                                                        f"{p:.3g})" if p < alpha and predicted else "")}
     if p < alpha and predicted:
         return {"verdict": "supported", "reason": f"p = {p:.3g} < {alpha}, CI [{low:.3g}, {high:.3g}] excludes 0 "
                                                   f"in the predicted direction"}
     if (sign > 0 and below) or (sign < 0 and above):
         return {"verdict": "not supported",
                 "reason": f"CI [{low:.3g}, {high:.3g}] excludes 0 opposite to the prediction"}
-    if margin is not None and -margin <= low and high <= margin:
+    if margin is not None and -margin <= low and high <= margin:   # margin 0: a CI of exactly [0, 0]
         return {"verdict": "not supported", "reason": f"CI [{low:.3g}, {high:.3g}] within the equivalence margin "
                                                       f"+-{margin:g}"}
     return {"verdict": "inconclusive", "reason": f"p = {p:.3g}, CI [{low:.3g}, {high:.3g}]: neither criterion met"}
