@@ -35,6 +35,8 @@ import json
 import math
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -154,23 +156,40 @@ def _measure(folder: Path, truth: P.PlantedTruth) -> dict:
     return {k: sorted(v) for k, v in sorted(levels.items())}
 
 
-def build_negative(out_dir: str | Path, name: str, *, seed: int = 0) -> P.PlantedTruth:
-    """Build negative testbed ``name`` into ``out_dir`` (an HF folder plus ``truth.json``), atomically."""
-    from safetensors.torch import save_file
-
+@contextmanager
+def atomic_folder(out_dir: str | Path) -> Iterator[Path]:
+    """A temporary folder beside ``out_dir`` that replaces it when the block succeeds (removed on error)."""
     out = Path(out_dir).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_variant(folder: Path, vocab: dict[str, int], w) -> None:
+    """Config, generation config and weights of a planted variant (a ``Qwen2ForCausalLM``) into ``folder``."""
+    from safetensors.torch import save_file
+
+    P._config("qwen2", vocab).save_pretrained(folder)
+    gen = {"bos_token_id": vocab[BOS], "eos_token_id": vocab[EOS], "pad_token_id": vocab[EOS], "do_sample": False}
+    (folder / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
+    save_file({k: v.contiguous() for k, v in w.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def build_negative(out_dir: str | Path, name: str, *, seed: int = 0) -> P.PlantedTruth:
+    """Build negative testbed ``name`` into ``out_dir`` (an HF folder plus ``truth.json``), atomically."""
+    with atomic_folder(out_dir) as tmp:
         vocab = save_tokenizer(tmp, P._pieces(), tokenizer_class="Qwen2Tokenizer")
         w, _ = P.make_weights(vocab, "qwen2", seed)
         ids = P._PieceIds(vocab)
         EDITS[name](w, ids)
-        cfg = P._config("qwen2", vocab)
-        cfg.save_pretrained(tmp)
-        gen = {"bos_token_id": vocab[BOS], "eos_token_id": vocab[EOS], "pad_token_id": vocab[EOS], "do_sample": False}
-        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
-        save_file({k: v.contiguous() for k, v in w.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_variant(tmp, vocab, w)
         triggers = [{"token": t, "token_id": ids[t]} for t in P.TRIGGERS]
         gated = []
         if name == "negative-h3":  # sinks only after the gate: put every role token behind it once
@@ -184,10 +203,4 @@ def build_negative(out_dir: str | Path, name: str, *, seed: int = 0) -> P.Plante
         measured = _measure(tmp, truth)
         data = {**asdict(truth), "negative": name, "what": WHAT[name], "measured_levels": measured}
         (tmp / "truth.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return truth

@@ -55,16 +55,14 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from . import planted as P
-from .negative import _measure
-from .tokenizer import BOS, EOS, save_tokenizer
+from .negative import _measure, atomic_folder, save_variant
+from .tokenizer import BOS, save_tokenizer
 
 POSITIVE_VERSION = 1
 POSITIVES = ("positive-h4",)
@@ -156,21 +154,12 @@ def _measure_primary(folder: Path, truth: P.PlantedTruth) -> dict:
 
 def build_positive(out_dir: str | Path, name: str = "positive-h4", *, seed: int = 0) -> P.PlantedTruth:
     """Build positive testbed ``name`` into ``out_dir`` (an HF folder plus ``truth.json``), atomically."""
-    from safetensors.torch import save_file
-
-    out = Path(out_dir).expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_folder(out_dir) as tmp:
         vocab = save_tokenizer(tmp, P._pieces(), tokenizer_class="Qwen2Tokenizer")
         w, _ = P.make_weights(vocab, "qwen2", seed)
         ids = P._PieceIds(vocab)
         EDITS[name](w, vocab[BOS], seed)
-        cfg = P._config("qwen2", vocab)
-        cfg.save_pretrained(tmp)
-        gen = {"bos_token_id": vocab[BOS], "eos_token_id": vocab[EOS], "pad_token_id": vocab[EOS], "do_sample": False}
-        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
-        save_file({k: v.contiguous() for k, v in w.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_variant(tmp, vocab, w)
         gated = [{"token": t, "token_id": ids[t], "gate_token": P.GATE_TOKEN, "gate_token_id": ids[P.GATE_TOKEN],
                   "gate_layer": P.GATE_LAYER} for t in P.GATED]
         truth = P.PlantedTruth(
@@ -191,10 +180,4 @@ def build_positive(out_dir: str | Path, name: str = "positive-h4", *, seed: int 
         data = {**asdict(truth), "positive": name, "what": WHAT[name], "design": design,
                 "measured_levels": measured, "measured_primary": primary}
         (tmp / "truth.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return truth
