@@ -37,6 +37,11 @@ class TraceContext:
     all_sets: dict = field(default_factory=dict)
     """Resolved target sets of every trace of the run, by trace index."""
 
+    @property
+    def reference(self) -> int:
+        """Position of this trace's reference primary sink (cosines are measured against it), 0 without one."""
+        return next((s.position for s in self.sinks if s.kind == "primary" and s.reference), 0)
+
     def site_values(self, wanted, trace: int | None = None, reduce=None) -> dict:
         """Clean outputs ``{(site, layer): [T, D]}`` of this trace (or trace ``trace`` of the run), one forward."""
         ids = self.token_ids if trace is None or trace == self.index else self.traces[trace].token_ids
@@ -128,7 +133,7 @@ def run_trace(loaded, tr, conditions, config, sinks, sets, condition_s, reuse_pr
                 planned.append((condition, is_control, group, edits, layers_of))
     # The clean forward also serves as the prefix of every intervened forward (see execute.py).
     # Cosines in every forward are measured against the clean run's reference primary sink.
-    reference = next((s.position for s in sinks if s.kind == "primary" and s.reference), 0)
+    reference = context.reference
     ex = TraceExecutor(loaded, tr.token_ids, reuse_prefix=reuse_prefix,
                        starts=[first_position(p[3]) for p in planned], reference=reference)
     clean = ex.clean()

@@ -16,6 +16,8 @@ import numpy as np
 
 from .detection import Sink
 from .errors import UserError
+from .spec.fields import resolve_layers
+from .spec.target_sets import token_ids_for  # noqa: F401 - also used here; defined beside the selectors
 
 
 @dataclass
@@ -54,22 +56,6 @@ class RunFacts:
         return cls({s.token_id for s in secondary}, modal)
 
 
-def token_ids_for(tokenizer, tokens: list[str | int], *, field: str) -> list[int]:
-    """Map token strings/ids to ids; a string that is not exactly one token is an error."""
-    ids = []
-    for tok in tokens:
-        if isinstance(tok, int):
-            ids.append(tok)
-            continue
-        enc = tokenizer(tok, add_special_tokens=False)["input_ids"]
-        if len(enc) != 1:
-            pieces = [tokenizer.decode([i]) for i in enc]
-            raise UserError(f"token {tok!r} is {len(enc)} tokens for this tokenizer ({pieces}); give a single token "
-                            "or its id", field=field)
-        ids.append(enc[0])
-    return ids
-
-
 def attention_mass(key_scores: np.ndarray, position: int, layers: list[int]) -> float:
     """Clean attention mass of key ``position``: its column sum (score x queries that see it, mean over
     heads) averaged over ``layers`` (all layers when empty)."""
@@ -87,7 +73,7 @@ def mass_matched(matched: list[Target], pool: np.ndarray, key_scores: np.ndarray
     for m in matched:
         if not free:
             break
-        layers = (list(range(m.l_start + 1, m.l_start + m.ref_lifetime + 1))
+        layers = (resolve_layers("sink_lifetime", l_start=m.l_start, lifetime=m.ref_lifetime)
                   if m.l_start is not None and m.ref_lifetime else list(range(1, n_layers)))
         want = np.log(max(attention_mass(key_scores, m.position, layers), 1e-12))
         near = [p for p in free if abs(p - m.position) <= caliper]

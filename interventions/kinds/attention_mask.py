@@ -60,25 +60,20 @@ class AttentionMask(InterventionBase):
     def trace_state(cls, conditions, trace) -> dict:
         """Per (condition, targets | controls): the primary sink score each masked layer would have by
         renormalisation alone (:mod:`interventions.renormalisation`), from one clean forward."""
-        from ..attention import AttentionEdit
         from ..renormalisation import predicted_key_scores
         from ..run_trace import edits_for, groups
 
         n_layers = trace.loaded.dims["layers"]
-        reference = next((s.position for s in trace.sinks if s.kind == "primary" and s.reference), 0)
-        state = {"reference": reference}
+        state = {"reference": trace.reference}
         plans = {}
         for c in conditions:
             for is_control, group in groups(c, trace.sets):
                 edits, _ = edits_for(c, group, state, n_layers)
-                masked: dict[int, set] = {}
-                for e in edits:
-                    masked.setdefault(e.layer, set()).update(e.positions)
-                plans[(c.id, is_control)] = {
-                    layer: AttentionEdit(masked_keys=tuple(sorted(keys)),
-                                         redirect_to=reference if c.redirect == "bos" else None)
-                    for layer, keys in masked.items()}
-        return {**state, "predicted": predicted_key_scores(trace.loaded, trace.token_ids, plans, reference)}
+                per_layer: dict = {}
+                for e in edits:   # exactly what install() sets on each layer
+                    per_layer[e.layer] = _merged(per_layer.get(e.layer), e)
+                plans[(c.id, is_control)] = per_layer
+        return {**state, "predicted": predicted_key_scores(trace.loaded, trace.token_ids, plans, trace.reference)}
 
     @classmethod
     def effect_values(cls, condition, target, layer, edited_layers, state=None) -> dict:
@@ -90,15 +85,18 @@ class AttentionMask(InterventionBase):
     @classmethod
     def install(cls, loaded, edits):
         """Install the attention edits on their layers for the duration of the block."""
-        from ..attention import AttentionEdit
+        return attention_edits(loaded, edits, _merged)
 
-        def build(previous, edit):
-            keys = tuple(sorted(set(edit.positions) | set(previous.masked_keys if previous else ())))
-            return AttentionEdit(masked_keys=keys, redirect_to=edit.redirect_to,
-                                 window=previous.window if previous else None,
-                                 keep_first=previous.keep_first if previous else 0)
 
-        return attention_edits(loaded, edits, build)
+def _merged(previous, edit):
+    """The :class:`~interventions.attention.AttentionEdit` of one layer: ``edit``'s keys added to what an
+    earlier edit of the same forward set there (``previous``, or None)."""
+    from ..attention import AttentionEdit
+
+    keys = tuple(sorted(set(edit.positions) | set(previous.masked_keys if previous else ())))
+    return AttentionEdit(masked_keys=keys, redirect_to=edit.redirect_to,
+                         window=previous.window if previous else None,
+                         keep_first=previous.keep_first if previous else 0)
 
 applied = AttentionMask.install
 """The install step under its old name."""

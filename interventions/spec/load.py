@@ -480,7 +480,7 @@ def check_inputs(spec: Spec, *, device: str | None = None, force: bool = False) 
     from ..detect import check_trace_lengths
     from ..memory import check_memory, estimate_memory
     from ..models import check_device, load_config, load_tokenizer, resolve_dtype, resolve_source
-    from ..targets import token_ids_for
+    from .target_sets import token_ids_for
     from ..traces import traces_from_records
 
     require_for_run(report=spec.report)

@@ -6,6 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
+from ..errors import UserError
 from ..registry import Registry
 from .conditions import registered_union
 from .fields import SpecModel, fail, show, tokens_validator
@@ -21,6 +22,26 @@ def register_target(cls: type[TargetBase]) -> type[TargetBase]:
     job (a selector it does not know is reported there).
     """
     return TARGETS.register(cls.model_fields["select"].default, cls)
+
+
+def token_ids_for(tokenizer, tokens: list[str | int], *, field: str) -> list[int]:
+    """Map token strings/ids to ids; a string that is not exactly one token is an error.
+
+    Here, beside the selectors whose ``tokens`` it reads, so that validation (``spec.load``) and
+    resolution (``interventions.targets``) share it without an import cycle."""
+    ids = []
+    for tok in tokens:
+        if isinstance(tok, int):
+            ids.append(tok)
+            continue
+        enc = tokenizer(tok, add_special_tokens=False)["input_ids"]
+        if len(enc) != 1:
+            pieces = [tokenizer.decode([i]) for i in enc]
+            raise UserError(f"token {tok!r} is {len(enc)} tokens for this tokenizer ({pieces}); give a single token "
+                            "or its id", field=field)
+        ids.append(enc[0])
+    return ids
+
 
 
 class TargetBase(SpecModel):

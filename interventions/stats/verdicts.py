@@ -195,16 +195,16 @@ def _rate_test(units: pd.DataFrame, value: str, *, seed: int, n_boot: int, level
     targets = units[~units["is_control"]]
     base = {"n": int(len(targets)), "n_traces": int(targets["trace"].nunique()),
             "target_mean": eff["estimate"], "control_mean": ctl["estimate"] if s["N_c"].sum() else None}
-    paired = paired_trace_differences(s) if s["N_c"].sum() > 0 else s["S_t"][s["N_t"] > 0]
+    vs_controls = bool(s["N_c"].sum() > 0)
+    paired = paired_trace_differences(s) if vs_controls else s["S_t"][s["N_t"] > 0]
     if len(paired) and np.all(np.abs(np.asarray(paired, float)) < EXACT_TOL):
         # every trace exactly 0: no p or CI (a bootstrap of zeros would print CI [0, 0])
         return {**base, "effect": 0.0, "ci_low": None, "ci_high": None, "p": None, "exact_null": True,
-                "vs_controls": bool(s["N_c"].sum() > 0), "ci_method": None}
-    if s["N_c"].sum() > 0:
-        p, _ = sign_flip_test(paired_trace_differences(s), rng=rng)
+                "vs_controls": vs_controls, "ci_method": None}
+    p, _ = sign_flip_test(paired, rng=rng)
+    if vs_controls:
         return {**base, "effect": did["estimate"], "ci_low": did["ci_low"], "ci_high": did["ci_high"], "p": p,
                 "vs_controls": True, "ci_method": did["ci_method"]}
-    p, _ = sign_flip_test(s["S_t"][s["N_t"] > 0], rng=rng)
     return {**base, "effect": eff["estimate"], "ci_low": eff["ci_low"], "ci_high": eff["ci_high"], "p": p,
             "vs_controls": False, "ci_method": eff["ci_method"]}
 
