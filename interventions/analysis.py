@@ -205,6 +205,16 @@ def _trace_means(units: pd.DataFrame, col: str) -> pd.Series:
     return units.groupby("trace")[col].mean().astype(float) if len(units) else pd.Series(dtype=float)
 
 
+def _swap_rows(rows: pd.DataFrame, arm: str) -> pd.DataFrame:
+    """Mean-swap rows an H3 measure reads: targets swapped before their l_start (the claim is about
+    swaps before the sink forms), placebo rows on clean sinks, every control row."""
+    if arm == "target":
+        return rows[rows["intervened_layer"] < rows["clean_l_start"]]
+    if arm == "placebo":
+        return rows[rows["clean_lifetime"].fillna(0) > 0]
+    return rows
+
+
 def _measure_units(measure: str, rows: pd.DataFrame, *, arm: str) -> pd.DataFrame:
     """Per-unit outcome ``value`` of one arm (``target``, ``placebo`` or ``controls``) for a measure."""
     keys = ["condition", "trace", "position"]
@@ -217,19 +227,12 @@ def _measure_units(measure: str, rows: pd.DataFrame, *, arm: str) -> pd.DataFram
             u = u[u["was"]]   # targets and placebo: clean sinks, which can be lost or kept in both arms
         return u.assign(value=u["now"].astype(float) - u["was"].astype(float))
     if measure == "suppression_rate":
-        r = rows
-        if arm == "target":   # the claim is about swaps before the sink forms
-            r = rows[rows["intervened_layer"] < rows["clean_l_start"]]
-        elif arm == "placebo":
-            r = rows[rows["clean_lifetime"].fillna(0) > 0]
-        u = _per_unit(r, keys, value=("suppressed", "max"))
+        u = _per_unit(_swap_rows(rows, arm), keys, value=("suppressed", "max"))
         return u.assign(value=u["value"].astype(float))
     if measure == "suppression_trend":
         # Within each trace: OLS slope of "suppressed" on the swap layer over (target, layer < l_start)
         # pairs, so "more suppression at later layers" is a per-trace number the sign flip can test.
-        r = rows[rows["intervened_layer"] < rows["clean_l_start"]] if arm == "target" else \
-            rows[rows["clean_lifetime"].fillna(0) > 0]
-        u = _per_unit(r, ["trace", "position", "intervened_layer"], value=("suppressed", "max"))
+        u = _per_unit(_swap_rows(rows, arm), ["trace", "position", "intervened_layer"], value=("suppressed", "max"))
         out = []
         for trace, g in u.groupby("trace"):
             x, y = g["intervened_layer"].to_numpy(float), g["value"].to_numpy(float)
