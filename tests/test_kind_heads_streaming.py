@@ -118,6 +118,9 @@ def test_streaming_experiment_runs_in_one_command_on_a_real_model(tmp_path):
 
     if not (REPO / ".cache" / "real" / "smollm2-135m-instruct" / "config.json").is_file():
         pytest.skip("SmolLM2 not cached: run `intervene testbed fetch-gguf` (.ci/run does)")
+    traces = REPO.parent / "shared" / "data" / "secondary-sinks-paper" / "aime24_traces_qwen3-4b-base.jsonl"
+    if not traces.is_file():   # the study's traces (experiments/streaming_sinks/experiment.yaml)
+        pytest.skip(f"shared traces not found at {traces}")
     proc = subprocess.run([sys.executable, "-m", "interventions.cli.main", "experiment",
                            str(REPO / "experiments" / "streaming_sinks"), "--real", "--config", "smollm2",
                            "--results", str(tmp_path)], capture_output=True, text=True, timeout=900)
