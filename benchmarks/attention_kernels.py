@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from interventions.attention import blockwise_attention
+from interventions.models.attention import blockwise_attention
 
 HEADS, KV_HEADS, DIM = 16, 4, 64
 

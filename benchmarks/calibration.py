@@ -6,7 +6,7 @@
 
 Cheap by design: each (testbed, spec) runs once over a pool of traces; every simulated run
 draws G traces from the pool with replacement (each draw a separate cluster) and recomputes
-the verdicts from those rows only (:func:`interventions.analysis.hypothesis_verdicts`).
+the verdicts from those rows only (:func:`interventions.stats.analysis.hypothesis_verdicts`).
 
 * negative testbeds (``testbed:negative-h1/h2/h3``, and the planted model for H4) and a
   placebo-only spec (H1 whose only condition zeroes the MLP at layer 2, not l_start): rate of
@@ -31,9 +31,9 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from interventions.analysis import hypothesis_verdicts, load_run  # noqa: E402
-from interventions.run import run_spec  # noqa: E402
+from interventions.pipeline import run_spec  # noqa: E402
 from interventions.spec import Spec  # noqa: E402
+from interventions.stats.analysis import hypothesis_verdicts, load_run  # noqa: E402
 
 SPECS = {"H1": "mlp_zero.yaml", "H2": "norm_scale.yaml", "H3": "mean_swap.yaml", "H4": "attn_mask.yaml"}
 CASES = [  # (label, hypothesis, model, spec changes, truth)

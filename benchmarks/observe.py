@@ -59,9 +59,9 @@ class Bench:
     def __init__(self, length: int, device: str, dtype: str):
         import torch
 
-        from interventions.adapters import adapter_for
-        from interventions.attention import make_hookable
-        from interventions.models import LoadedModel, ModelSource
+        from interventions.models.adapters import adapter_for
+        from interventions.models.attention import make_hookable
+        from interventions.models.load import LoadedModel, ModelSource
 
         self.torch = torch
         self.device = device
@@ -76,7 +76,7 @@ class Bench:
             self.torch.cuda.synchronize()
 
     def run(self, method: str) -> None:
-        from interventions.observe import observe_tokens
+        from interventions.observation import observe_tokens
 
         torch = self.torch
         if method == "plain":
@@ -97,7 +97,7 @@ class Bench:
                     del out
             finally:
                 self.model.set_attn_implementation("sdpa")
-                from interventions.attention import make_hookable
+                from interventions.models.attention import make_hookable
                 make_hookable(self.model)
         self.sync()
 

@@ -57,7 +57,7 @@ def build_model():
 
 def conditions(length: int, k: int):
     """K edit lists; condition i's first target at T/2 + (i + 1/2) T/(2K), then +7 and +23 tokens."""
-    from interventions.compiler import Edit
+    from interventions.compile import Edit
 
     kinds = [dict(kind="scale", site="mlp_output", factor=2.0), dict(kind="scale", site="mlp_output", factor=5.0),
              dict(kind="scale", site="mlp_output", factor=10.0), dict(kind="zero", site="mlp_output"),
@@ -76,10 +76,10 @@ def measure(method: str, length: int, k: int, repeats: int) -> dict:
     """Run in a child process: build, warm up, time clean + K conditions ``repeats`` times, report peak RSS."""
     import torch
 
-    from interventions.adapters import adapter_for
-    from interventions.attention import make_hookable
-    from interventions.execute import TraceExecutor, first_position
-    from interventions.models import LoadedModel, ModelSource
+    from interventions.models.adapters import adapter_for
+    from interventions.models.attention import make_hookable
+    from interventions.models.load import LoadedModel, ModelSource
+    from interventions.run.execute import TraceExecutor, first_position
 
     model = build_model()
     make_hookable(model)
@@ -111,8 +111,7 @@ def measure(method: str, length: int, k: int, repeats: int) -> dict:
 
 def run_phases(spec_path: str, reuse_prefix: bool, root) -> dict:
     """One whole run of ``spec_path`` (report included), timed by phase."""
-    from interventions.analysis import analyze_run
-    from interventions.run import run_spec
+    from interventions.pipeline import analyze_run, run_spec
 
     t0 = time.perf_counter()
     result = run_spec(spec_path, results_root=root, progress=False, report=False, reuse_prefix=reuse_prefix,
@@ -173,7 +172,7 @@ def main() -> None:
         return
     import torch
 
-    from interventions.memory import estimate_memory
+    from interventions.models.memory import estimate_memory
 
     T, K = args.length, args.conditions
     est = estimate_memory(build_model().config, dtype=torch.float32, tokens=T)

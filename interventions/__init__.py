@@ -1,6 +1,7 @@
 """interventions: a causal intervention framework for attention sinks.
 
-The pipeline, one module each: spec -> compile -> run -> measure -> statistics -> report.
+The pipeline, one subpackage per stage (see docs/architecture.md):
+spec -> observation -> detection -> compile (+ kinds) -> run -> measures -> stats -> report.
 The Python API mirrors the CLI::
 
     from interventions import load_model, detect, run_spec, load_spec, analyze_run
@@ -17,39 +18,37 @@ load neither torch nor transformers; ``from interventions import load_model`` lo
 
 from __future__ import annotations
 
-import sys as _sys
 from importlib import import_module
-from types import ModuleType as _ModuleType
 from importlib import metadata as _metadata
 from typing import TYPE_CHECKING
 
 # The public API: name -> module that defines it. Add a public name here (and nowhere else).
 _EXPORTS: dict[str, str] = {
     # models and traces
-    "load_model": ".models",
-    "wrap_model": ".models",
-    "LoadedModel": ".models",
-    "load_traces": ".traces",
-    "Trace": ".traces",
+    "load_model": ".models.load",
+    "wrap_model": ".models.load",
+    "LoadedModel": ".models.load",
+    "load_traces": ".spec.traces",
+    "Trace": ".spec.traces",
     # observation and detection
     "observe": ".api",
     "edit": ".api",
     "Activations": ".api",
-    "observe_tokens": ".observe",
-    "Observation": ".observe",
-    "detect": ".detect",
-    "DetectionResult": ".detect",
-    "load_detection": ".detect",
-    "load_sink_scores": ".detect",
-    "detect_sinks": ".detection",
-    "DetectionConfig": ".detection",
-    "Sink": ".detection",
+    "observe_tokens": ".observation",
+    "Observation": ".observation",
+    "detect": ".detection.job",
+    "DetectionResult": ".detection.job",
+    "load_detection": ".detection.job",
+    "load_sink_scores": ".detection.job",
+    "detect_sinks": ".detection.rules",
+    "DetectionConfig": ".detection.rules",
+    "Sink": ".detection.rules",
     # specs, runs, statistics and reports
     "load_spec": ".spec",
     "Spec": ".spec",
-    "run_spec": ".run",
-    "RunResult": ".run",
-    "analyze_run": ".analysis",
+    "run_spec": ".pipeline",
+    "RunResult": ".run.job",
+    "analyze_run": ".pipeline",
     # errors
     "UserError": ".errors",
     "SpecError": ".errors",
@@ -61,24 +60,6 @@ try:
     __version__ = _metadata.version("interventions")
 except _metadata.PackageNotFoundError:  # running from a checkout without install
     __version__ = "0.0.0+checkout"
-
-
-class _Package(_ModuleType):
-    """The package module: a public function keeps its name over a same-named submodule.
-
-    ``interventions.detect`` is both the function ``detect`` and the module ``detect.py``.
-    Importing the module (``run.py`` does) would bind the module to the package's attribute and
-    hide the function; this keeps the name for the public API (the module stays reachable as
-    ``sys.modules["interventions.detect"]`` and ``from interventions.detect import ...``).
-    """
-
-    def __setattr__(self, name: str, value) -> None:
-        if name in _EXPORTS and isinstance(value, _ModuleType) and value.__name__ == f"{__name__}.{name}":
-            return
-        super().__setattr__(name, value)
-
-
-_sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str):
@@ -95,13 +76,13 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; never executed
-    from .analysis import analyze_run
     from .api import Activations, edit, observe
-    from .detect import DetectionResult, detect, load_detection, load_sink_scores
-    from .detection import DetectionConfig, Sink, detect_sinks
+    from .detection.job import DetectionResult, detect, load_detection, load_sink_scores
+    from .detection.rules import DetectionConfig, Sink, detect_sinks
     from .errors import SpecError, UserError
-    from .models import LoadedModel, load_model, wrap_model
-    from .observe import Observation, observe_tokens
-    from .run import RunResult, run_spec
+    from .models.load import LoadedModel, load_model, wrap_model
+    from .observation import Observation, observe_tokens
+    from .pipeline import analyze_run, run_spec
+    from .run.job import RunResult
     from .spec import Spec, load_spec
-    from .traces import Trace, load_traces
+    from .spec.traces import Trace, load_traces

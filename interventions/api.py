@@ -1,7 +1,7 @@
 """The in-memory API a notebook reaches for: observe one forward, edit any forward.
 
 >>> from interventions import load_model, observe, edit
->>> from interventions.edits import Scale, Zero
+>>> from interventions.compile.kind_edits import Scale, Zero
 >>> model = load_model("testbed:planted")
 >>> clean = observe(model, "the cat sat", names=["block_output.*", "sink_scores"])
 >>> with edit(model, [Scale(site="mlp_output", layer=2, positions=[3], factor=5)]):
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from .capture import output_tensor, site_module
+from .observation.capture import output_tensor, site_module
 from .spec.fields import SITES
 
 SPECIAL_NAMES = ("logits", "sink_scores", "profiles")
@@ -113,7 +113,7 @@ def _selector(names) -> Callable[[str], bool]:
 @contextmanager
 def _as_loaded(model, tokenizer=None):
     """A LoadedModel for ``model`` (a LoadedModel, or an HF model wrapped for the block)."""
-    from .models import LoadedModel, wrap_model
+    from .models.load import LoadedModel, wrap_model
 
     if isinstance(model, LoadedModel):
         yield model
@@ -140,7 +140,7 @@ def observe(model, tokens, names=None, *, tokenizer=None, block_size: int = 256)
     """One forward over ``tokens``; returns what ``names`` asks for (everything when None).
 
     Args:
-        model: a :class:`~interventions.models.LoadedModel` or a Hugging Face causal LM.
+        model: a :class:`~interventions.models.load.LoadedModel` or a Hugging Face causal LM.
         tokens: text (tokenized with the model's tokenizer), a list of ids or a 1-D tensor.
         names: which values to keep: a name, a glob, a list of them or a function name -> bool
             (see the module docstring for the names).
@@ -149,7 +149,7 @@ def observe(model, tokens, names=None, *, tokenizer=None, block_size: int = 256)
 
     Inside :func:`edit`, the forward runs with the edits, and every value is the edited one.
     """
-    from .observe.observer import Observer
+    from .observation.observer import Observer
 
     wanted = _selector(names)
     with _as_loaded(model, tokenizer) as loaded:
@@ -211,10 +211,10 @@ def edit(model, edits: Iterable, *, tokenizer=None):
     """Apply ``edits`` to every forward of ``model`` inside the ``with`` block.
 
     Args:
-        model: a :class:`~interventions.models.LoadedModel` or a Hugging Face causal LM.
-        edits: edit objects from :mod:`interventions.edits` (``Scale(site=..., layer=..., positions=...,
+        model: a :class:`~interventions.models.load.LoadedModel` or a Hugging Face causal LM.
+        edits: edit objects from :mod:`interventions.compile.kind_edits` (``Scale(site=..., layer=..., positions=...,
             factor=...)``, ``Zero``, ``MeanSwap``, ``AttentionMask``, ``Add``, ``Patch`` ...) or
-            :class:`~interventions.compiler.Edit` s.
+            :class:`~interventions.compile.Edit` s.
         tokenizer: the tokenizer, when ``model`` is a bare Hugging Face model.
 
     Site edits run as plain forward hooks using each kind's torch oracle (the tests check it
@@ -222,8 +222,8 @@ def edit(model, edits: Iterable, *, tokenizer=None):
     attention function. Positions are positions of the forward's own input. Every hook and
     attention edit is removed on exit, also when the block raises. Yields the LoadedModel.
     """
-    from .compiler.compile import merge_edits
-    from .compiler.plan import Edit
+    from .compile.compile import merge_edits
+    from .compile.plan import Edit
 
     with _as_loaded(model, tokenizer) as loaded, ExitStack() as stack:
         concrete: list[Edit] = []

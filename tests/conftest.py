@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from interventions.adapters import adapter_for
-from interventions.attention import make_hookable
-from interventions.models import LoadedModel, ModelSource
+from interventions.models.adapters import adapter_for
+from interventions.models.attention import make_hookable
+from interventions.models.load import LoadedModel, ModelSource
 from interventions.testbed.tiny import TINY_CONFIGS, tiny_model
 
 FAMILIES = sorted(TINY_CONFIGS)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from interventions.api import Activations, edit, observe
-from interventions.compiler import Edit, compile_edits
-from interventions.edits import AttentionMask, MeanSwap, Scale, Zero
-from interventions.models import load_model
+from interventions.compile import Edit, compile_edits
+from interventions.compile.kind_edits import AttentionMask, MeanSwap, Scale, Zero
+from interventions.models.load import load_model
 from interventions.spec import Spec
 from interventions.testbed.tiny import tiny_model
 from interventions.testbed.tokenizer_bytes import byte_tokenizer
@@ -121,7 +121,7 @@ def test_run_spec_is_in_memory_and_leaves_global_random_state_alone(tmp_path, ca
     torch.manual_seed(1234)
     np.random.seed(1234)
     torch_state, np_state = torch.get_rng_state(), np.random.get_state()[1].copy()
-    from interventions.run import run_spec
+    from interventions.pipeline import run_spec
 
     result = run_spec(spec, progress=False)
     assert torch.equal(torch.get_rng_state(), torch_state)

@@ -121,14 +121,14 @@ def _existing_run(tmp):
 
 
 def _no_bf16(fx, tmp, mp):
-    from interventions import models
+    from interventions.models import load as models
 
     mp.setattr(models, "_DTYPE_PROBES", {})
     mp.setattr(models, "_dtype_probe", lambda dtype, device: "no bfloat16 kernels on this CPU")
 
 
 def _little_memory(fx, tmp, mp):
-    from interventions import memory
+    from interventions.models import memory
 
     mp.setattr(memory, "available_memory", lambda device: (1 << 20, "this machine's RAM"))
 
@@ -289,7 +289,7 @@ def test_catalogue_lists_every_case():
 
 def test_bf16_probe_is_honest():
     """The capability probe really runs bf16 kernels; on this CPU it agrees with a direct matmul."""
-    from interventions.models import _dtype_probe
+    from interventions.models.load import _dtype_probe
 
     try:
         (torch.ones(2, 2, dtype=torch.bfloat16) @ torch.ones(2, 2, dtype=torch.bfloat16)).sum().item()
@@ -300,7 +300,7 @@ def test_bf16_probe_is_honest():
 
 
 def test_force_skips_the_memory_check(fx, tmp_path, monkeypatch):
-    from interventions import memory
+    from interventions.models import memory
 
     monkeypatch.setattr(memory, "available_memory", lambda device: (1 << 20, "this machine's RAM"))
     spec = tmp_path / "spec.yaml"
@@ -314,7 +314,7 @@ def test_non_finite_after_scaling_is_a_warning_not_a_crash(fx, tmp_path):
     """A bf16 model scaled by 1e38 overflows: the run finishes, says where, and marks those rows."""
     import pandas as pd
 
-    from interventions.models import _dtype_probe
+    from interventions.models.load import _dtype_probe
 
     dtype = "bfloat16" if _dtype_probe(torch.bfloat16, "cpu") is None else "float32"
     spec = tmp_path / "spec.yaml"

@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from interventions.compare_runs import N_BOOT_MIN, compare_effects, compare_runs, load_runs
 from interventions.errors import UserError
+from interventions.studies.compare_runs import N_BOOT_MIN, compare_effects, compare_runs, load_runs
 
 from .conftest import REPO
 
@@ -57,7 +57,7 @@ report: false
 
 
 def _run(folder: Path, name: str, model: str, seed: int = 0, traces: str = "traces.jsonl") -> Path:
-    from interventions.run import run_spec
+    from interventions.pipeline import run_spec
 
     return run_spec(str(_spec(folder, name, model, seed, traces)), run_dir=folder / name, progress=False,
                     report=False).out
@@ -66,7 +66,7 @@ def _run(folder: Path, name: str, model: str, seed: int = 0, traces: str = "trac
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, cache_dir):
     """planted (seed 0 and 1, the same traces file) and planted-llama, each zero + scale x2 at l_start."""
-    from interventions.models import resolve_source
+    from interventions.models.load import resolve_source
     from interventions.testbed.planted import load_truth, planted_traces
 
     folder = tmp_path_factory.mktemp("compare_runs")
@@ -214,7 +214,7 @@ def test_seeded_and_reproducible(runs):
 def test_planted_vs_negative_h1_differs_at_l_start_in_the_predicted_direction(runs, cache_dir):
     """H1 false by construction: zeroing the l_start MLP does not prevent the sinks there, so the
     negative control's change in sink fraction at l_start is above the planted model's (-1)."""
-    from interventions.models import resolve_source
+    from interventions.models.load import resolve_source
 
     try:
         resolve_source("testbed:negative-h1")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from interventions.adapters import decoder_layers, get_module
-from interventions.compiler import Edit, compile_edits
-from interventions.execute import TraceExecutor
+from interventions.compile import Edit, compile_edits
 from interventions.kinds import site_kinds
+from interventions.models.adapters import decoder_layers, get_module
+from interventions.run.execute import TraceExecutor
 from interventions.spec import KINDS
 
 from .conftest import loaded_tiny

@@ -10,10 +10,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from interventions.detection import (DetectionConfig, detect_sinks, detect_trace, find_primary_sinks, level_counts,
-                                     longest_run, paper_code_flags, paper_code_label, paper_code_window,
-                                     sensitivity_rows, sensitivity_table, token_frequencies)
-from interventions.observe import PROFILE_COLUMNS, Observation
+from interventions.detection.rules import (
+    DetectionConfig,
+    detect_sinks,
+    detect_trace,
+    find_primary_sinks,
+    level_counts,
+    longest_run,
+    paper_code_flags,
+    paper_code_label,
+    paper_code_window,
+    sensitivity_rows,
+    sensitivity_table,
+    token_frequencies,
+)
+from interventions.observation import PROFILE_COLUMNS, Observation
 
 from .conftest import REPO
 
@@ -265,7 +276,7 @@ def test_shared_reference_windows_are_contiguous_from_the_reference():
 
 
 def test_compare_recomputes_the_reference_labels_with_the_paper_code():
-    from interventions.compare import label_agreement, read_reference
+    from interventions.studies.compare import label_agreement, read_reference
 
     for name, n_layers in _reference_files().items():
         path = SHARED / name

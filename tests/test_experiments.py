@@ -19,11 +19,24 @@ import yaml
 from typer.testing import CliRunner
 
 from interventions.cli.main import app
-from interventions.compare import compare, estimate_layer_offset, read_reference, reference_rows, to_reference_records
 from interventions.errors import UserError
-from interventions.experiments import (build_specs, expectation_checks, find_experiments, load_experiment, parse_check,
-                                       run_experiment, spec_data)
-from interventions.origin import OriginConfig, judge_origin, principal_components, probe_table
+from interventions.studies.compare import (
+    compare,
+    estimate_layer_offset,
+    read_reference,
+    reference_rows,
+    to_reference_records,
+)
+from interventions.studies.experiments import (
+    build_specs,
+    expectation_checks,
+    find_experiments,
+    load_experiment,
+    parse_check,
+    run_experiment,
+    spec_data,
+)
+from interventions.studies.origin import OriginConfig, judge_origin, principal_components, probe_table
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENTS = REPO / "experiments"
@@ -246,8 +259,8 @@ def test_principal_components_and_judge():
 @pytest.fixture(scope="module")
 def detected(planted, planted_truth, tmp_path_factory):
     from interventions import detect
+    from interventions.spec.traces import traces_from_records
     from interventions.testbed.planted import planted_traces
-    from interventions.traces import traces_from_records
 
     traces = traces_from_records([{"text": t} for t in planted_traces(planted_truth, N_TRACES, gated=True)],
                                  planted.tokenizer)

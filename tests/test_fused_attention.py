@@ -18,8 +18,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from interventions.attention import BLOCK_BUDGET, AttentionEdit, blockwise_attention, query_block
-from interventions.observe import observe_tokens
+from interventions.models.attention import BLOCK_BUDGET, AttentionEdit, blockwise_attention, query_block
+from interventions.observation import observe_tokens
 from interventions.testbed.tiny import tiny_config
 
 from .conftest import FAMILIES, loaded_tiny
@@ -127,9 +127,9 @@ def test_sliding_window_model():
     """A Mistral with a 12-token window: transformers passes the window mask; the fused pass obeys it."""
     from transformers import AutoModelForCausalLM
 
-    from interventions.adapters import adapter_for
-    from interventions.attention import make_hookable
-    from interventions.models import LoadedModel, ModelSource
+    from interventions.models.adapters import adapter_for
+    from interventions.models.attention import make_hookable
+    from interventions.models.load import LoadedModel, ModelSource
 
     config = tiny_config("mistral")
     config.sliding_window = 12
@@ -162,9 +162,9 @@ def test_exact_is_default_only_when_logits_are_kept():
 @pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama"])
 def test_cuda_bf16_fused_equals_eager(family):
     """On CUDA in bf16: the fused pass (float32 scores and sums) against eager attention on the GPU."""
-    from interventions.adapters import adapter_for
-    from interventions.attention import make_hookable
-    from interventions.models import LoadedModel, ModelSource
+    from interventions.models.adapters import adapter_for
+    from interventions.models.attention import make_hookable
+    from interventions.models.load import LoadedModel, ModelSource
     from interventions.testbed.tiny import tiny_model
 
     ids = list(range(2, 202))

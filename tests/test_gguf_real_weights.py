@@ -221,7 +221,7 @@ def test_fetch_skips_what_is_cached(tmp_path, monkeypatch):
 def test_find_primary_sink_by_massive_activation():
     import torch
 
-    from interventions.known_answers import find_primary_sink, ordinary_position
+    from interventions.studies.known_answers import find_primary_sink, ordinary_position
 
     g = torch.Generator().manual_seed(0)
     L, T, D = 6, 20, 32

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import FAMILIES, loaded_tiny
-from interventions.heads import HeadClasses, measure_heads
+from interventions.spec.trace_sources import GeneratedTraces, special_prefix
+from interventions.spec.traces import generate_traces
+from interventions.studies.heads import HeadClasses, measure_heads
 from interventions.testbed.planted import GATE_LAYER, N_HEADS, N_LAYERS, ONSET_LAYER
-from interventions.trace_sources import GeneratedTraces, special_prefix
-from interventions.traces import generate_traces
+
+from .conftest import FAMILIES, loaded_tiny
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -93,7 +94,7 @@ def test_heads_cli_writes_tables_and_rejects_bad_input(tmp_path, cache_dir):
 
 def test_a_spec_can_run_on_generated_traces(cache_dir):
     """``traces: {generate: ...}`` in a spec: the run sees the tokenizer's prefix plus generated tokens."""
-    from interventions.run import run_spec
+    from interventions.pipeline import run_spec
     from interventions.spec import Spec
 
     spec = Spec.from_dict({

@@ -98,8 +98,8 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_graph_sees_lazy_imports():
     graph = import_graph()
-    assert "interventions.analysis" in graph["interventions.cli.analyze"]  # imported inside a function
-    assert "interventions.store" in graph["interventions.run"]
+    assert "interventions.stats.analysis" in graph["interventions.cli.analyze"]  # imported inside a function
+    assert "interventions.store" in graph["interventions.run.job"]
 
 
 def test_a_planted_cycle_is_found():
@@ -114,3 +114,45 @@ KNOWN_ELSEWHERE = {
 def test_no_import_cycles_in_the_package():
     found = [c for c in cycles(import_graph()) if not any(known <= set(c) for known in KNOWN_ELSEWHERE)]
     assert not found, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
+
+
+# The pipeline's stages, lowest first: a module may import its own stage and the stages below it,
+# never one above (function-level imports included). ``docs/architecture.md`` says what each owns.
+STAGES = ("core", "testbed", "models", "spec", "observation", "detection", "compile", "kinds", "measures", "run",
+          "api", "stats", "report", "pipeline", "studies", "cli", "package")
+CORE = {"interventions.errors", "interventions.registry", "interventions.progress", "interventions.jsonable",
+        "interventions.store"}
+
+
+def stage_of(module: str) -> str:
+    """The stage a module belongs to: its subpackage, or a named top-level module."""
+    if module in CORE:
+        return "core"
+    if module == "interventions":
+        return "package"   # the lazy public API (names resolved on first use)
+    return module.split(".")[1]
+
+
+def stage_violations(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{m} ({stage_of(m)}) imports {d} ({stage_of(d)})" for m, deps in graph.items() for d in deps
+                  if STAGES.index(stage_of(d)) > STAGES.index(stage_of(m)))
+
+
+def test_every_module_belongs_to_a_stage():
+    unknown = sorted(m for m in import_graph() if stage_of(m) not in STAGES)
+    assert not unknown, f"modules outside the declared stages (add them to STAGES or move them): {unknown}"
+
+
+def test_no_stage_imports_a_stage_above_it():
+    found = stage_violations(import_graph())
+    assert not found, "imports that reach up a stage:\n" + "\n".join(found)
+
+
+def test_a_planted_upward_import_is_found():
+    graph = {"interventions.run.job": {"interventions.stats.analysis"}, "interventions.stats.analysis": set()}
+    assert stage_violations(graph) == ["interventions.run.job (run) imports interventions.stats.analysis (stats)"]
+
+
+def test_only_a_handful_of_modules_sit_at_the_top():
+    top = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+    assert top == ["api", "errors", "jsonable", "pipeline", "progress", "registry", "store"], top

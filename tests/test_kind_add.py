@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from interventions.api import edit, observe
-from interventions.compiler import Edit, compile_edits
-from interventions.edits import Add
+from interventions.compile import Edit, compile_edits
+from interventions.compile.kind_edits import Add
 from interventions.errors import SpecError
 from interventions.spec import KINDS, Spec
 
@@ -75,7 +75,7 @@ def test_add_spec_checks_its_sets_files_and_names_conditions(tmp_path):
 
 
 def test_primary_sink_direction_makes_an_ordinary_token_a_sink_on_the_planted_model(cache_dir):
-    from interventions.run import run_spec
+    from interventions.pipeline import run_spec
 
     big = 200.0  # in units of the (normalized) direction: far above an ordinary token's norm
     result = run_spec(spec([

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from interventions.api import edit
-from interventions.edits import HeadAblation, Streaming
-from interventions.observe import Observer
+from interventions.compile.kind_edits import HeadAblation, Streaming
+from interventions.observation import Observer
 from interventions.spec import Spec
 
 from .conditions_helpers import PLANTED_BASE
@@ -61,7 +61,7 @@ def test_streaming_keeps_the_first_and_the_recent_keys_only():
 
 
 def test_planted_gate_head_and_streaming_window_decide_the_gated_sink(cache_dir):
-    from interventions.run import run_spec
+    from interventions.pipeline import run_spec
 
     targets = {**PLANTED_BASE["targets"], "gated": {"select": "tokens", "tokens": [" &"]}}
     spec = Spec.from_dict({**PLANTED_BASE, "targets": targets, "interventions": [

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from interventions.api import edit, observe
-from interventions.compiler import Edit, compile_edits
-from interventions.edits import Patch
+from interventions.compile import Edit, compile_edits
+from interventions.compile.kind_edits import Patch
 from interventions.errors import SpecError
 from interventions.spec import Spec
 
@@ -73,7 +73,7 @@ def test_patch_spec_checks_and_names_its_source():
 
 
 def test_patched_sink_states_make_ordinary_positions_sinks_on_the_planted_model(cache_dir):
-    from interventions.run import run_spec
+    from interventions.pipeline import run_spec
 
     targets = {**PLANTED_BASE["targets"], "filler": {"select": "positions", "positions": [3]}}
     with pytest.warns(UserWarning, match="changes nothing"):

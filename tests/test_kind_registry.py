@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import json
+from typing import Literal
 
 import pytest
 import torch
 from pydantic import Field
 
-from interventions.compiler import Edit, compile_edits
+from interventions.compile import Edit, compile_edits
 from interventions.errors import SpecError
 from interventions.kinds.base import SiteIntervention
 from interventions.registry import Registry
@@ -94,7 +93,7 @@ def test_a_kind_registered_after_import_is_validated_compiled_and_run(negate, tm
     assert (compiled - hooked).abs().max() < 1e-5
 
     # and run end to end: negating a planted sink's l_start MLP output removes the sink
-    from interventions.run import run_spec
+    from interventions.pipeline import run_spec
 
     result = run_spec(spec, progress=False)
     targets = result.effects.drop_duplicates(["trace", "position"])
@@ -106,7 +105,7 @@ def test_importing_the_compiler_and_kinds_does_not_load_pyvene():
     import subprocess
     import sys
 
-    code = ("import sys, interventions.compiler, interventions.kinds, interventions.spec; "
+    code = ("import sys, interventions.compile, interventions.kinds, interventions.spec; "
             "assert 'pyvene' not in sys.modules, 'pyvene loaded at import'; "
             "from interventions.spec import KINDS; print(','.join(KINDS))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

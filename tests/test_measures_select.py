@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from interventions.run import run_spec
-from interventions.run_tables import MEASURE_COLUMNS
+from interventions.pipeline import run_spec
+from interventions.run.tables import MEASURE_COLUMNS
 from interventions.spec import Spec
 
 from .conditions_helpers import PLANTED_BASE

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from interventions.observe import PROFILE_COLUMNS, observe_tokens
+from interventions.observation import PROFILE_COLUMNS, observe_tokens
 
 from .conftest import FAMILIES, loaded_tiny
 
@@ -129,7 +129,7 @@ def test_observer_keeps_copies_of_reference_rows_not_whole_layers():
     layer's states alive through the forward (it cost 1.2 GB at 32k tokens in benchmarks/observe.py)."""
     import torch
 
-    from interventions.observe import Observer
+    from interventions.observation import Observer
 
     loaded = loaded_tiny("qwen2", layers=3)
     ids = torch.arange(2, 66)[None]

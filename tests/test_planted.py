@@ -12,8 +12,8 @@ import os
 import pytest
 import torch
 
-from interventions.errors import UserError
 from interventions import testbed
+from interventions.errors import UserError
 from interventions.testbed.planted import PLANTED_VERSION, build_planted, load_truth, planted_traces
 
 ARCHS = ("qwen2", "llama")

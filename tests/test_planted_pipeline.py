@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from interventions import DetectionConfig, detect
-from interventions.compiler import Edit
-from interventions.execute import TraceExecutor
-from interventions.measures import first_run, per_layer
+from interventions.compile import Edit
+from interventions.measures.compute import first_run, per_layer
+from interventions.run.execute import TraceExecutor
+from interventions.spec.traces import traces_from_records
 from interventions.testbed.planted import planted_traces
-from interventions.traces import traces_from_records
 
 CONFIG = DetectionConfig()
 

@@ -17,15 +17,13 @@ import pytest
 import torch
 import yaml
 
-from interventions import detect, edit, load_model, observe
-from interventions.analysis import analyze_run
-from interventions.edits import AttentionMask
-from interventions.run import run_spec
+from interventions import detect, edit, load_model, observe, testbed
+from interventions.compile.kind_edits import AttentionMask
+from interventions.pipeline import analyze_run, run_spec
 from interventions.spec import Spec
-from interventions import testbed
+from interventions.spec.traces import traces_from_records
 from interventions.testbed.planted import load_truth, planted_traces
 from interventions.testbed.positive import READER_LAYER, X_DIM
-from interventions.traces import traces_from_records
 
 from .conftest import REPO
 

@@ -62,7 +62,7 @@ def test_readme_has_the_blocks_this_test_reads():
 
 
 def test_setup_pins_match_the_package():
-    from interventions.dependencies import INSTALL
+    from interventions.models.dependencies import INSTALL
 
     setup = [c for _, code in blocks("bash")[:2] for c in commands(code)]
     assert "pip install torch==2.13.0" in setup
@@ -72,8 +72,9 @@ def test_setup_pins_match_the_package():
 
 def test_commands_that_need_a_gpu_or_the_hub_parse():
     """They cannot run here, but every verb and flag they use must exist."""
-    from interventions.cli.main import app
     import typer.main
+
+    from interventions.cli.main import app
 
     cli = typer.main.get_command(app)
     parsed = 0

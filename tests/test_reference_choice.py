@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from interventions.observe import Observer, observe_tokens
+from interventions.observation import Observer, observe_tokens
 
 from .conftest import loaded_tiny
 
@@ -60,8 +60,8 @@ def test_fixed_reference_and_massive_newcomers():
 
 
 def test_suffix_forward_measures_against_the_clean_reference():
-    from interventions.compiler import Edit
-    from interventions.execute import TraceExecutor
+    from interventions.compile import Edit
+    from interventions.run.execute import TraceExecutor
 
     loaded = loaded_tiny("qwen2")
     for ref in (1, 9):  # before and after the first edited position (6)

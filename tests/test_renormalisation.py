@@ -1,6 +1,6 @@
 """The renormalisation prediction H4 is tested against, and controls matched on attention mass.
 
-The prediction (``interventions.renormalisation``) is checked three ways: against the formula
+The prediction (``interventions.observation.renormalisation``) is checked three ways: against the formula
 a[t,0] / (1 - m_t) computed from Hugging Face's own eager attention probabilities (an
 independent path), against the edited forward in the first masked layer (whose inputs are still
 clean, so the two must agree), and for ``redirect: bos`` against clean score + removed mass.
@@ -14,9 +14,9 @@ import torch
 import yaml
 
 from interventions import edit, observe
-from interventions.attention import AttentionEdit
-from interventions.edits import AttentionMask
-from interventions.renormalisation import predicted_key_scores
+from interventions.compile.kind_edits import AttentionMask
+from interventions.models.attention import AttentionEdit
+from interventions.observation.renormalisation import predicted_key_scores
 
 from .conftest import REPO
 
@@ -80,7 +80,7 @@ def test_first_masked_layer_of_the_edited_run_equals_the_prediction(planted, tra
 def test_mass_matched_controls_carry_more_mass_than_random_ones(tmp_path, cache_dir):
     """by: attention_mass picks non-sink controls within the caliper with more clean attention mass
     than a random draw (the best available match), and never a sink."""
-    from interventions.run import run_spec
+    from interventions.pipeline import run_spec
     from interventions.spec import Spec
 
     data = yaml.safe_load((REPO / "specs" / "attn_mask.yaml").read_text())

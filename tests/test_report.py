@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from interventions.analysis import analyze_run
+from interventions.pipeline import analyze_run
 from interventions.report.figures import FIGURES
-from interventions.run import EFFECT_COLUMNS
+from interventions.run.job import EFFECT_COLUMNS
 
 N_LAYERS = 8
 N_TRACES = 6
@@ -98,7 +98,7 @@ def _target_rows(base: dict, *, trace: int, position: int, clean_life: int, clea
 
 def _base(condition: str, kind: str, site: str, layers: list[int], target_set: str, is_control: bool,
           factor: float = np.nan, redirect: str = "") -> dict:
-    from interventions.run_tables import kind_columns
+    from interventions.run.tables import kind_columns
 
     others = {name: col.default for name, col in kind_columns().items()}  # every registered kind's columns
     return {**others, "condition": condition, "kind": kind, "site": site, "intervened_layer": layers[0],
@@ -373,8 +373,8 @@ def test_terminal_lines_show_degenerate_and_exact_zero_without_ci_or_p(sink_run)
 
 
 def test_report_md_shows_degenerate_exact_zero_and_pre_edit_honestly(sink_run, tmp_path):
-    from interventions.analysis import load_run
     from interventions.report.render import render_report
+    from interventions.stats.analysis import load_run
 
     run = tmp_path / sink_run.name
     shutil.copytree(sink_run, run, ignore=shutil.ignore_patterns("figures", "report.md"))
@@ -401,7 +401,7 @@ def test_report_md_shows_degenerate_exact_zero_and_pre_edit_honestly(sink_run, t
 
 @pytest.fixture(scope="module")
 def analyzed(sink_run):
-    from interventions.analysis import load_run
+    from interventions.stats.analysis import load_run
 
     stats, _ = analyze_run(sink_run, progress=False, report=False)
     return load_run(sink_run), json.loads((sink_run / "stats.json").read_text())

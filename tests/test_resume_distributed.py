@@ -21,8 +21,8 @@ import torch
 from typer.testing import CliRunner
 
 from interventions.cli.main import app
-from interventions.distributed import Ranks, ranks_from_env
-from interventions.run import run_spec
+from interventions.pipeline import run_spec
+from interventions.run.distributed import Ranks, ranks_from_env
 
 pytestmark = pytest.mark.slow
 

@@ -12,14 +12,14 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from interventions.adapters import adapter_for
-from interventions.attention import make_hookable
 from interventions.cli.main import app
-from interventions.compiler import Edit
+from interventions.compile import Edit
 from interventions.errors import UserError
-from interventions.execute import TraceExecutor
-from interventions.memory import GIB, check_memory, estimate_memory, parameter_count
-from interventions.models import LoadedModel, ModelSource
+from interventions.models.adapters import adapter_for
+from interventions.models.attention import make_hookable
+from interventions.models.load import LoadedModel, ModelSource
+from interventions.models.memory import GIB, check_memory, estimate_memory, parameter_count
+from interventions.run.execute import TraceExecutor
 from interventions.testbed.tiny import TINY_CONFIGS, save_tiny, tiny_model
 from interventions.testbed.tokenizer_bytes import byte_tokenizer
 
@@ -83,7 +83,7 @@ def test_trust_remote_code_only_when_the_spec_says_so_and_with_a_warning(tiny_fo
         return real(cls, *args, **kwargs)
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", classmethod(recording))
-    from interventions import models
+    from interventions.models import load as models
 
     monkeypatch.setattr(models, "_REMOTE_CODE_WARNED", set())
     spec = tiny_folder.parent / f"trust-{trust}.yaml"  # relative paths in a spec resolve against its folder
@@ -133,7 +133,7 @@ def test_memory_estimate_of_a_known_config(monkeypatch):
     assert est.describe().startswith("10.0 GiB (weights 2.9 GiB: 1.54B parameters in bfloat16; working set 7.1 GiB")
     detect = estimate_memory(config, dtype=torch.bfloat16, tokens=4096, run=False)
     assert detect.total_bytes < est.total_bytes  # detect keeps only the last position's logits
-    from interventions import memory
+    from interventions.models import memory
 
     monkeypatch.setattr(memory, "available_memory", lambda device: (GIB, "this machine's RAM"))
     with pytest.raises(UserError, match=r"^memory: this needs about 10\.0 GiB .* only 1\.0 GiB is free .* --force"):

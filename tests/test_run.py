@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from interventions.run import EFFECT_COLUMNS, run_spec
+from interventions.pipeline import run_spec
+from interventions.run.job import EFFECT_COLUMNS
 from interventions.spec import Spec
 
 pytestmark = pytest.mark.slow

@@ -428,9 +428,9 @@ def test_registry_is_the_union():
 def test_colliding_interventions_name_their_targets_in_every_condition():
     """norm_scale scales two target groups by 2: every condition of both interventions then names its
     targets, not only the colliding x2 (a bare x5 beside x2.weak+others would hide what x5 edits)."""
-    from interventions.spec import load_spec
-
     from pathlib import Path
+
+    from interventions.spec import load_spec
 
     repo = Path(__file__).resolve().parent.parent
     ids = [c.id for c in load_spec(repo / "specs" / "norm_scale.yaml").conditions()]

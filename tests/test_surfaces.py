@@ -86,7 +86,7 @@ def test_report_on_a_detect_folder_is_a_detection_report(tiny, tmp_path):
 
 
 def test_complete_only_after_statistics(tiny, tmp_path, monkeypatch):
-    from interventions import analysis
+    from interventions.stats import analysis
 
     def broken(*args, **kwargs):
         raise RuntimeError("killed during statistics")

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from interventions.errors import UserError
+from interventions.spec.traces import load_traces, tokenize_record
 from interventions.testbed.tokenizer_bytes import byte_tokenizer
-from interventions.traces import load_traces, tokenize_record
 
 TEMPLATE = ("{% for m in messages %}<|bos|>[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
             "{% if add_generation_prompt %}[assistant]{% endif %}")
@@ -87,7 +87,7 @@ def test_bad_bos_mode_is_a_clear_error(tok):
 
 
 def test_tokenizer_policy_is_recorded(tok):
-    from interventions.traces import tokenizer_policy
+    from interventions.spec.traces import tokenizer_policy
 
     policy = tokenizer_policy(tok, chat_template=False, prepend_bos="auto")
     assert policy["tokenizer_adds_bos"] is False and policy["bos_token"] == "<|bos|>"

@@ -7,8 +7,7 @@ import json
 import pytest
 import yaml
 
-from interventions.analysis import analyze_run
-from interventions.run import run_spec
+from interventions.pipeline import analyze_run, run_spec
 from interventions.spec import Spec, load_spec
 
 from .conftest import REPO

@@ -21,9 +21,10 @@ def stats_command(
 
         intervene stats results/norm_scale/20261122-101500-ab12cd
     """
-    from ..analysis import analyze_run, resolve_run_dir
-    from ..report.tables import print_json, print_stats
-    from ..store import check_run_folder
+    from interventions.pipeline import analyze_run
+    from interventions.report.tables import print_json, print_stats
+    from interventions.stats.analysis import resolve_run_dir
+    from interventions.store import check_run_folder
 
     for given in run_dirs:
         run = resolve_run_dir(given)
@@ -46,18 +47,18 @@ def report_command(
 
         intervene report results/norm_scale          # the newest complete run of that spec
     """
-    from ..analysis import resolve_run_dir
-    from ..store import check_run_folder, folder_kind
+    from interventions.stats.analysis import resolve_run_dir
+    from interventions.store import check_run_folder, folder_kind
 
     run = resolve_run_dir(run_dir)
     if folder_kind(run) == "detect":
-        from ..report.detection import render_detection_report
+        from interventions.report.detection import render_detection_report
 
         info(f"wrote {render_detection_report(run)}")
         return
     check_run_folder(run)
-    from ..analysis import analyze_run
-    from ..report.tables import print_json, print_stats
+    from interventions.pipeline import analyze_run
+    from interventions.report.tables import print_json, print_stats
 
     stats, path = analyze_run(run, report=True)
     print_json({"report": path, "verdicts": stats.get("verdicts")}) if as_json else print_stats(stats)

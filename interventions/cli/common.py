@@ -22,8 +22,8 @@ import sys
 import typer
 from typer.core import TyperOption
 
-from ..errors import UserError
-from ..progress import console, info  # noqa: F401  (info: shared by the verbs)
+from interventions.errors import UserError
+from interventions.progress import console, info  # noqa: F401  (info: shared by the verbs)
 
 
 def _flag_without_type(display_type_rich):

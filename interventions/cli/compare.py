@@ -30,7 +30,7 @@ def compare_command(
 
         intervene compare results/detect-qwen3 ../shared/data/secondary-sinks-paper/sink_detection_qwen3-4b-base.jsonl
     """
-    from ..compare import compare, print_compare
+    from interventions.studies.compare import compare, print_compare
 
     target = out if out is not None else (ours if ours.is_dir() else ours.parent) / "compare"
     result = compare(ours, reference, target, layer_offset=layer_offset,

@@ -52,8 +52,8 @@ def compare_runs_command(
 
         intervene compare-runs results/mlp_zero results/mlp_zero_llama --align l_start --out results/cmp
     """
-    from ..compare_runs import compare_runs, write_comparison
-    from ..errors import UserError
+    from interventions.errors import UserError
+    from interventions.studies.compare_runs import compare_runs, write_comparison
 
     overrides = {}
     for item in l_start or []:
@@ -79,7 +79,7 @@ def print_comparison(result) -> None:
     """The comparison as a terminal table; exact zeros print as 0 with no CI or p."""
     from rich.table import Table
 
-    from ..compare_runs import side_labels
+    from interventions.studies.compare_runs import side_labels
 
     t = result.table
     s = result.settings

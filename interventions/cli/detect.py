@@ -6,8 +6,9 @@ from pathlib import Path
 
 import typer
 
+from interventions.progress import warn
+
 from .common import command_line, info, user_errors
-from ..progress import warn
 
 
 @user_errors
@@ -45,10 +46,10 @@ def detect_command(
 
         intervene detect --model testbed:planted --traces traces.jsonl --out results/detect-demo
     """
-    from ..detect import detect
-    from ..detection import DetectionConfig
-    from ..errors import UserError
-    from ..report.tables import detection_json, print_detection, print_json
+    from interventions.detection.job import detect
+    from interventions.detection.rules import DetectionConfig
+    from interventions.errors import UserError
+    from interventions.report.tables import detection_json, print_detection, print_json
 
     if out is None and resume is None:
         raise UserError("give --out DIR (a new folder) or --resume DIR (an interrupted detection)", field="out")

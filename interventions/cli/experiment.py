@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ..errors import UserError
+from interventions.errors import UserError
+
 from .common import console, user_errors
 
 
@@ -41,7 +42,7 @@ def experiment_command(
 
         intervene experiment experiments/sink_levels --real --config qwen3-4b-base
     """
-    from ..experiments import find_experiments, load_experiment, print_experiment, run_experiment
+    from interventions.studies.experiments import find_experiments, load_experiment, print_experiment, run_experiment
 
     if negative and real:
         raise UserError("--negative runs a testbed, --real a real model: give one of them", field="--negative")

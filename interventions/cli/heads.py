@@ -42,9 +42,9 @@ def heads_command(
     """
     import time
 
-    from ..errors import UserError
-    from ..heads import HeadClasses, measure_heads, write_heads
-    from ..store import check_output_dir, package_versions, tool_revision
+    from interventions.errors import UserError
+    from interventions.store import check_output_dir, package_versions, tool_revision
+    from interventions.studies.heads import HeadClasses, measure_heads, write_heads
 
     if (traces is None) == (generate is None):
         raise UserError("give exactly one of --traces FILE or --generate random_tokens|repeated_token", field="traces")
@@ -54,21 +54,21 @@ def heads_command(
         raise UserError(f"--dormant-ratio is {dormant_ratio}; it must be >= 0", field="dormant_ratio")
     source = None
     if generate is not None:
-        from ..trace_sources import GeneratedTraces
+        from interventions.spec.trace_sources import GeneratedTraces
 
         source = GeneratedTraces(generate, length=length, n=n, seed=seed)  # checks its fields before loading
     check_output_dir(out, overwrite=overwrite)
-    from ..models import load_model
+    from interventions.models.load import load_model
 
     started = time.time()
     loaded = load_model(model, dtype=dtype, device=device)
     if source is not None:
-        from ..traces import generate_traces
+        from interventions.spec.traces import generate_traces
 
         trace_list = generate_traces(loaded.tokenizer, source)
         label = f"generate={source.generate} length={source.length} n={source.n} seed={source.seed}"
     else:
-        from ..traces import load_traces
+        from interventions.spec.traces import load_traces
 
         trace_list = load_traces(traces, loaded.tokenizer, limit=limit, max_tokens=max_tokens,
                                  chat_template=chat_template)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import typer
 
 from . import testbed
+from .analyze import report_command, stats_command
 from .compare import compare_command
 from .compare_runs import compare_runs_command
 from .detect import detect_command
 from .experiment import experiment_command
 from .heads import heads_command
-from .analyze import report_command, stats_command
 from .run import run_command, schema_command, validate_command
 
 app = typer.Typer(
@@ -24,7 +24,7 @@ app = typer.Typer(
 
 def _version(value: bool):
     if value:
-        from ..store import package_versions
+        from interventions.store import package_versions
 
         v = package_versions()
         typer.echo(" ".join(f"{k} {v[k]}" for k in ("interventions", "torch", "transformers", "pyvene", "python")))
@@ -35,7 +35,7 @@ def _version(value: bool):
 def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                       help="Print versions of this tool, torch, transformers and pyvene.")):
     """Causal interventions on attention sinks. Start with `intervene detect --help` or `intervene run --help`."""
-    from ..progress import install_warnings_once
+    from interventions.progress import install_warnings_once
 
     install_warnings_once()  # a library warning repeated in every forward is printed once per command
 

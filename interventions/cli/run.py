@@ -6,8 +6,9 @@ from pathlib import Path
 
 import typer
 
-from ..errors import UserError
-from ..report.tables import out
+from interventions.errors import UserError
+from interventions.report.tables import out
+
 from .common import command_line, console, info, user_errors
 
 
@@ -38,17 +39,17 @@ def run_command(
 
         torchrun --nproc_per_node 2 -m interventions.cli.main run specs/norm_scale.yaml
     """
-    from ..dependencies import require_for_run
-    from ..spec import load_spec
+    from interventions.models.dependencies import require_for_run
+    from interventions.spec import load_spec
 
     if resume is not None and out is not None and resume.resolve() != out.resolve():
         raise UserError(f"--resume {resume} and --out {out} name different folders; give only --resume",
                         field="resume")
     loaded_spec = load_spec(spec)
     require_for_run(report=not no_report)  # before the imports below, which need pyvene
-    from ..distributed import ranks_from_env
-    from ..report.tables import print_json, print_run_summary, print_stats
-    from ..run import run_spec
+    from interventions.pipeline import run_spec
+    from interventions.report.tables import print_json, print_run_summary, print_stats
+    from interventions.run.distributed import ranks_from_env
 
     for w in loaded_spec.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
@@ -82,11 +83,11 @@ def validate_command(
 
         intervene validate specs/norm_scale.yaml
     """
-    from ..spec import load_spec
+    from interventions.spec import load_spec
 
     loaded_spec = load_spec(spec)
     if not no_model:
-        from ..spec.load import check_inputs
+        from interventions.spec.load import check_inputs
 
         checked = check_inputs(loaded_spec)
         for tr in checked.traces:
@@ -109,7 +110,7 @@ def schema_command(out: Path = typer.Option(None, "--out", "-o", help="Write to 
     """
     import json
 
-    from ..spec import spec_json_schema
+    from interventions.spec import spec_json_schema
 
     text = json.dumps(spec_json_schema(), indent=2)
     if out:

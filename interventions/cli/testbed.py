@@ -27,9 +27,9 @@ def build(
     """
     import json
 
-    from ..errors import UserError
-    from ..testbed.planted import build_planted, planted_traces
-    from ..traces import write_traces
+    from interventions.errors import UserError
+    from interventions.spec.traces import write_traces
+    from interventions.testbed.planted import build_planted, planted_traces
 
     if arch not in ("qwen2", "llama"):
         raise UserError(f"arch {arch!r} is not one of qwen2, llama", field="arch")
@@ -59,9 +59,9 @@ def fetch_gguf(
 
         intervene testbed fetch-gguf && intervene detect --model .cache/real/gemma-3-270m ...
     """
-    from ..errors import UserError
-    from ..progress import warn
-    from ..testbed.real_models import REAL_MODELS, fetch_real_models
+    from interventions.errors import UserError
+    from interventions.progress import warn
+    from interventions.testbed.real_models import REAL_MODELS, fetch_real_models
 
     unknown = [m for m in model or [] if m not in REAL_MODELS]
     if unknown:

@@ -8,9 +8,10 @@ intervention, or an install step on the attention function) and its torch oracle
 registered after import (in a notebook, in a plugin) works in the next spec.
 """
 
-from ..spec.conditions import KINDS, InterventionBase, register_kind
 import importlib
 import pkgutil
+
+from interventions.spec.conditions import KINDS, InterventionBase, register_kind
 
 # Import order is registration order, which error messages list: the paper's four first, then
 # every other module of this package (a new kind is a new file here; nothing else to edit).

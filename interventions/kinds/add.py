@@ -21,8 +21,9 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, field_validator
 
-from ..spec.conditions import Condition, Edit, EffectColumn, register_kind
-from ..spec.fields import SpecModel, each_once, fail, show
+from interventions.spec.conditions import Condition, Edit, EffectColumn, register_kind
+from interventions.spec.fields import SpecModel, each_once, fail, show
+
 from .base import SiteIntervention
 
 
@@ -172,7 +173,7 @@ class Add(SiteIntervention):
 
     @classmethod
     def pyvene_intervention(cls, edit, dims):
-        from ..compiler.pyvene_compat import pv
+        from interventions.compile.pyvene_compat import pv
 
         return pv.AdditionIntervention(source_representation=edit.vector, embed_dim=dims["hidden"])
 
@@ -182,7 +183,7 @@ class Add(SiteIntervention):
 
 
 def _layer_device(loaded, site: str, layer: int):
-    from ..capture import site_module
+    from interventions.observation.capture import site_module
 
     return next(site_module(loaded, site, layer).parameters()).device
 
@@ -191,7 +192,7 @@ def _file_vectors(path: str, n_layers: int, hidden: int) -> list:
     import numpy as np
     import torch
 
-    from ..errors import UserError
+    from interventions.errors import UserError
 
     data = np.load(path) if path.endswith(".npy") else torch.load(path, map_location="cpu", weights_only=True)
     t = torch.as_tensor(np.asarray(data) if not isinstance(data, torch.Tensor) else data).float()

@@ -2,7 +2,7 @@
 
 pyvene 0.1.8 has no attention-probability component for Qwen/Llama (the softmax is inside a
 function, not a module), so this kind is applied through the hookable attention function
-(``interventions.attention``): probability exactly 0 on the masked keys, the rest renormalised
+(``interventions.models.attention``): probability exactly 0 on the masked keys, the rest renormalised
 by the softmax, or (``redirect: bos``) the removed mass moved onto the primary sink.
 """
 
@@ -12,8 +12,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from ..spec.conditions import Condition, Edit, EffectColumn, InterventionBase, register_kind
-from ..spec.fields import LayerRange, concrete, layer_label, layer_spec_validator
+from interventions.spec.conditions import Condition, Edit, EffectColumn, InterventionBase, register_kind
+from interventions.spec.fields import LayerRange, concrete, layer_label, layer_spec_validator
+
 from .base import attention_edits
 
 
@@ -59,9 +60,9 @@ class AttentionMask(InterventionBase):
     @classmethod
     def trace_state(cls, conditions, trace) -> dict:
         """Per (condition, targets | controls): the primary sink score each masked layer would have by
-        renormalisation alone (:mod:`interventions.renormalisation`), from one clean forward."""
-        from ..renormalisation import predicted_key_scores
-        from ..run_trace import edits_for, groups
+        renormalisation alone (:mod:`interventions.observation.renormalisation`), from one clean forward."""
+        from interventions.compile.expand import edits_for, groups
+        from interventions.observation.renormalisation import predicted_key_scores
 
         n_layers = trace.loaded.dims["layers"]
         state = {"reference": trace.reference}
@@ -89,9 +90,9 @@ class AttentionMask(InterventionBase):
 
 
 def _merged(previous, edit):
-    """The :class:`~interventions.attention.AttentionEdit` of one layer: ``edit``'s keys added to what an
+    """The :class:`~interventions.models.attention.AttentionEdit` of one layer: ``edit``'s keys added to what an
     earlier edit of the same forward set there (``previous``, or None)."""
-    from ..attention import AttentionEdit
+    from interventions.models.attention import AttentionEdit
 
     keys = tuple(sorted(set(edit.positions) | set(previous.masked_keys if previous else ())))
     return AttentionEdit(masked_keys=keys, redirect_to=edit.redirect_to,

@@ -10,8 +10,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from ..spec.conditions import Condition, InterventionBase
-from ..spec.fields import LayerRange, Site, concrete, layer_label, layer_spec_validator, site_validator
+from interventions.spec.conditions import Condition, InterventionBase
+from interventions.spec.fields import LayerRange, Site, concrete, layer_label, layer_spec_validator, site_validator
 
 
 class SiteIntervention(InterventionBase):
@@ -35,13 +35,13 @@ class SiteIntervention(InterventionBase):
 
 @contextmanager
 def attention_edits(loaded, edits, build):
-    """Set ``build(previous, edit)`` (an :class:`~interventions.attention.AttentionEdit`) on the attention
+    """Set ``build(previous, edit)`` (an :class:`~interventions.models.attention.AttentionEdit`) on the attention
     module of each edit's layer for the duration of the block, and remove it on exit (also on error).
 
     The install step shared by the kinds that edit attention probabilities (``attention_mask``,
     ``streaming``); ``previous`` is what an earlier edit of the same forward set on that layer.
     """
-    from ..adapters import decoder_layers, get_module
+    from interventions.models.adapters import decoder_layers, get_module
 
     layers = decoder_layers(loaded.model, loaded.adapter)
     touched = []

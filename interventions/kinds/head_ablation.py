@@ -9,7 +9,7 @@ head outputs of the forward being run, also of a suffix run over a cached prefix
 
 Heads are chosen statically (``heads: [0, 3]`` or ``all``) or from the clean run's own head
 classes (``heads: {class: sink}`` or ``dormant``, with the thresholds of
-:class:`interventions.heads.HeadClasses`), per trace, among the ``layers`` given.
+:class:`interventions.observation.heads.HeadClasses`), per trace, among the ``layers`` given.
 ``scope: targets`` edits the target positions' head outputs (their queries); ``scope: all``
 edits every position of the trace (the head is silenced, as in dormant-head ablations).
 """
@@ -21,12 +21,12 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..spec.conditions import Condition, Edit, EffectColumn, InterventionBase, register_kind
-from ..spec.fields import LayerRange, concrete, layer_label, layer_spec_validator
+from interventions.spec.conditions import Condition, Edit, EffectColumn, InterventionBase, register_kind
+from interventions.spec.fields import LayerRange, concrete, layer_label, layer_spec_validator
 
 
 class HeadClassSelector(BaseModel):
-    """Heads chosen from the clean run's per-head measures (see :mod:`interventions.heads`)."""
+    """Heads chosen from the clean run's per-head measures (see :mod:`interventions.observation.heads`)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -136,7 +136,7 @@ class HeadAblation(InterventionBase):
         """Pre-hooks on each edited layer's output projection, removed on exit (also after an error)."""
         import torch
 
-        from ..adapters import decoder_layers, get_module
+        from interventions.models.adapters import decoder_layers, get_module
 
         layers = decoder_layers(loaded.model, loaded.adapter)
         n_heads = loaded.dims["heads"]
@@ -180,7 +180,7 @@ class HeadAblation(InterventionBase):
 
 def _clean_head_classes(trace, selector: dict) -> dict[tuple[int, int], str]:
     """(layer, head) -> class on this trace's clean forward."""
-    from ..heads import HeadClasses, measure_heads
+    from interventions.observation.heads import HeadClasses, measure_heads
 
     classes = HeadClasses(epsilon=selector["epsilon"], dormant_ratio=selector["dormant_ratio"])
     table = measure_heads(trace.loaded, [trace.token_ids], classes=classes, progress=False).table
@@ -191,7 +191,7 @@ def _clean_head_means(trace, exclude: set[int]) -> dict:
     """layer -> [H, Dh]: each head's mean clean output over the positions not in ``exclude``."""
     import torch
 
-    from ..adapters import decoder_layers, get_module
+    from interventions.models.adapters import decoder_layers, get_module
 
     loaded = trace.loaded
     n_heads = loaded.dims["heads"]

@@ -10,8 +10,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from ..spec.conditions import Condition, Edit, InterventionBase, register_kind
-from ..spec.fields import Site, SweepRange, layer_label, layer_spec_validator, site_validator
+from interventions.spec.conditions import Condition, Edit, InterventionBase, register_kind
+from interventions.spec.fields import Site, SweepRange, layer_label, layer_spec_validator, site_validator
 
 DEFAULT_MAX_OFFSET = 8
 """How far below ``l_start`` a sweep with ``to: l_start`` reaches by default."""
@@ -83,7 +83,7 @@ class MeanSwap(InterventionBase):
 
     @classmethod
     def pyvene_intervention(cls, edit, dims):
-        from ..compiler.pyvene_compat import pv
+        from interventions.compile.pyvene_compat import pv
 
         return pv.VanillaIntervention(source_representation=edit.vector, embed_dim=dims["hidden"])
 
@@ -100,7 +100,7 @@ def site_means(loaded, token_ids, exclude: set[int], sites) -> dict[str, list]:
     """
     import torch
 
-    from ..capture import capture_sites
+    from interventions.observation.capture import capture_sites
 
     T = len(token_ids)
     keep = torch.ones(T, dtype=torch.bool)

@@ -19,9 +19,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from ..errors import UserError
-from ..spec.conditions import Condition, Edit, EffectColumn, register_kind
-from ..spec.fields import SpecModel, fail
+from interventions.errors import UserError
+from interventions.spec.conditions import Condition, Edit, EffectColumn, register_kind
+from interventions.spec.fields import SpecModel, fail
+
 from .base import SiteIntervention
 
 
@@ -134,7 +135,7 @@ class Patch(SiteIntervention):
         (``source_positions`` defaults to ``positions``)."""
         import torch
 
-        from ..capture import capture_sites
+        from interventions.observation.capture import capture_sites
 
         positions = list(positions)
         if values is not None:
@@ -154,7 +155,7 @@ class Patch(SiteIntervention):
 
     @classmethod
     def pyvene_intervention(cls, edit, dims):
-        from ..compiler.pyvene_compat import pv
+        from interventions.compile.pyvene_compat import pv
 
         # One row per position: pyvene's [B, N, D] selection (B = 1 in a run) is overwritten by the rows.
         return pv.VanillaIntervention(source_representation=edit.vector[None], embed_dim=dims["hidden"])

@@ -6,9 +6,10 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, field_validator
 
-from ..spec.conditions import Condition, Edit, EffectColumn, register_kind
-from ..spec.fields import check_factor as _check_factor
-from ..spec.fields import each_once
+from interventions.spec.conditions import Condition, Edit, EffectColumn, register_kind
+from interventions.spec.fields import check_factor as _check_factor
+from interventions.spec.fields import each_once
+
 from .base import SiteIntervention
 
 
@@ -57,7 +58,7 @@ def _scale_intervention_class():
     """The pyvene intervention class, defined on first use (pyvene loads only when a plan needs it)."""
     global _SCALE_CLASS
     if _SCALE_CLASS is None:
-        from ..compiler.pyvene_compat import pv
+        from interventions.compile.pyvene_compat import pv
 
         class ScaleIntervention(pv.SourcelessIntervention, pv.LocalistRepresentationIntervention):
             """Multiply the selected representations by ``factor`` (pyvene keeps the [B, units, D] shape)."""

@@ -24,10 +24,10 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from ..spec.conditions import Condition, Edit, EffectColumn, InterventionBase, register_kind
-from ..spec.fields import LayerRange, concrete, layer_label, layer_spec_validator
-from .base import attention_edits
+from interventions.spec.conditions import Condition, Edit, EffectColumn, InterventionBase, register_kind
+from interventions.spec.fields import LayerRange, concrete, layer_label, layer_spec_validator
 
+from .base import attention_edits
 
 ALL_LAYERS = 1024
 """More layers than any supported model has: ``layers: all`` expands to these, cut to the model's depth."""
@@ -90,7 +90,7 @@ class Streaming(InterventionBase):
     @classmethod
     def install(cls, loaded, edits):
         """Put the StartRecent restriction on each edited layer's attention for the duration of the block."""
-        from ..attention import AttentionEdit
+        from interventions.models.attention import AttentionEdit
 
         def build(previous, edit):
             return AttentionEdit(masked_keys=previous.masked_keys if previous else (),

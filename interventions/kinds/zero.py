@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..spec.conditions import Condition, register_kind
+from interventions.spec.conditions import Condition, register_kind
+
 from .base import SiteIntervention
 
 
@@ -21,7 +22,7 @@ class Zero(SiteIntervention):
 
     @classmethod
     def pyvene_intervention(cls, edit, dims):
-        from ..compiler.pyvene_compat import pv
+        from interventions.compile.pyvene_compat import pv
 
         return pv.ZeroIntervention(embed_dim=dims["hidden"])
 

@@ -1,4 +1,4 @@
-"""Figures of a run comparison (:class:`interventions.compare_runs.Comparison`): pure functions
+"""Figures of a run comparison (:class:`interventions.studies.compare_runs.Comparison`): pure functions
 ``(comparison, path) -> Path``.
 
 - ``effect_lines``: each run's (or condition's) effect against the aligned layer, with its CI

@@ -19,8 +19,8 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 def render_detection_report(folder: Path) -> Path:
     """Write ``<folder>/report.md`` for a detect folder; return its path."""
-    from ..detect import load_detection
-    from ..store import Manifest, write_text_atomic
+    from interventions.detection.job import load_detection
+    from interventions.store import Manifest, write_text_atomic
 
     folder = Path(folder)
     result = load_detection(folder)

@@ -3,7 +3,7 @@
 The drawing lives by job in :mod:`.figures_clean` (the clean run: norms, levels, scores),
 :mod:`.figures_fits` (norm -> score, norm -> lifetime) and :mod:`.figures_edits` (swap, dose,
 mask), on the shared style of :mod:`.figure_style`. Every ``draw_*`` takes the run's tables (see
-:func:`interventions.analysis.load_run`) and its ``stats.json`` dict and returns a matplotlib
+:func:`interventions.stats.analysis.load_run`) and its ``stats.json`` dict and returns a matplotlib
 Figure, or None when the run holds no data for it; figures draw only what ``stats/`` computed.
 :func:`render_figures` saves them all and adds, for the report, a caption with the n behind each
 figure or a note saying why a figure is absent.

@@ -12,8 +12,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .figure_style import (COLORS, NO_SECONDARY, as_bool, frame, has_interval, int_layers,
-                           log_labels, positive, secondary_sinks, styled, summary_rows)
+from .figure_style import (
+    COLORS,
+    NO_SECONDARY,
+    as_bool,
+    frame,
+    has_interval,
+    int_layers,
+    log_labels,
+    positive,
+    secondary_sinks,
+    styled,
+    summary_rows,
+)
 
 NORM_PANELS = (("hidden", "hidden state $\\|h\\|_2$"), ("key", "key $\\|k\\|_2$"), ("value", "value $\\|v\\|_2$"))
 

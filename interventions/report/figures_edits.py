@@ -12,8 +12,20 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .figure_style import (COLORS, NO_BAR, SITE_LABEL, SITE_ORDER, as_bool, effects_of, errorbars, has_interval,
-                           int_layers, points, styled, summary_rows)
+from .figure_style import (
+    COLORS,
+    NO_BAR,
+    SITE_LABEL,
+    SITE_ORDER,
+    as_bool,
+    effects_of,
+    errorbars,
+    has_interval,
+    int_layers,
+    points,
+    styled,
+    summary_rows,
+)
 
 
 def _no_bar_note(ax, rows) -> None:

@@ -18,14 +18,14 @@ from .formatting import inference_text
 
 def norm_score_input(tables: dict):
     """The table the norm -> score fit reads: ``sink_window`` (fixed window, dead layers too) when the
-    run wrote it, else ``sink_layers`` (the rule of :func:`interventions.analysis.compute_stats`)."""
+    run wrote it, else ``sink_layers`` (the rule of :func:`interventions.stats.analysis.compute_stats`)."""
     window = frame(tables, "sink_window")
     return window if len(window) else frame(tables, "sink_layers")
 
 
 def norm_score_points(tables: dict, stats: dict):
     """The fit's rows (``x`` log norm, ``y`` log ratio, ``layer``, ``alive``) or an empty frame."""
-    from ..stats import norm_score_rows
+    from interventions.stats import norm_score_rows
 
     rows = norm_score_input(tables)
     if rows.empty:

@@ -1,6 +1,6 @@
 """``report.md`` of a run folder: provenance, verdicts, key statistics and figures.
 
-:func:`render_report` is called by :func:`interventions.analysis.analyze_run` after
+:func:`render_report` is called by :func:`interventions.stats.analysis.analyze_run` after
 ``stats.json`` is written. Figures go to ``<run>/figures/`` (see :mod:`.figures`); a figure
 whose data the run lacks is replaced by a one-line note, so a run with no secondary sinks
 still gets a complete report.
@@ -174,7 +174,7 @@ def _verdicts(stats: dict) -> list[str]:
         lines += [""]
     rule = next((v.get("rule") for v in verdicts.values() if v.get("rule")), None)
     if rule is None:
-        from ..stats import VERDICT_RULE
+        from interventions.stats import VERDICT_RULE
 
         rule = VERDICT_RULE
     alpha = next((v.get("alpha") for v in verdicts.values() if v.get("alpha") is not None), 0.05)
@@ -431,7 +431,8 @@ def _notes(stats: dict) -> list[str]:
 
 def render_report(run: Path, tables: dict, stats: dict) -> Path:
     """Write ``<run>/report.md`` (and ``<run>/figures/*.png``); return the report's path."""
-    from ..store import write_text_atomic
+    from interventions.store import write_text_atomic
+
     from .figures import render_figures
 
     run = Path(run)

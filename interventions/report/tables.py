@@ -62,7 +62,7 @@ def show_table(title: str, columns: list[str], rows: list[list[str]], *, caption
 
 def print_json(document) -> None:
     """One JSON document on stdout (``--json``): what the tables show, for machines."""
-    from ..jsonable import to_jsonable
+    from interventions.jsonable import to_jsonable
 
     out.print_json(json.dumps(to_jsonable(document)))
 

@@ -11,7 +11,8 @@ one per file in ``interventions/kinds/`` (``from interventions.kinds import Scal
 loads them on first use.
 """
 
-from ..errors import SpecError
+from interventions.errors import SpecError
+
 from .conditions import KINDS, Condition, EffectColumn, InterventionBase, expand_conditions, register_kind
 from .fields import MEASURES, SITES, LayerRange, SweepRange, layer_label, resolve_layers
 from .load import (

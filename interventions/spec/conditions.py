@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import Field
 from pydantic_core import PydanticCustomError, core_schema
 
-from ..registry import Registry
+from interventions.registry import Registry
+
 from .fields import SITES, SpecModel, resolve_layers, show
 from .hypotheses import placebo_conditions
 
@@ -219,7 +220,7 @@ class InterventionBase(SpecModel):
     def trace_state(cls, conditions: list[Condition], trace) -> Any:
         """What this kind's edits need from the clean model for one trace, computed once per trace.
 
-        ``trace`` is a :class:`interventions.run_trace.TraceContext` (model, tokens, clean sinks,
+        ``trace`` is a :class:`interventions.run.trace.TraceContext` (model, tokens, clean sinks,
         resolved target sets, the run's other traces, and :meth:`~TraceContext.site_values`).
         ``mean_swap`` computes its mean vectors here; most kinds need nothing.
         """
@@ -227,7 +228,7 @@ class InterventionBase(SpecModel):
 
     @classmethod
     def edits_for(cls, condition: Condition, target, layers: list[int], state: Any) -> list[Edit]:
-        """The edits of ``condition`` for one target (a :class:`~interventions.targets.Target`) on ``layers``.
+        """The edits of ``condition`` for one target (a :class:`~interventions.compile.targets.Target`) on ``layers``.
 
         An empty list skips the target in this condition (e.g. nothing to patch from).
         """
@@ -242,7 +243,7 @@ class InterventionBase(SpecModel):
 
     @classmethod
     def api_edits(cls, loaded, *, layers: list[int], positions: list[int], site: str | None, **params) -> list[Edit]:
-        """The edits of one :mod:`interventions.edits` object (``Scale(site=..., layer=..., positions=..., factor=5)``).
+        """The edits of one :mod:`interventions.compile.kind_edits` object (``Scale(site=..., layer=..., positions=..., factor=5)``).
 
         Default: one :class:`Edit` per layer with ``params`` as its fields (``factor``, ``vector``,
         ``redirect_to`` or ``params``).

@@ -20,10 +20,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
-from ..registry import closest
+from interventions.registry import closest
 
 SITES: tuple[str, ...] = ("mlp_output", "attention_output", "block_output")
-"""Canonical activation sites an intervention can edit (see ``interventions/adapters.py``)."""
+"""Canonical activation sites an intervention can edit (see ``interventions/models/adapters.py``)."""
 MEASURES: tuple[str, ...] = ("sinks", "sink_score", "hidden", "kl", "delta_nll", "primary_sink_score")
 """Everything a run can measure; ``measures`` defaults to all of them."""
 

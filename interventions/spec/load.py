@@ -18,14 +18,15 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ..errors import SpecError
+from interventions.errors import SpecError
+
 from .schema import (
     _SKIP_CROSS,
-    VALIDATOR,
     KINDS,
     TARGETS,
     TESTBED_PREFIX,
     TESTBED_TRACES,
+    VALIDATOR,
     Detection,
     SecondarySinks,
     Spec,
@@ -401,7 +402,7 @@ def check_against_model(spec: Spec, dims: dict) -> list[str]:
     """Problems only visible once the model config is read (before weights): layer numbers past
     the model's depth, ``max_tokens`` past its positions. Same one-line format; the caller raises.
 
-    ``dims`` is :func:`interventions.adapters.model_dims` (``layers``, ``max_positions`` ...).
+    ``dims`` is :func:`interventions.models.adapters.model_dims` (``layers``, ``max_positions`` ...).
     """
     n = int(dims["layers"])
     problems: list[str] = []
@@ -451,15 +452,15 @@ class CheckedInputs:
 
 def spec_trace_records(spec: Spec, truth_folder: str | None) -> list[dict]:
     """Trace records of a spec: its JSONL file, or the planted model's own traces."""
-    from ..traces import read_trace_records
+    from .traces import read_trace_records
 
     if not isinstance(spec.traces, str):  # generated: token ids made with the model's tokenizer later
-        from ..trace_sources import GeneratedTraces, generated_records
+        from .trace_sources import GeneratedTraces, generated_records
 
         t = spec.traces
         return generated_records(GeneratedTraces(t.generate, length=t.length, n=t.n, seed=t.seed), n=spec.limit)
     if spec.traces == TESTBED_TRACES:
-        from ..testbed.planted import load_truth, planted_traces
+        from interventions.testbed.planted import load_truth, planted_traces
 
         texts = planted_traces(load_truth(truth_folder), n=spec.limit or 8, seed=spec.seed, gated=True)
         return [{"text": t} for t in texts]
@@ -475,13 +476,13 @@ def check_inputs(spec: Spec, *, device: str | None = None, force: bool = False) 
     ``intervene validate`` and ``intervene run`` both call this, so validate says "ok" exactly
     when a run would get past its checks. Raises :class:`SpecError` / :class:`UserError`.
     """
-    from ..adapters import model_dims
-    from ..dependencies import require_for_run
-    from ..detect import check_trace_lengths
-    from ..memory import check_memory, estimate_memory
-    from ..models import check_device, load_config, load_tokenizer, resolve_dtype, resolve_source
+    from interventions.models.adapters import model_dims
+    from interventions.models.dependencies import require_for_run
+    from interventions.models.load import check_device, load_config, load_tokenizer, resolve_dtype, resolve_source
+    from interventions.models.memory import check_memory, estimate_memory
+
     from .target_sets import token_ids_for
-    from ..traces import traces_from_records
+    from .traces import check_trace_lengths, traces_from_records
 
     require_for_run(report=spec.report)
     device = device or spec.device

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from .conditions import (  # noqa: F401 - re-exported
+from .conditions import (
     KINDS,
     Condition,
     EffectColumn,
@@ -30,8 +30,7 @@ from .conditions import (  # noqa: F401 - re-exported
     expand_conditions,
     register_kind,
 )
-from .hypotheses import Hypothesis
-from .fields import (  # noqa: F401 - re-exported
+from .fields import (
     MEASURES,
     SITES,
     LayerRange,
@@ -47,7 +46,8 @@ from .fields import (  # noqa: F401 - re-exported
     resolve_layers,
     show,
 )
-from .target_sets import (  # noqa: F401 - re-exported
+from .hypotheses import Hypothesis
+from .target_sets import (
     TARGETS,
     MatchedControls,
     Positions,
@@ -82,7 +82,7 @@ exactly as a file would without this module importing the loader back."""
 
 class GeneratedTraceSource(SpecModel):
     """``traces: {generate: random_tokens, length: 64, n: 100, seed: 0}``: Gu et al.'s input controls
-    (see :mod:`interventions.trace_sources`): the tokenizer's own special prefix, then ``length``
+    (see :mod:`interventions.spec.trace_sources`): the tokenizer's own special prefix, then ``length``
     random vocabulary tokens, or one random token repeated."""
 
     generate: Literal["random_tokens", "repeated_token"] = Field(

@@ -6,8 +6,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from ..errors import UserError
-from ..registry import Registry
+from interventions.errors import UserError
+from interventions.registry import Registry
+
 from .conditions import registered_union
 from .fields import SpecModel, fail, show, tokens_validator
 
@@ -18,7 +19,7 @@ TARGETS: Registry[type[TargetBase]] = Registry("selector")
 def register_target(cls: type[TargetBase]) -> type[TargetBase]:
     """Class decorator: register a target selector under its ``select`` literal (usable after import).
 
-    The spec accepts it at once; resolving it to positions is :func:`interventions.targets.resolve_targets`'
+    The spec accepts it at once; resolving it to positions is :func:`interventions.compile.targets.resolve_targets`'
     job (a selector it does not know is reported there).
     """
     return TARGETS.register(cls.model_fields["select"].default, cls)
@@ -28,7 +29,7 @@ def token_ids_for(tokenizer, tokens: list[str | int], *, field: str) -> list[int
     """Map token strings/ids to ids; a string that is not exactly one token is an error.
 
     Here, beside the selectors whose ``tokens`` it reads, so that validation (``spec.load``) and
-    resolution (``interventions.targets``) share it without an import cycle."""
+    resolution (``interventions.compile.targets``) share it without an import cycle."""
     ids = []
     for tok in tokens:
         if isinstance(tok, int):

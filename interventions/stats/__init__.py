@@ -14,11 +14,17 @@ sign-flip test that gives their p. Exact zeros (``exact_zero``) and degenerate e
 """
 
 from ._common import SNAP_RTOL, snap_rtol_for
-from .effects import (adjust_pvalues, compensation, mask_primary_change, masked_layer_rows, per_layer_effects,
-                      trace_mean_test)
+from .effects import (
+    adjust_pvalues,
+    compensation,
+    mask_primary_change,
+    masked_layer_rows,
+    per_layer_effects,
+    trace_mean_test,
+)
 from .fits import dose_response, fit_norm_lifetime, fit_norm_score, norm_score_rows, page_trend, spearman_permutation
-from .summaries import figure_summaries, trace_means
 from .jsonable import to_jsonable
+from .summaries import figure_summaries, trace_means
 from .verdicts import (
     MARGINS,
     VERDICT_RULE,

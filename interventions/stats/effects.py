@@ -15,7 +15,16 @@ import numpy as np
 import pandas as pd
 from statsmodels.stats.multitest import multipletests
 
-from ._common import LEVEL, SNAP_RTOL, as_bool, require_columns, snap_small, snap_rtol_for, trace_codes, warnings_to_notes  # noqa: F401
+from ._common import (
+    LEVEL,
+    SNAP_RTOL,
+    as_bool,
+    require_columns,
+    snap_rtol_for,
+    snap_small,
+    trace_codes,
+    warnings_to_notes,
+)  # noqa: F401
 from ._resampling import MIN_BOOT, bootstrap_weights, interval, jackknife_weights, sign_flip_interval, sign_flip_test
 from .jsonable import to_jsonable
 

@@ -15,7 +15,7 @@ import pandas as pd
 import statsmodels.api as sm
 from scipy import stats
 
-from ._common import LEVEL, as_bool, warnings_to_notes, require_columns, trace_codes
+from ._common import LEVEL, as_bool, require_columns, trace_codes, warnings_to_notes
 from ._regression import coef_summary, glm_clustered
 from ._resampling import cluster_bootstrap, sign_flip_test
 from .effects import did_stat, flip_generator, group_sums, mask_primary_change, paired_trace_differences

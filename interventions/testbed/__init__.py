@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import UserError
+from interventions.errors import UserError
 
 TESTBEDS = {"planted": "qwen2", "planted-llama": "llama"}
 """Testbed name -> architecture of the planted model."""

@@ -54,7 +54,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from interventions.errors import UserError
+
 from .tokenizer import BOS, EOS, save_tokenizer, vocab_form
 
 PLANTED_VERSION = 2  # 2: " ~" N 3.4 -> 2.8 (cosine-only rule, issue 9)

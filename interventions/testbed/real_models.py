@@ -93,7 +93,7 @@ def default_cache_root() -> Path:
 def real_model_folder(name: str, root: str | Path | None = None) -> Path:
     """Where the HF folder of real model ``name`` lives (it may not exist yet)."""
     if name not in REAL_MODELS:
-        from ..errors import UserError
+        from interventions.errors import UserError
 
         raise UserError(f"unknown real model {name!r}; known: {', '.join(REAL_MODELS)}", field="model")
     return Path(root if root is not None else default_cache_root()) / REAL_DIR / name
