@@ -16,7 +16,7 @@ from interventions.detection.rules import (
     detect_trace,
     find_primary_sinks,
     level_counts,
-    longest_run,
+    sink_level,
     paper_code_flags,
     paper_code_label,
     paper_code_window,
@@ -163,8 +163,8 @@ def test_level_is_the_longest_run_and_a_flicker_is_recorded_not_used():
     (sink,) = [s for s in detect_sinks(obs) if s.kind == "secondary"]
     assert sink.level == (5, 4) and sink.first_aligned == 2 and sink.n_aligned == 6
     assert sink.layers == [5, 6, 7, 8]
-    assert longest_run(np.array([1, 1, 0, 1, 1, 0], bool)) == (0, 2)  # ties: the earliest
-    assert longest_run(np.zeros(4, bool)) == (-1, 0)
+    assert sink_level(np.array([1, 1, 0, 1, 1, 0], bool)) == (0, 2)  # ties: the earliest
+    assert sink_level(np.zeros(4, bool)) == (-1, 0)
     assert not [s for s in detect_sinks(obs, config=DetectionConfig(min_lifetime=5)) if s.kind == "secondary"]
 
 
@@ -286,3 +286,20 @@ def test_compare_recomputes_the_reference_labels_with_the_paper_code():
         agreement = label_agreement(ref)
         assert agreement["n"] == len(ref) and agreement["share"] == 1.0
         assert (ref["lifetime"] == ref["n_layers"]).all()  # the code's count, not the contiguous run
+
+
+def test_effects_rows_read_the_level_detection_reads_for_a_flickering_sink():
+    """A token aligned at layer 1 alone, then 4-7 (a flicker before its main run, as the '.' of Qwen2.5-Coder's
+    system prompt at layers 4 and 16-21): effects rows say (4, 4) like detection, not the first run (1, 1)."""
+    from interventions.measures.compute import target_rows
+
+    L, T, pos = 10, 3, 2
+    aligned = np.zeros((L, T), bool)
+    aligned[1, pos] = True
+    aligned[4:8, pos] = True
+    zeros = np.zeros((L, T))
+    table = {"is_sink": aligned, "hidden_norm": zeros, "hidden_cos": zeros, "mlp_out_norm": zeros,
+             "sink_score": zeros, "primary_sink_score": zeros}
+    rows = target_rows(clean=table, edited=table, kl=None, delta_nll=None, position=pos, ref_layer=None, base={})
+    assert (rows[0]["clean_l_start"], rows[0]["clean_lifetime"]) == (4, 4) == sink_level(aligned[:, pos])
+    assert (rows[0]["l_start"], rows[0]["lifetime"]) == (4, 4)

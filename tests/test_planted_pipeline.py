@@ -13,7 +13,8 @@ import torch
 
 from interventions import DetectionConfig, detect
 from interventions.compile import Edit
-from interventions.measures.compute import first_run, per_layer
+from interventions.detection.rules import sink_level as first_run
+from interventions.measures.compute import per_layer
 from interventions.run.execute import TraceExecutor
 from interventions.spec.traces import traces_from_records
 from interventions.testbed.planted import planted_traces

@@ -298,8 +298,14 @@ def _aligned(norm: np.ndarray, cos: np.ndarray, cos_threshold: float, norm_ratio
     return aligned
 
 
-def longest_run(column: np.ndarray) -> tuple[int, int]:
-    """(start, length) of the longest run of True (ties: the earliest); (-1, 0) when none."""
+def sink_level(column: np.ndarray) -> tuple[int, int]:
+    """A secondary sink's level ``(l_start, lifetime)`` from its aligned-layer column: the longest run of True
+    (ties: the earliest); ``(-1, 0)`` when none.
+
+    The one definition of a level: detection, target selection and every effects measure
+    (``l_start``/``lifetime`` and their ``clean_`` twins in ``effects.parquet``) call it, so a token whose
+    cosine flickers above the threshold before its main run gets the same level everywhere.
+    """
     best = (-1, 0)
     start = None
     for i, v in enumerate(list(column) + [False]):
@@ -413,7 +419,7 @@ def detect_trace(obs: Observation, *, trace: int = 0, tokens: list[str] | None =
             hits = np.flatnonzero(aligned[:, t])
             if not hits.size:
                 continue
-            start, lifetime = longest_run(aligned[:, t])
+            start, lifetime = sink_level(aligned[:, t])
             if lifetime < config.min_lifetime:
                 continue
             layers = list(range(start, start + lifetime))
@@ -540,7 +546,7 @@ def sensitivity_rows(obs: Observation, detection: TraceDetection, *, trace: int 
             for t in range(norm.shape[1]):
                 if t in excluded:
                     continue
-                start, life = longest_run(aligned[:, t])
+                start, life = sink_level(aligned[:, t])
                 if life >= min_lifetime:
                     counts[(start, life)] = counts.get((start, life), 0) + 1
             gate = "off" if g is None else f"{g:g}x"
@@ -598,5 +604,5 @@ def token_frequencies(sinks: list[Sink]) -> list[tuple[str, int, int, float]]:
 
 
 __all__ = ["DetectionConfig", "Sink", "TraceDetection", "aligned_layers", "choose_reference", "detect_sinks",
-           "detect_trace", "find_primary_sinks", "level_counts", "longest_run", "onset_layer", "paper_code_flags",
+           "detect_trace", "find_primary_sinks", "level_counts", "sink_level", "onset_layer", "paper_code_flags",
            "paper_code_label", "paper_code_window", "sensitivity_rows", "sensitivity_table", "token_frequencies"]

@@ -9,23 +9,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from interventions.detection.rules import DetectionConfig, aligned_layers
+from interventions.detection.rules import DetectionConfig, aligned_layers, sink_level
 from interventions.models.memory import DIVERGENCE_CHUNK
 from interventions.observation import Observation
 
 PER_LAYER = ("hidden_norm", "hidden_cos", "mlp_out_norm", "sink_score", "primary_sink_score", "is_sink")
-
-
-def first_run(column: np.ndarray) -> tuple[int, int]:
-    """(l_start, lifetime) of the first run of True; (-1, 0) when there is none."""
-    hits = np.flatnonzero(column)
-    if not hits.size:
-        return -1, 0
-    start = int(hits[0])
-    n = 0
-    while start + n < column.shape[0] and column[start + n]:
-        n += 1
-    return start, n
 
 
 def per_layer(obs: Observation, config: DetectionConfig, *, primary_position: int = 0) -> dict[str, np.ndarray]:
@@ -106,8 +94,9 @@ def target_rows(*, clean: dict[str, np.ndarray], edited: dict[str, np.ndarray], 
                 delta_nll: np.ndarray | None, position: int, ref_layer: int | None, base: dict) -> list[dict]:
     """One row per layer for one target: intervened and ``clean_`` values side by side."""
     L = clean["is_sink"].shape[0]
-    l_start, lifetime = first_run(edited["is_sink"][:, position])
-    c_start, c_life = first_run(clean["is_sink"][:, position])
+    # the one definition of a level (the longest aligned run), as detection and target selection use it
+    l_start, lifetime = sink_level(edited["is_sink"][:, position])
+    c_start, c_life = sink_level(clean["is_sink"][:, position])
     ref = ref_layer if ref_layer is not None and 0 <= ref_layer < L else (c_start if c_start >= 0 else None)
     # Within a layer attention runs before the MLP, so an edit at layer l is first seen by the
     # attention of layer l + 1: that is where its effect on the sink score is read.
