@@ -51,6 +51,12 @@ class AttentionMask(InterventionBase):
         return [self._condition(index, cid, site=None, layer=concrete(self.layers), redirect=self.redirect)]
 
     @classmethod
+    def family_key(cls, condition: dict) -> tuple:
+        """Layer rule and redirect split the families (a redirect to the primary sink is another claim)."""
+        return (condition["kind"], str(condition.get("layer")), condition.get("redirect") or "",
+                "+".join(sorted(condition.get("targets") or [])))
+
+    @classmethod
     def edits_for(cls, condition, target, layers, state):
         # bos: the removed mass goes to the trace's reference primary sink (position 0 unless detection
         # put the primary sink elsewhere).

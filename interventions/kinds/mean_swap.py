@@ -30,6 +30,7 @@ class MeanSwap(InterventionBase):
 
     LAYER_FIELDS: ClassVar[tuple[str, ...]] = ("layers",)
     COMPILES_TO: ClassVar[str] = "site"
+    TAUTOLOGICAL_AT_L_START: ClassVar[bool] = True
     kind: Literal["mean_swap"] = Field("mean_swap",
                                        description="Swap the site output for its mean, one layer at a time.")
     site: Site | list[Site] = Field(description="One site or a list of sites; each site is swept separately.")
@@ -65,6 +66,11 @@ class MeanSwap(InterventionBase):
                 isinstance(self.layers, SweepRange) and self.layers.to == "l_start"):
             return [f"interventions[{index}].max_offset: ignored — it only applies to layers: {{from: a, to: l_start}}"]
         return []
+
+    @classmethod
+    def family_key(cls, condition: dict) -> tuple:
+        """A sweep's layers are one family (the claim is about swaps before l_start, read over the sweep)."""
+        return (condition["kind"], condition.get("site") or "", "+".join(sorted(condition.get("targets") or [])))
 
     # -- run --------------------------------------------------------------------------------
 

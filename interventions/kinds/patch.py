@@ -51,6 +51,7 @@ class PatchSource(SpecModel):
 class Patch(SiteIntervention):
     """Write the clean value of another position or trace at a site for the target tokens (one condition)."""
 
+    TAUTOLOGICAL_AT_L_START: ClassVar[bool] = True
     EFFECT_COLUMNS: ClassVar[dict[str, EffectColumn]] = {
         "source_trace": EffectColumn("patch: trace the written value comes from (-1 for other kinds)", -1),
         "source_position": EffectColumn("patch: position the written value comes from (-1 for other kinds)", -1),

@@ -17,6 +17,8 @@ from .base import SiteIntervention
 class Scale(SiteIntervention):
     """Multiply a site's output for the target tokens; each factor is its own condition."""
 
+    TAUTOLOGICAL_AT_L_START: ClassVar[bool] = True
+    DOSE: ClassVar[str | None] = "factor"
     EFFECT_COLUMNS: ClassVar[dict[str, EffectColumn]] = {
         "factor": EffectColumn("scale factor (NaN for other kinds)", float("nan"))}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -14,6 +14,8 @@ from .base import SiteIntervention
 @register_kind
 class Zero(SiteIntervention):
     """Set a site's output to zero for the target tokens (one condition)."""
+
+    TAUTOLOGICAL_AT_L_START: ClassVar[bool] = True
 
     kind: Literal["zero"] = Field("zero", description="Zero the site output of the target tokens.")
 

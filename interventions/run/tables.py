@@ -25,6 +25,8 @@ BASE_COLUMNS = {
     "token": "decoded token",
     "token_id": "token id",
     "clean_kind": "primary | secondary | none in the clean run",
+    "prefix_hash": "hash of the token ids up to and including the target: the same hash in two traces is the same "
+                   "measurement (a causal LM sees the same prefix), counted once as an independent unit",
     "layer": "layer at which the per-layer measures are taken",
     "non_finite": "the intervened forward produced NaN/inf where the clean one is finite (see manifest non_finite)",
 }

@@ -122,7 +122,7 @@ def run_trace(loaded, tr, conditions, config, sinks, sets, condition_s, reuse_pr
                 "intervened_layer": layers[0], "intervened_layers": ",".join(map(str, layers)),
                 "target_set": t.target_set, "is_control": is_control,
                 "trace": tr.index, "position": t.position, "token": t.token, "token_id": t.token_id,
-                "clean_kind": t.clean_kind,
+                "clean_kind": t.clean_kind, "prefix_hash": prefix_hash(tr.token_ids, t.position),
             }
             ref = layers[0] if kind.COMPILES_TO == "site" else None
             new = target_rows(clean=clean_layers, edited=edited_layers, kl=kl, delta_nll=dnll,
@@ -140,3 +140,14 @@ def run_trace(loaded, tr, conditions, config, sinks, sets, condition_s, reuse_pr
     extra = {"sink_layers": sink_layer_rows(clean, sinks, L), "clean_profile": clean_profile_rows(clean, tr.index, sinks),
              "sink_window": sink_window_rows(clean, sinks, L)}
     return rows, downstream, extra
+
+
+def prefix_hash(token_ids, position: int) -> str:
+    """A short hash of the tokens up to and including ``position``.
+
+    A causal LM's activations at ``position`` depend on nothing else, so two traces whose targets share
+    this hash (a sink in a shared system prompt) measure the same thing: one independent unit, not two.
+    """
+    import hashlib
+
+    return hashlib.sha1(",".join(map(str, list(token_ids)[:position + 1])).encode()).hexdigest()[:16]

@@ -179,6 +179,12 @@ class InterventionBase(SpecModel):
     ``attention``: edits attention probabilities (installed on the hookable attention function)."""
     EFFECT_COLUMNS: ClassVar[dict[str, EffectColumn]] = {}
     """Columns this kind adds to the effects table, with their meaning and the value other kinds' rows hold."""
+    DOSE: ClassVar[str | None] = None
+    """The effects column holding this kind's dose (``factor`` for ``scale``): its conditions get a dose-response
+    (statistics and figure) per target set."""
+    TAUTOLOGICAL_AT_L_START: ClassVar[bool] = False
+    """Whether editing a target's whole hidden state (``block_output``) at its own clean l_start removes its sink
+    status by construction; such rows are left out of every verdict (and listed as tautological)."""
 
     kind: str = Field(description="Which intervention; each kind class narrows this to its own name.")
     targets: list[str] = Field(min_length=1, description="Names of target sets (keys of `targets`) to intervene on.")
@@ -213,6 +219,23 @@ class InterventionBase(SpecModel):
         kw.setdefault("params", {})
         return Condition(id=cid, kind=self.kind, targets=list(self.targets), controls=self.controls,
                          intervention=index, **kw)
+
+    # -- analysis side (class methods: the statistics and the report ask the kind) ----------
+
+    @classmethod
+    def family_key(cls, condition: dict) -> tuple:
+        """Conditions with the same key are judged as one verdict family (a ``Condition.to_dict()`` in).
+
+        Default: kind, site, layer rule and target sets, so a dose-response's factors stay together and
+        two interventions on different target sets (sinks of l_start 4 and of l_start 16) never pool.
+        """
+        return (condition["kind"], condition.get("site") or "", str(condition.get("layer")),
+                "+".join(sorted(condition.get("targets") or [])))
+
+    @classmethod
+    def family_label(cls, key: tuple) -> str:
+        """The family's part of a verdict key (``H1/<label>``): the key without the kind."""
+        return "/".join(str(p) for p in key[1:] if p not in (None, "")).replace(".", "_")
 
     # -- run side (class methods: they see conditions, not the spec) ------------------------
 

@@ -1,64 +1,76 @@
 """Hypotheses a spec declares: which conditions a verdict rests on, what it compares them with.
 
-A spec may list ``hypotheses:``; when it lists none, H1-H4 are generated from its
-interventions (:func:`default_hypotheses`). Either way every verdict rests on one *condition
-family* (one site and one layer rule; the factors of a scale dose-response, or the layers of a
-mean-swap sweep before l_start, stay together) and names the conditions it used::
+A spec may list ``hypotheses:``; when it lists none, the registered defaults H1-H4
+(:data:`HYPOTHESES`) are generated from its interventions. Either way every verdict rests on one
+*condition family* (the kind says what groups into one: site, layer rule and target sets; the
+factors of a scale dose-response, or the layers of a mean-swap sweep, stay together) and names
+the conditions it used and the arm it was compared with::
 
     hypotheses:
       - id: H1
         conditions: {kind: zero, site: mlp_output, layer: l_start}   # or a list of condition ids
         measure: sink_rate_change
-        compare: placebo            # clean | placebo | controls | auto (placebo, else controls, else clean)
-        placebo: {layers: [2]}      # generates zero.mlp_output.l_start.placebo-L2 on the same targets
+        compare: placebo            # auto | placebo | controls | clean
+        placebo: {edit: noise}      # generates zero.mlp_output.l_start.noise.placebo on the same targets
         direction: decrease
         alpha: 0.05
         margin: 0.10
 
-Placebo conditions are generated at condition expansion (:func:`placebo_conditions`): the
-same kind, site and targets at another layer (or site), run without controls. For H1 they
-are the "sink controls": real sinks given the placebo edit, so "lost" and "kept" are possible
-in both arms.
+Every measure (:mod:`interventions.spec.measures`) names the arms that can decide it: arms
+whose units can move both ways under the null. ``compare: auto`` takes the first of those the
+run has; a hypothesis whose arm is missing, or that asks for an arm that cannot decide its
+measure, gets the verdict "not testable" with the reason, never a silent fall-back.
+
+Placebo conditions are generated at condition expansion (:func:`placebo_conditions`):
+``edit: noise`` adds a random direction of the norm the real edit changes, at the same site,
+layer and targets (the magnitude-matched placebo); ``layers``/``sites`` repeat the same edit at
+other layers or sites. Placebos keep the targets and drop the controls: for H1 and H3 their units
+are clean sinks, which can be lost or kept in both arms.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-MEASURES = {
-    "sink_rate_change": ("zero", "decrease", 0.10,
-                         "change in the share of clean-sink targets that are still sinks (edited - clean)"),
-    "lifetime_slope": ("scale", "increase", 0.5,
-                       "within-token slope of lifetime on log(factor), over the factors where the token is a sink"),
-    "suppression_rate": ("mean_swap", "increase", 0.05,
-                         "share of (future sink, swap layer < l_start) pairs that are no sink after the swap"),
-    "suppression_trend": ("mean_swap", "increase", 0.01,
-                          "within-trace slope of the suppression rate on the swap layer before l_start (per layer; "
-                          "positive: swaps nearer l_start suppress more)"),
-    "primary_beyond_renormalisation": (
-        "attention_mask", "nonzero", 0.01,
-        "change of the primary sink score beyond what the mask does by arithmetic alone, from the first masked "
-        "layer on (edited minus the renormalisation prediction from the clean attention in masked layers, minus "
-        "the clean score after them)"),
-    "primary_score_after_mask": ("attention_mask", "nonzero", 0.01,
-                                 "change of the primary sink score in the layers after the last masked layer"),
-    "kl": ("attention_mask", "increase", 0.01, "mean KL(clean || edited) of next-token predictions"),
-}
-"""measure -> (intervention kind it reads, default direction, default equivalence margin, meaning)."""
+from interventions.registry import Registry
 
-CLAIMS = {
-    "H1": ("zeroing the l_start MLP output prevents the secondary sink", ["sink_rate_change"]),
-    "H2": ("scaling the MLP output norm makes sinks whose lifetime grows with the norm", ["lifetime_slope"]),
-    "H3": ("mean-swapping a future sink's activation before l_start suppresses it", ["suppression_rate"]),
-    "H4": ("masking attention to secondary sinks changes the primary sink beyond renormalisation and the "
-           "predictions", ["primary_beyond_renormalisation", "kl"]),
-}
-"""The default hypotheses: claim and measures (every measure must hold: intersection-union)."""
+from .measures import MEASURES
 
-DEFAULT_SELECTORS = {"H1": {"kind": "zero", "site": "mlp_output"}, "H2": {"kind": "scale", "site": "mlp_output"},
-                     "H3": {"kind": "mean_swap"}, "H4": {"kind": "attention_mask"}}
+
+@dataclass(frozen=True)
+class DefaultHypothesis:
+    """A hypothesis generated when a spec declares none: the claim, its measures and the conditions it selects."""
+
+    id: str
+    claim: str
+    measures: tuple[str, ...]
+    selector: dict
+
+
+HYPOTHESES: Registry[DefaultHypothesis] = Registry("hypothesis")
+"""The paper's claims as default hypotheses, by id (H1-H4); register more with :func:`register_hypothesis`."""
+
+
+def register_hypothesis(h: DefaultHypothesis) -> DefaultHypothesis:
+    """Add a default hypothesis (generated for every spec that declares none)."""
+    return HYPOTHESES.register(h.id, h)
+
+
+register_hypothesis(DefaultHypothesis(
+    "H1", "zeroing the l_start MLP output prevents the secondary sink", ("sink_rate_change",),
+    {"kind": "zero", "site": "mlp_output"}))
+register_hypothesis(DefaultHypothesis(
+    "H2", "the lifetime of a token rises with the norm of its l_start MLP output (log-linear), non-sinks included",
+    ("lifetime_slope",), {"kind": "scale", "site": "mlp_output"}))
+register_hypothesis(DefaultHypothesis(
+    "H3", "mean-swapping a future sink's activation before l_start suppresses it", ("suppression_rate",),
+    {"kind": "mean_swap"}))
+register_hypothesis(DefaultHypothesis(
+    "H4", "masking attention to secondary sinks raises the primary sink's score beyond renormalisation and changes "
+          "the predictions", ("primary_beyond_renormalisation", "kl"), {"kind": "attention_mask"}))
 
 
 class _Model(BaseModel):
@@ -82,8 +94,11 @@ class ConditionSelector(_Model):
 
 
 class Placebo(_Model):
-    """Placebo conditions to generate: the hypothesis' conditions at other layers and/or sites."""
+    """Placebo conditions to generate: magnitude-matched noise, or the same edit at other layers and/or sites."""
 
+    edit: Literal["noise"] | None = Field(
+        None, description="noise: add a random direction of the norm the real edit changes (same site, layer, "
+                          "targets).")
     layers: list[int | str] = Field(default_factory=list,
                                     description="Layers (absolute, or l_start-N) to repeat the edit at.")
     sites: list[str] = Field(default_factory=list, description="Other sites to repeat the edit at (same layer).")
@@ -97,9 +112,11 @@ class Hypothesis(_Model):
     claim: str = Field("", description="The claim in words (goes into the report).")
     conditions: list[str] | ConditionSelector = Field(
         description="Condition ids, or a selector {kind, site, layer, redirect}.")
-    measure: list[str] = Field(description="One measure or a list (all must hold): " + ", ".join(MEASURES))
+    measure: list[str] = Field(description="One measure or a list (all must hold), e.g. sink_rate_change, "
+                                           "lifetime_slope, suppression_rate, primary_beyond_renormalisation, kl.")
     compare: Literal["auto", "clean", "placebo", "controls"] = Field(
-        "auto", description="What the conditions are compared with (auto: placebo, else controls, else clean).")
+        "auto", description="The arm the conditions are compared with; auto: the first arm the measure can be "
+                            "decided by that the run has.")
     placebo: Placebo | None = Field(None, description="Placebo conditions to generate or use.")
     direction: Literal["increase", "decrease", "nonzero"] | None = Field(
         None, description="Predicted direction (default: the measure's).")
@@ -114,6 +131,8 @@ class Hypothesis(_Model):
             bad = [m for m in v if m not in MEASURES]
             if bad:
                 raise ValueError(f"{bad[0]!r} is not a measure — use one of {', '.join(MEASURES)}")
+            if not v:
+                raise ValueError("[] names no measure — give at least one of " + ", ".join(MEASURES))
         return v
 
     def selects(self, c: dict) -> bool:
@@ -131,17 +150,20 @@ def is_placebo(condition_id: str) -> bool:
 
 
 def default_hypotheses() -> list[Hypothesis]:
-    """H1-H4 as :class:`Hypothesis` records (used when a spec declares none)."""
-    return [Hypothesis(id=h, claim=claim, conditions=ConditionSelector(**DEFAULT_SELECTORS[h]), measure=measures)
-            for h, (claim, measures) in CLAIMS.items()]
+    """The registered default hypotheses (:data:`HYPOTHESES`) as :class:`Hypothesis` records."""
+    return [Hypothesis(id=h.id, claim=h.claim, conditions=ConditionSelector(**h.selector), measure=list(h.measures))
+            for h in HYPOTHESES.values()]
 
 
 def placebo_conditions(spec, conditions: list) -> list:
-    """Placebo conditions the spec's hypotheses ask for (``placebo: layers/sites``), in order.
+    """Placebo conditions the spec's hypotheses ask for (``placebo: edit/layers/sites``), in order.
 
-    Each copies a selected condition with another layer or site, keeps its targets, drops its
-    controls, and gets the id ``<kind>.<site>.<layer label>.placebo`` (one placebo serves every
-    condition of a mean-swap sweep).
+    ``edit: noise`` gives, for every selected condition of a kind whose change can be matched
+    (zero, scale, mean_swap), the condition ``<id>.noise.placebo``: kind ``noise`` at the same
+    site, layer and targets, with the norm the real edit changes there. ``layers``/``sites`` copy
+    a selected condition to another layer or site (id ``<kind>.<site>.<layer label>.placebo``;
+    one serves every condition of a mean-swap sweep). Every placebo keeps its targets, drops its
+    controls and records the condition it stands beside in ``params["placebo_of"]``.
     """
     from dataclasses import replace
 
@@ -154,8 +176,17 @@ def placebo_conditions(spec, conditions: list) -> list:
         for c in conditions:
             if not h.selects(c.to_dict()):
                 continue
-            variants = [{"layer": layer, "params": {}} for layer in h.placebo.layers]
-            variants += [{"site": site} for site in h.placebo.sites]
+            if h.placebo.edit == "noise" and c.kind in ("zero", "scale", "mean_swap"):
+                cid = f"{c.id}.noise.placebo"
+                if cid not in seen:
+                    seen.add(cid)
+                    matched = {"kind": c.kind, "factor": c.factor if c.kind == "scale" else None}
+                    params = {**c.params, "norm": "matched", "matched_to": matched, "match": "orthogonal",
+                              "orthogonal_to_sink": True, "seed": 0, "placebo_of": c.id}
+                    out.append(replace(c, id=cid, kind="noise", controls=None, factor=None, redirect=None,
+                                       params=params))
+            variants = [{"layer": layer, "params": {"placebo_of": c.id}} for layer in h.placebo.layers]
+            variants += [{"site": site, "params": {**c.params, "placebo_of": c.id}} for site in h.placebo.sites]
             for change in variants:
                 site, layer = change.get("site", c.site), change.get("layer", c.layer)
                 parts = [c.kind, site, layer_label(layer), f"x{c.factor:g}" if c.factor is not None else None,

@@ -3,7 +3,9 @@
 - :mod:`.fits`: norm -> sink-score ratio, norm -> lifetime (plateaus), dose-response.
 - :mod:`.effects`: per-layer intervention effects with trace-level inference, compensation.
 - :mod:`.summaries`: descriptive means with trace-bootstrap intervals, the numbers the figures draw.
-- :mod:`.verdicts`: the verdict rule and the pre-declared hypotheses H1-H4.
+- :mod:`.verdicts`: the verdict rule and the sign-flip estimate behind every verdict.
+- :mod:`.hypotheses`: the verdict path (one verdict per hypothesis and condition family); :mod:`.outcomes`: the
+  built-in hypothesis measures.
 - :mod:`.jsonable`: :func:`to_jsonable` for writing ``stats.json``.
 
 Every random draw is seeded (``np.random.default_rng``), the trace is the unit of inference
@@ -25,20 +27,9 @@ from .effects import (
 from .fits import dose_response, fit_norm_lifetime, fit_norm_score, norm_score_rows, page_trend, spearman_permutation
 from .jsonable import to_jsonable
 from .summaries import figure_summaries, trace_means
-from .verdicts import (
-    MARGINS,
-    VERDICT_RULE,
-    combine,
-    h1_zero_prevents,
-    h2_scaling_grows,
-    h3_swap_suppresses,
-    h4_mask_changes,
-    judge,
-    verdict,
-)
+from .verdicts import VERDICT_RULE, combine, judge, trace_sign_flip, verdict
 
 __all__ = [
-    "MARGINS",
     "SNAP_RTOL",
     "VERDICT_RULE",
     "adjust_pvalues",
@@ -49,10 +40,6 @@ __all__ = [
     "figure_summaries",
     "fit_norm_score",
     "norm_score_rows",
-    "h1_zero_prevents",
-    "h2_scaling_grows",
-    "h3_swap_suppresses",
-    "h4_mask_changes",
     "judge",
     "mask_primary_change",
     "masked_layer_rows",
@@ -62,6 +49,7 @@ __all__ = [
     "spearman_permutation",
     "to_jsonable",
     "trace_mean_test",
+    "trace_sign_flip",
     "trace_means",
     "verdict",
 ]
