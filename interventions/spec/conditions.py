@@ -360,7 +360,6 @@ Intervention = registered_union(KINDS, "kind", InterventionBase)
 
 def _expand(spec) -> tuple[list[Condition], list[str]]:
     per = [(i, iv.conditions(i)) for i, iv in enumerate(spec.interventions)]
-    per.append((len(per), placebo_conditions(spec, [c for _, cs in per for c in cs])))
     counts: dict[str, int] = {}
     for _, conds in per:
         for c in conds:
@@ -383,6 +382,14 @@ def _expand(spec) -> tuple[list[Condition], list[str]]:
                 continue
             first[c.id] = i
             out.append(c)
+    # placebos stand beside the conditions as finally named (their ids and placebo_of follow them)
+    for c in placebo_conditions(spec, out):
+        if c.id in first:
+            problems.append(f"hypotheses: the placebo {c.id!r} repeats a condition of interventions[{first[c.id]}] "
+                            "— remove that intervention or the placebo")
+            continue
+        first[c.id] = len(per)
+        out.append(c)
     return out, list(dict.fromkeys(problems))
 
 

@@ -138,9 +138,10 @@ EXACT_TOL = 1e-6
 edited passes may sum the same numbers in another order (prefix reuse), which leaves ~1e-10. bfloat16 and
 float16 runs use :func:`exact_tol_for`."""
 
-FLIPS = 2**16
-"""Sign patterns of the sign-flip test: all 2^G are enumerated up to G = 16 units (exact p); beyond, 2^16
-random patterns (Monte Carlo, p = (1 + hits) / (1 + B), scipy's convention)."""
+FLIPS = 9999
+"""Sign patterns of the sign-flip test: all 2^G are enumerated while 2^G <= 9999, i.e. up to G = 13 units (exact
+p); beyond, 9999 random patterns (Monte Carlo, p = (1 + hits) / (1 + B), scipy's convention; the smallest p is
+1e-4, far below any alpha a verdict uses)."""
 
 
 def exact_tol_for(dtype: str | None) -> float:
@@ -155,8 +156,8 @@ def trace_sign_flip(d, *, alpha: float = ALPHA, seed: int = 0, tol: float = EXAC
     """Mean of per-unit values ``d`` with a sign-flip p and the CI that inverts the same test.
 
     The p is ``scipy.stats.permutation_test(permutation_type="samples")`` on the units' signs
-    (:func:`~interventions.stats._resampling.sign_flip_test`: exact up to G = 16, Monte Carlo with
-    2^16 draws beyond); the CI is every shift the same test does not reject at ``alpha``
+    (:func:`~interventions.stats._resampling.sign_flip_test`: exact up to G = 13, Monte Carlo with
+    9999 draws beyond); the CI is every shift the same test does not reject at ``alpha``
     (:func:`~interventions.stats._resampling.sign_flip_interval`, which scipy does not offer).
 
     Returns ``{effect, p, ci_low, ci_high, n_traces, exact_null, degenerate, p_method}``. On an exact
@@ -173,6 +174,8 @@ def trace_sign_flip(d, *, alpha: float = ALPHA, seed: int = 0, tol: float = EXAC
         return out
     if np.all(d == 0):
         out.update(effect=0.0, exact_null=True)
+        return out
+    if g < 2:  # one unit: no test (and none is needed: the verdict rule asks for min_traces units)
         return out
     out["p"], out["p_method"] = sign_flip_test(d, rng=np.random.default_rng(seed), n_flip=FLIPS)
     if np.ptp(d) == 0:
