@@ -157,10 +157,13 @@ def draw_mask(tables: dict, stats: dict):
     ax1.plot(clean.index, clean.to_numpy(), "-", color="black", lw=2, label="clean")
     palette = plt.get_cmap("tab10")
     conditions = list(dict.fromkeys(e["condition"]))
+    styles = [("--", "o"), (":", "^"), ("-.", "s"), ((0, (5, 1, 1, 1)), "D")]  # conditions that coincide stay visible
     for i, cond in enumerate(conditions):
         g = per_trace[per_trace["condition"] == cond].groupby("layer")["primary_sink_score"].mean()
         if len(g):
-            ax1.plot(g.index, g.to_numpy(), "--o", ms=3, color=palette(i % 10), label=f"masked: {_short(cond)}")
+            ls, marker = styles[i % len(styles)]
+            ax1.plot(g.index, g.to_numpy(), ls=ls, marker=marker, ms=4 + 1.5 * (len(conditions) - 1 - i), mfc="none",
+                     color=palette(i % 10), label=f"masked: {_short(cond)}")
     if "masked" in targets.columns:
         masked_layers = sorted(targets.loc[as_bool(targets["masked"]), "layer"].unique())
         for layer in masked_layers:
@@ -203,7 +206,7 @@ def draw_mask(tables: dict, stats: dict):
     ax2.set_ylim(0, (top if top > 0 else 1e-3) * (1.15 if notes else 1.0))
     ax2.set_xlim(-0.7, len(conditions) - 0.3)
     ax2.set_xticks(range(len(conditions)))
-    ax2.set_xticklabels([_short(c) for c in conditions], rotation=15, ha="right")
+    ax2.set_xticklabels([_short(c).replace(".", "\n") for c in conditions])
     ax2.set_ylabel("mean KL(clean || masked), nats")
     ax2.set_title("Next-token KL per condition (mean, 95% CI)")
     ax2.grid(alpha=0.3, axis="y")
