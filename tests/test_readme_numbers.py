@@ -99,6 +99,7 @@ def test_dose_response_caption_and_compare_runs_example(norm_scale_run):
     assert (f"(8 `\" ~\"` and 8 non-sink `\" &\"` tokens, 8 traces)" in text and set(weak.targets) == {8}
             and set(others.targets) == {8})
     assert f"for {lifetimes[0]}, {lifetimes[1]} and {lifetimes[2]} layers at 2x, 5x and 10x" in text
+    assert f"becomes a sink with lifetimes {lifetimes[0]}, {lifetimes[1]}, {lifetimes[2]} at 2x, 5x, 10x" in text
     assert "so half the targets become sinks from layer 4" in text
 
     e = norm_scale_run.effects
