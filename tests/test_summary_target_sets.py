@@ -51,7 +51,7 @@ def test_terminal_table_shows_each_target_set(norm_scale_run):
         tables.print_run_summary(norm_scale_run)
     text = captured.get()
     lines = {(m.group(1), m.group(2)): m.group(0) for m in
-             re.finditer(r"^(scale\.\S+)\s+(weak|others|sinks)\s.*$", text, re.M)}
+             re.finditer(r"^(scale\.\S+)\s+(weak|others|sinks)\s.*$", text, re.MULTILINE)}
     for factor, life in zip(FACTORS, ("1.0", "3.0", "5.0")):
         weak = lines[(f"scale.mlp_output.l_start.x{factor}.weak+others", "weak")].split()
         others = lines[(f"scale.mlp_output.l_start.x{factor}.weak+others", "others")].split()

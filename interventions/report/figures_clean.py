@@ -138,7 +138,8 @@ def draw_levels(tables: dict, stats: dict):
 
 @styled
 def draw_scores(tables: dict, stats: dict):
-    """Primary vs secondary sink score across depth, with the valley layer and the l_start range.
+    """Primary vs secondary sink score across depth, with the valley layer and the first attention
+    layer(s) reading a secondary sink (l_start + 1).
 
     Bands are the stats' intervals: the primary profile's from ``compensation.profile``, the
     secondary sinks' from ``summaries.secondary_score_by_layer``.

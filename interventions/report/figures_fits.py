@@ -117,7 +117,7 @@ def draw_norm_score(tables: dict, stats: dict):
         n_rows = int((d["layer"] == layer).sum())
         if layer in own:
             x0, x1, y0, y1, row = own[layer]
-            line, = ax.plot([x0, x1], [y0, y1], color=colors[layer], lw=1.5, gid=f"fit-layer-{layer}", zorder=2)
+            ax.plot([x0, x1], [y0, y1], color=colors[layer], lw=1.5, gid=f"fit-layer-{layer}", zorder=2)
             label = f"layer {layer}: slope {inference_text(row, estimate='slope')} ({n_rows} rows)"
             layer_handles.append(matplotlib.lines.Line2D([], [], color=colors[layer], lw=1.5, marker="o", ms=4,
                                                          label=label))
