@@ -490,21 +490,24 @@ def test_fig_norm_score_lines_are_the_fitted_model_through_the_fitted_rows(analy
 
     tables, stats = analyzed
     fit = stats["norm_score"]
-    assert fit["estimable"] and fit["layer_intercepts"]
+    assert fit["estimable"] and fit["per_layer"]
     points = norm_score_points(tables, stats)
     assert len(points) == fit["n_rows"]  # the figure shows exactly the rows the fit used
     fig = DRAW["fig_norm_score"](tables, stats)
     try:
         lines = {line.get_gid(): line for line in fig.axes[0].get_lines() if (line.get_gid() or "").startswith("fit")}
-        intercepts = {r["layer"]: r["intercept"] for r in fit["layer_intercepts"]}
-        assert {f"fit-layer-{layer}" for layer in intercepts} == set(lines)
-        for layer, a in intercepts.items():
+        own = {r["layer"]: r for r in fit["per_layer"] if r["estimable"]}
+        assert {f"fit-layer-{layer}" for layer in own} | {"fit-common"} == set(lines)
+        for layer, row in own.items():
             x, y = lines[f"fit-layer-{layer}"].get_data()
-            assert np.allclose(y, a + fit["slope"] * np.asarray(x))
+            assert np.allclose(y, row["intercept"] + row["slope"] * np.asarray(x))
             g = points[points["layer"] == layer]
-            # OLS with one intercept per layer: the residuals of each layer average to 0, so the line runs
-            # through the middle of its layer's points
-            assert abs(float(np.mean(g["y"] - (a + fit["slope"] * g["x"])))) < 1e-8
+            # each layer's own OLS line: its residuals average to 0, so it runs through the middle of its points
+            assert abs(float(np.mean(g["y"] - (row["intercept"] + row["slope"] * g["x"])))) < 1e-8
+        # the common slope, once, through the mean of all the fit's rows
+        x, y = lines["fit-common"].get_data()
+        assert np.isclose((y[1] - y[0]) / (x[1] - x[0]), fit["slope"])
+        assert np.isclose(y[0] + fit["slope"] * (points["x"].mean() - x[0]), points["y"].mean())
     finally:
         plt.close(fig)
 

@@ -1,7 +1,8 @@
 """``report.md`` of an ``intervene detect`` folder: what was found, with the settings that found it.
 
 A detect folder has no conditions and no statistics, so it gets its own short report (counts,
-levels, tokens, provenance) rather than a run report full of empty sections.
+levels, tokens, provenance, and the figures of :mod:`.detection_figures` in ``figures/``) rather
+than a run report full of empty sections.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ def render_detection_report(folder: Path) -> Path:
     """Write ``<folder>/report.md`` for a detect folder; return its path."""
     from interventions.detection.job import load_detection
     from interventions.store import Manifest, write_text_atomic
+
+    from .detection_figures import render_detection_figures
 
     folder = Path(folder)
     result = load_detection(folder)
@@ -50,6 +53,13 @@ def render_detection_report(folder: Path) -> Path:
         lines += _table(["token", "id", "count", "share"],
                         [[f"`{r.token!r}`", r.token_id, r.count, fmt_num(r.share)]
                          for r in result.tokens.head(20).itertuples()])
+    lines += ["## Figures", ""]
+    for rec in render_detection_figures(folder, result):
+        if rec["path"] is not None:
+            rel = Path(rec["path"]).relative_to(folder).as_posix()
+            lines += [f"![{rec['caption']}]({rel})", "", f"*{rec['name']}: {rec['caption']}*", ""]
+        else:
+            lines += [f"*{rec['name']}* not drawn: {rec['note']}.", ""]
     lines += ["Tables: `sinks.jsonl`, `levels.csv`, `tokens.csv`, `traces.csv`, `profiles.parquet/`, `sink_scores/`.",
               ""]
     path = folder / "report.md"

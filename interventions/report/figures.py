@@ -10,8 +10,10 @@ figure or a note saying why a figure is absent.
 
 - ``fig_norms``: hidden-state, key and value norms across layers (paper Fig. 1).
 - ``fig_levels``: counts of secondary sink levels (l_start x lifetime) (paper Fig. 2).
-- ``fig_scores``: primary vs secondary sink score across depth, valley and l_start range (Fig. 7 left).
-- ``fig_norm_score``: log score ratio vs log l_start MLP-output norm with the fitted model (Fig. 7 mid).
+- ``fig_scores``: primary vs secondary sink score across depth, valley and the first attention layers
+  that read a secondary sink (l_start + 1) (Fig. 7 left).
+- ``fig_norm_score``: log score ratio vs log l_start MLP-output norm, each layer's fitted line and the
+  common slope (Fig. 7 mid).
 - ``fig_norm_lifetime``: lifetime vs log norm with isotonic and segmented fits (Fig. 7 right).
 - ``fig_swap``: suppression rate vs swap layer per site (Fig. 8).
 - ``fig_dose``: lifetime and sink score vs scale factor, one line per token; controls dashed.
@@ -80,15 +82,16 @@ def caption(name: str, tables: dict, stats: dict) -> str:
         comp = stats.get("compensation") or {}
         return (f"Mean sink score per attention layer of the primary sink and of {n_sec} secondary sinks ({n_tr} "
                 f"traces; bands: {bootstrap}), with the primary score's valley (layer {comp.get('valley_layer')}) "
-                f"and the secondary l_start range (paper Fig. 7 left).")
+                f"and the first attention layer that reads a secondary sink, l_start + 1 (paper Fig. 7 left).")
     if name == "fig_norm_score":
         ns = stats.get("norm_score") or {}
         window = f"attention layers l_start+1 .. l_start+{ns['window']} of every sink, dead or alive" \
             if ns.get("window") else "every recorded sink-layer row"
         return (f"Log ratio of secondary to primary sink score against the log MLP-output norm at l_start, the rows "
                 f"the fit used ({window}; {ns.get('n_rows', 0)} rows, {ns.get('n_sinks', 0)} sinks, "
-                f"{ns.get('n_traces', 0)} traces), with the fitted model, one line per layer "
-                f"(common slope {inference_text(ns, estimate='slope')}; paper Fig. 7 mid).")
+                f"{ns.get('n_traces', 0)} traces), with each layer's own fitted line (per-layer OLS) and the "
+                f"common slope {inference_text(ns, estimate='slope')} (one intercept per layer) drawn once through "
+                f"the mean of the rows (paper Fig. 7 mid).")
     if name == "fig_norm_lifetime":
         nl = stats.get("norm_lifetime") or {}
         return (f"Lifetime of each secondary sink against its log MLP-output norm at l_start ({nl.get('n_sinks', 0)} "

@@ -149,7 +149,8 @@ def draw_levels(tables: dict, stats: dict):
 
 @styled
 def draw_scores(tables: dict, stats: dict):
-    """Primary vs secondary sink score across depth, with the valley layer and the l_start range.
+    """Primary vs secondary sink score across depth, with the valley layer and the first attention
+    layer(s) reading a secondary sink (l_start + 1).
 
     Bands are the stats' intervals: the primary profile's from ``compensation.profile``, the
     secondary sinks' from ``summaries.secondary_score_by_layer``.
@@ -189,9 +190,13 @@ def draw_scores(tables: dict, stats: dict):
         ax.axvline(valley, color="black", ls=":", lw=1.2, label=f"valley of primary score: layer {valley}{ci_txt}")
     ls = comp.get("l_start") or {}
     if ls.get("n_sinks"):
+        # l_start is a hidden-state layer (the output of layer l_start); the first attention layer
+        # that reads it as a key is l_start + 1, so on this axis of reading layers the band is shifted
         lo, hi = ls.get("min"), ls.get("max")
-        ax.axvspan(lo - 0.5, hi + 0.5, color=COLORS["secondary"], alpha=0.08,
-                   label=f"secondary $l_{{start}}$ range {lo}-{hi}")
+        span = f"{lo + 1}" if lo == hi else f"{lo + 1}-{hi + 1}"
+        starts = f"{lo}" if lo == hi else f"{lo}-{hi}"
+        ax.axvspan(lo + 0.5, hi + 1.5, color=COLORS["secondary"], alpha=0.12, gid="l_start-band",
+                   label=f"first layer reading a secondary sink: {span} ($l_{{start}}$ {starts}, + 1)")
     ax.set_xlabel("layer (attention layer reading the key)")
     int_layers(ax)
     ax.set_ylabel("sink score (attention mass, mean over heads)")
@@ -200,6 +205,6 @@ def draw_scores(tables: dict, stats: dict):
     ax.set_title(f"Sink score across depth ({n_tr} traces; "
                  + (f"{n_sec} secondary sinks)" if n_sec else NO_SECONDARY + ")"))
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.tight_layout()
+    fig.tight_layout()  # before the legend: it sits below the axes and must not shrink them
+    ax.legend(loc="upper left", bbox_to_anchor=(-0.1, -0.16), frameon=False, ncol=2)
     return fig

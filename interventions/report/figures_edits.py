@@ -73,6 +73,8 @@ def draw_swap(tables: dict, stats: dict):
     return fig
 
 
+DODGE = 0.06
+"""Largest sideways offset of a dose series, in natural-log units of the factor (x 1.06)."""
 DOSE_PANELS = (("lifetime", "lifetime after scaling (layers)", "Lifetime vs factor"),
                ("sink_score", "sink score one layer after the edit", "Sink score vs factor"))
 
@@ -90,6 +92,18 @@ def draw_dose(tables: dict, stats: dict):
     palette = plt.get_cmap("tab10")
     colors = {s: palette(i % 10) for i, s in enumerate(targets)}
     control_styles = ["#7f8c8d", "#34495e", "#b3b6b7", "#5d6d7e"]
+    # Series that coincide (a non-sink target set and the controls both stay at 0) must stay
+    # distinguishable: each series gets its own marker and a small sideways offset on the log
+    # factor axis (the tick at each factor is the true factor; DODGE says how far series sit from it).
+    target_markers = ["o", "^", "D", "v", "P", "X", "<", ">", "h", "*"]
+    control_markers = ["s", "p", "d", "8"]
+    markers, ti, ci_m = {}, 0, 0
+    for name in series:
+        if name in targets:
+            markers[name], ti = target_markers[ti % len(target_markers)], ti + 1
+        else:
+            markers[name], ci_m = control_markers[ci_m % len(control_markers)], ci_m + 1
+    dodge = dict(zip(series, np.exp(np.linspace(-DODGE, DODGE, len(series))) if len(series) > 1 else [1.0]))
     fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.1))
     all_factors = sorted(set(levels["factor"].astype(float)))
     for ax, (measure, ylabel, title) in zip(axes, DOSE_PANELS):
@@ -102,12 +116,12 @@ def draw_dose(tables: dict, stats: dict):
             control = bool(g["is_control"].iloc[0])
             color = control_styles[ci % len(control_styles)] if control else colors[name]
             ci += control
-            x = g["factor"].to_numpy(float) * (1.03 if control else 1.0)
+            x = g["factor"].to_numpy(float) * dodge[name]
             label = f"{name}, n={int(g['n_units'].max())}"
             z = 1 if control else 2  # targets on top of the controls they may coincide with
-            ax.plot(x, g["estimate"], ls="--" if control else "-", lw=1.3, color=color, label=label, gid=name,
-                    zorder=z)
-            points(ax, x, g, color=color, marker="s" if control else "o", zorder=z + 0.5)
+            ax.plot(x, g["estimate"], ls=(0, (4, 2)) if control else "-", lw=1.3, color=color, label=label, gid=name,
+                    zorder=z, marker=markers[name], ms=0)
+            points(ax, x, g, color=color, marker=markers[name], zorder=z + 0.5, size=30 if control else 24)
             errorbars(ax, x, g, color=color)
         _no_bar_note(ax, rows_m)
         ax.axvline(1.0, color="#999999", lw=0.8, ls=":")
@@ -122,7 +136,13 @@ def draw_dose(tables: dict, stats: dict):
     handles: dict = {}
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
+            if isinstance(h, matplotlib.lines.Line2D) and h.get_gid() in markers:  # show the series' marker
+                h = matplotlib.lines.Line2D([], [], color=h.get_color(), ls=h.get_linestyle(), lw=h.get_linewidth(),
+                                            marker=markers[h.get_gid()], ms=5)
             handles.setdefault(lab, h)
+    if len(series) > 1:
+        handles[f"series drawn side by side (up to x{np.exp(DODGE):.2f} off their factor) so equal values stay "
+                "visible"] = matplotlib.lines.Line2D([], [], ls="")
     n_tr = int(levels["n_traces"].max())
     fig.suptitle(f"Dose-response of scaled MLP output ({n_tr} traces; one line per token, controls dashed)")
     fig.tight_layout()
@@ -149,10 +169,13 @@ def draw_mask(tables: dict, stats: dict):
     ax1.plot(clean.index, clean.to_numpy(), "-", color="black", lw=2, label="clean")
     palette = plt.get_cmap("tab10")
     conditions = list(dict.fromkeys(e["condition"]))
+    styles = [("--", "o"), (":", "^"), ("-.", "s"), ((0, (5, 1, 1, 1)), "D")]  # conditions that coincide stay visible
     for i, cond in enumerate(conditions):
         g = per_trace[per_trace["condition"] == cond].groupby("layer")["primary_sink_score"].mean()
         if len(g):
-            ax1.plot(g.index, g.to_numpy(), "--o", ms=3, color=palette(i % 10), label=f"masked: {_short(cond)}")
+            ls, marker = styles[i % len(styles)]
+            ax1.plot(g.index, g.to_numpy(), ls=ls, marker=marker, ms=4 + 1.5 * (len(conditions) - 1 - i), mfc="none",
+                     color=palette(i % 10), label=f"masked: {_short(cond)}")
     if "masked" in targets.columns:
         masked_layers = sorted(targets.loc[as_bool(targets["masked"]), "layer"].unique())
         for layer in masked_layers:
@@ -195,7 +218,7 @@ def draw_mask(tables: dict, stats: dict):
     ax2.set_ylim(0, (top if top > 0 else 1e-3) * (1.15 if notes else 1.0))
     ax2.set_xlim(-0.7, len(conditions) - 0.3)
     ax2.set_xticks(range(len(conditions)))
-    ax2.set_xticklabels([_short(c) for c in conditions], rotation=15, ha="right")
+    ax2.set_xticklabels([_short(c).replace(".", "\n") for c in conditions])
     ax2.set_ylabel("mean KL(clean || masked), nats")
     ax2.set_title("Next-token KL per condition (mean, 95% CI)")
     ax2.grid(alpha=0.3, axis="y")

@@ -106,28 +106,33 @@ def _fmt(value, pattern="{:.3f}") -> str:
 
 
 def print_run_summary(result) -> None:
-    """Per condition: targets, sinks present, mean lifetime, sink score, KL; controls beside."""
+    """Per condition and target set: targets, sinks present, mean lifetime, sink score, KL; the
+    condition's matched controls beside (one row per target set, so two sets edited by one
+    condition are never averaged)."""
     summary = result.summary
     if summary.empty:
         out.print("no targets were intervened on", markup=False)
         return
-    columns = ["condition", "n", "sink%", "life", "score", "KL", "c.sink%", "c.life", "c.KL"]
-    targets = summary[~summary.is_control].set_index("condition")
-    controls = summary[summary.is_control].set_index("condition")
+    if "target_set" not in summary:  # a summary.csv written before target sets had rows of their own
+        summary = summary.assign(target_set="")
+    columns = ["condition", "targets", "n", "sink%", "life", "score", "KL", "c.sink%", "c.life", "c.KL"]
+    targets = summary[~summary.is_control]
+    controls = summary[summary.is_control].drop_duplicates("condition").set_index("condition")
     rows = []
-    for cond, row in targets.iterrows():
+    for _, row in targets.iterrows():
+        cond = row.condition
         ctrl = controls.loc[cond] if cond in controls.index else None
         rows.append([
-            cond, str(int(row.targets)), f"{_fmt(row.sinks_clean, '{:.0%}')}->{_fmt(row.sinks_after, '{:.0%}')}",
+            cond, str(row.target_set), str(int(row.targets)), f"{_fmt(row.sinks_clean, '{:.0%}')}->{_fmt(row.sinks_after, '{:.0%}')}",
             _fmt(row.mean_lifetime, "{:.1f}"), _fmt(row.mean_sink_score), _fmt(row.mean_kl, "{:.4f}"),
             "-" if ctrl is None else _fmt(ctrl.sinks_after, "{:.0%}"),
             "-" if ctrl is None else _fmt(ctrl.mean_lifetime, "{:.1f}"),
             "-" if ctrl is None else _fmt(ctrl.mean_kl, "{:.4f}"),
         ])
     show_table(f"{result.manifest.get('spec_name', '')}: clean vs intervened", columns, rows,
-               caption="n: targets; sink%: share that are sinks (clean -> after); life: mean lifetime after; "
+               caption="targets: the spec's target set; n: targets; sink%: share that are sinks (clean -> after); life: mean lifetime after; "
                        "score: sink score one layer after the edit; c.*: matched controls",
-               right=tuple(columns[1:]))
+               right=tuple(columns[2:]))
 
 
 def flat_verdict(v: dict) -> dict:
@@ -184,7 +189,7 @@ def stats_lines(stats: dict) -> list[str]:
         if rho.get("rho") is None:
             lines.append(f"norm -> lifetime: Spearman rho undefined ({rho.get('note', 'constant values')})")
         else:
-            lines.append(f"norm -> lifetime: Spearman rho {fmt_num(rho.get('rho'), 2)} "
+            lines.append(f"norm -> lifetime: Spearman rho {fmt_num(rho.get('rho'))} "
                          f"(permutation p {fmt_p(rho.get('p_perm'))}), {nl.get('n_distinct_lifetimes')} distinct "
                          "lifetimes")
     elif nl:

@@ -84,7 +84,8 @@ class RunResult:
         if len(self.summary):
             for _, r in self.summary.head(12).iterrows():
                 group = "controls" if r["is_control"] else "targets"
-                lines.append(f"  {r['condition']:<44} {group:<8} n={int(r['targets']):<4} "
+                group = f"{group} {r.get('target_set', '')}".strip()
+                lines.append(f"  {r['condition']:<44} {group:<16} n={int(r['targets']):<4} "
                              f"sinks {r['sinks_clean']:.2f} -> {r['sinks_after']:.2f}  KL {r['mean_kl']:.3g}")
             if len(self.summary) > 12:
                 lines.append(f"  ... {len(self.summary) - 12} more rows in .summary")

@@ -183,13 +183,17 @@ def clean_profile_rows(obs, trace: int, sinks: list[Sink] = ()) -> pd.DataFrame:
 
 
 def summarize(effects: pd.DataFrame) -> pd.DataFrame:
-    """Per condition and group (targets / controls): the numbers the terminal table shows.
+    """Per condition, target set and group (targets / controls): the numbers the terminal table shows.
 
-    Columns of measures the run did not take are NaN.
+    One row per target set, not per condition: a condition that edits several target sets (``weak``
+    tokens that become sinks and ``others`` that never do) would otherwise show the mean of the two
+    and hide both dose-responses. Columns of measures the run did not take are NaN.
     """
     if effects.empty:
         return pd.DataFrame()
-    per_target = effects.drop_duplicates(["condition", "is_control", "trace", "position"])
+    if "target_set" not in effects:
+        effects = effects.assign(target_set="")
+    per_target = effects.drop_duplicates(["condition", "target_set", "is_control", "trace", "position"])
     nan = float("nan")
     per_target = per_target.assign(**{c: nan for c in ("factor", "lifetime", "clean_lifetime", "ref_sink_score",
                                                        "kl", "delta_nll") if c not in per_target})
@@ -198,7 +202,7 @@ def summarize(effects: pd.DataFrame) -> pd.DataFrame:
     # An overflowing condition keeps its rows (marked non_finite); its inf values do not enter the means.
     means = ["ref_sink_score", "kl", "delta_nll"]
     per_target = per_target.assign(**{c: per_target[c].replace([np.inf, -np.inf], np.nan) for c in means})
-    grouped = per_target.groupby(["condition", "is_control"], sort=False)
+    grouped = per_target.groupby(["condition", "target_set", "is_control"], sort=False)
     table = pd.DataFrame({
         "kind": grouped.kind.first(),
         "factor": grouped.factor.first(),
