@@ -288,7 +288,11 @@ def family_report(key: str, hypothesis: str, claim: str, alpha: float, component
         "key": key, "hypothesis": hypothesis, "claim": claim,
         "test": " AND ".join(c["test"] for c in components if c["test"]), "alpha": alpha,
         "effect": main["effect"], "ci": main["ci"], "p": main["p"], "n": main["n"], "n_traces": main["n_traces"],
-        "n_independent": main.get("n_independent"), "verdict": overall["verdict"], "reason": overall["reason"],
+        "n_independent": main.get("n_independent"), "exact_zero": bool(main.get("exact_null")),
+        "degenerate": bool(main.get("degenerate")),
+        "degenerate_reason": "every independent unit moved by the same amount (no CI; exact p in the reason)"
+        if main.get("degenerate") else None,
+        "verdict": overall["verdict"], "reason": overall["reason"],
         "rule": VERDICT_RULE, "conditions": conditions, "compared_with": comparison,
         "comparison_conditions": comparison_conditions, "excluded": excluded, "components": components,
         "details": details, "notes": notes,

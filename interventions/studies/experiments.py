@@ -10,7 +10,7 @@
     planted:                   # settings of the planted-model run (the default mode)
       limit: 8
     expect:                    # checked after the planted run; a failure makes the CLI exit 1
-      verdicts: {H1: supported}            # or a list of acceptable verdicts
+      verdicts: {H1: supported}            # exactly one expected verdict per hypothesis
       components: {H4: {"target KL > control KL": not supported}}   # a unique name prefix is enough
       checks:                  # "path op value" on the measured numbers (see MEASURED below)
         - hypotheses.H1.effect <= -0.9
@@ -66,7 +66,7 @@ import yaml
 from interventions.errors import UserError
 
 KINDS = ("detect", "origin", "runs", "known_answers", "streaming")
-VERDICTS = ("supported", "not supported", "inconclusive", "not tested")
+VERDICTS = ("supported", "not supported", "inconclusive", "not testable", "not tested")
 SETTINGS = ("model", "traces", "limit", "seed", "max_tokens", "chat_template", "dtype", "device",
             "attn_implementation", "trust_remote_code", "revision")
 EXTRAS = ("detection", "origin", "reference", "spec_overrides", "expect", "description", "paper", "threads",
@@ -157,13 +157,13 @@ def expectation_checks(expect: dict | None, *, where: str = "expect") -> list[Ch
 
 
 def _verdict_check(text: str, path: list[str], value, *, where: str) -> Check:
-    allowed = value if isinstance(value, list) else [value]
-    bad = [v for v in allowed if v not in VERDICTS]
-    if bad:
-        raise UserError(f"{where}: {bad[0]!r} is not a verdict; use one of {', '.join(VERDICTS)}", field="expect")
-    if len(allowed) == 1:
-        return Check(text=f"{text} == {allowed[0]}", path=path, op="==", expected=allowed[0])
-    return Check(text=f"{text} in {allowed}", path=path, op="in", expected=allowed)
+    if isinstance(value, list):
+        # an expectation that accepts several verdicts cannot fail the way the claim can: declare one
+        raise UserError(f"{where}: {value} lists several verdicts — expect exactly one (the one the testbed or "
+                        "the paper predicts)", field="expect")
+    if value not in VERDICTS:
+        raise UserError(f"{where}: {value!r} is not a verdict; use one of {', '.join(VERDICTS)}", field="expect")
+    return Check(text=f"{text} == {value}", path=path, op="==", expected=value)
 
 
 @dataclass
@@ -183,7 +183,7 @@ class Experiment:
     raw: dict = field(default_factory=dict)
     negative: dict = field(default_factory=dict)
     """The negative-control run: planted settings with a testbed where the claim is false
-    (``negative: {model: testbed:negative-h1, expect: {verdicts: {H1: [not supported, inconclusive]}}}``)."""
+    (``negative: {model: testbed:negative-h1, expect: {verdicts: {H1: not supported}}}``)."""
 
     def mode(self, real: bool | str = False, negative: bool = False) -> tuple[str, dict, dict]:
         """(mode name, settings, expect) of the planted run, the negative control or a real configuration.
