@@ -54,14 +54,19 @@ def measured(norm_scale_run):
 
 def test_h2_paragraph(measured, norm_scale_run):
     text = flat(README)
-    h2 = measured["verdicts"]["H2"]
+    h2 = measured["verdicts"]["H2/mlp_output/l_start/sinks"]
     low, high = h2["ci"]
-    n_traces = h2["n_traces"]
-    assert n_traces == 8 and "(8 traces) gives H2 \"supported\"" in text and h2["verdict"] == "supported"
-    assert f"lifetime grows {f2(h2['effect'])} [{f2(low)}, {f2(high)}] layers per log-factor" in text
+    n_traces = h2["n_independent"]
+    assert n_traces == 8 and "(8 traces) gives one H2 verdict per target set" in text and h2["verdict"] == "supported"
+    assert h2["compared_with"] == "placebo" and all(c.endswith(".noise.placebo") for c in h2["comparison_conditions"])
+    assert f"the lifetime rising {f2(h2['effect'])} [{f2(low)}, {f2(high)}] layers per log-factor" in text
     assert math.isclose(h2["p"], 2 / 2 ** n_traces) and f"p = 2/2^{n_traces}" in text
-    scale_conditions = [c for c in h2["conditions"] if c.startswith("scale.")]
-    assert f"resting on the {WORDS[len(scale_conditions)]} scale conditions" in text
+    assert f"resting on the {WORDS[len(h2['conditions'])]} scale conditions of that set" in text
+    weak = measured["verdicts"]["H2/mlp_output/l_start/weak"]
+    assert weak["verdict"] == "supported" and weak["degenerate"] and f"{f2(weak['effect'])} in every trace" in text
+    others = measured["verdicts"]["H2/mlp_output/l_start/others"]
+    assert others["verdict"] == "not supported" and others["exact_zero"]
+    assert f"`p_holm` {h2['p_holm']:.2g}" in text and h2["verdict_holm"] == weak["verdict_holm"] == "supported"
 
     ns = measured["norm_score"]
     assert ns["window"] == 4 and "fixed window l_start+1..l_start+4" in text
@@ -148,13 +153,15 @@ def test_experiments_readme_planted_model_and_norm_laws(norm_scale_run, measured
             f"draws within l_start +-1), l_start mode {comp['l_start']['mode']}") in row
 
     row = planted_row("norm_laws")
-    h2 = measured["verdicts"]["H2"]
+    h2 = measured["verdicts"]["H2/mlp_output/l_start/sinks"]
+    weak = measured["verdicts"]["H2/mlp_output/l_start/weak"]
     ns, nl = measured["norm_score"], measured["norm_lifetime"]
     controls = {g: v["controls"]["lifetime"] for g, v in measured["dose_response"].items()}
     assert all(c["exact_zero"] and c["slope"] == 0 for c in controls.values())
     plateaus = " / ".join(str(int(p["level"])) for p in nl["isotonic"]["plateaus"])
-    for phrase in ((f"H2 supported: lifetime slope {f2(h2['effect'])} layers per log(factor) "
-                    f"[{f2(h2['ci'][0])}, {f2(h2['ci'][1])}], controls 0 (exact zero)"),
+    for phrase in ((f"sinks supported, lifetime slope {f2(h2['effect'])} layers per log(factor) "
+                    f"[{f2(h2['ci'][0])}, {f2(h2['ci'][1])}] beyond the placebo"),
+                   f"supported, {f2(weak['effect'])} in every trace (degenerate)",
                    (f"norm -> score common slope {f2(ns['slope'])} [{f2(ns['ci_low'])}, {f2(ns['ci_high'])}], "
                     f"p < 0.001 (steepest at layer {ns['steepest_layer']})"),
                    f"norm -> lifetime Spearman {nl['spearman']['rho']:.3f} (p_perm {sci(nl['spearman']['p_perm'])})",
