@@ -87,7 +87,8 @@ class Noise(SiteIntervention):
 
     def conditions(self, index: int) -> list[Condition]:
         label = f"n{self.norm:g}" if self.norm != "matched" else f"matched-{self.matched_to.kind}" + (
-            f"-x{self.matched_to.factor:g}" if self.matched_to.factor is not None else "")
+            f"-x{self.matched_to.factor:g}" if self.matched_to.factor is not None else "") + (
+            "-full" if self.match == "full" else "")
         return [self._site_condition(index, f".{label}", params=self.params())]
 
     def params(self) -> dict:
