@@ -53,7 +53,7 @@ def planted_truth(planted):
 def norm_scale_run(cache_dir, tmp_path_factory):
     """``specs/norm_scale.yaml`` on the planted model (8 traces, statistics and report), run once per
     session: the README's H2 numbers and the run summary table are checked against it."""
-    from interventions.run.job import run_spec
+    from interventions.pipeline import run_spec
 
     return run_spec(REPO / "specs" / "norm_scale.yaml", run_dir=tmp_path_factory.mktemp("norm_scale") / "run",
                     progress=False)

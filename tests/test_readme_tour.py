@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import re
+
 import json
 import os
 import re
@@ -130,7 +132,9 @@ def test_readme_runs_verbatim(tmp_path, cache_dir):
         manifest = json.loads((run / "manifest.json").read_text())
         assert manifest["status"] == "complete" and manifest["spec_hash"]
     run_out = next(p for c, p in outputs.items() if c.startswith("intervene run"))
-    assert "clean vs intervened" in run_out.stdout and "supported" in run_out.stdout  # tables on stdout
+    assert "clean vs intervened" in run_out.stdout  # tables on stdout
+    # a verdict line that is exactly "supported" ("not supported" must not pass for it)
+    assert re.search(r"(?m)^\s*verdict\s+supported\s*$", run_out.stdout), run_out.stdout
     detect_report = (tmp_path / "results" / "detect-demo" / "report.md").read_text()
     assert re.search(r"(?<!\d)40 secondary sinks", detect_report), detect_report  # not "0 secondary sinks"
 
