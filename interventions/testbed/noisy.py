@@ -22,8 +22,8 @@ edit moves some of them across it, and still the claimed mechanism is absent:
   Nothing reads the secondary sinks specifically: their values are their content shrunk by RMSNorm
   (|h| ~ N), so masking them removes less than masking ordinary tokens of the same attention mass.
 * **noisy-h3** (H3 false): ``negative-h3`` (the token after ``" $"`` becomes a sink through a layer-4
-  previous-token head reading the GATE feature of ``" $"``) with the noisy-h1 content path (scaled
-  trigger-class content, layer-3 previous-token copy, layer-4 noise MLP gated by x[SINK]). A mean swap at
+  previous-token head reading the GATE feature of ``" $"``) with the noisy-h1 content path (role-token
+  content x ``H3_CONTENT``, layer-4 noise MLP gated by x[SINK]; no previous-token copy). A mean swap at
   the sink's own position before layer 4 changes its content and so the noise MLP's output: near-
   threshold sinks cross either way, but the decision (the copy of ``" $"``'s GATE) is never at the sink's
   own position.
@@ -73,19 +73,21 @@ PREV_COPY = 4.0              # norm of the previous token's (projected) content 
 NOISE_NEURONS = tuple(range(8, 24))
 NOISE_GAIN = 0.7             # down_proj scale of the noise neurons
 NOISE_D_SHARE = 0.95         # share of each noise direction along d (sign random per neuron)
-HEAD_OUT = 0.6               # noisy-h4: o_proj gain of the content every head writes
+H3_CONTENT = 6.5             # noisy-h3: content factor of the role tokens that follow " $"
+H3_NOISE_GAIN = 0.7          # noisy-h3: down_proj scale of the noise neurons
+HEAD_OUT = 2.0               # noisy-h4: o_proj gain of the content every head writes
 
 
 def _gen(seed: int, salt: int) -> torch.Generator:
     return torch.Generator().manual_seed(1000 * seed + salt)
 
 
-def _scale_trigger_content(w, ids, tokens) -> None:
+def _scale_trigger_content(w, ids, tokens, factor: float | None = None) -> None:
     """Trigger-class embeddings: the content part x TRIGGER_CONTENT (named features kept as planted)."""
     emb = w["model.embed_tokens.weight"]
     content = torch.tensor(P.CONTENT)
     for tok in tokens:
-        emb[ids[tok], content] *= TRIGGER_CONTENT
+        emb[ids[tok], content] *= TRIGGER_CONTENT if factor is None else factor
 
 
 def _prev_content_head(w, gen) -> None:
@@ -142,10 +144,10 @@ def _noisy_h1(w, ids, seed: int) -> None:
 
 def _noisy_h3(w, ids, seed: int) -> None:
     NEGATIVE_EDITS["negative-h3"](w, ids)
-    _scale_trigger_content(w, ids, [*P.TRIGGERS, *P.SUB_THRESHOLD, *P.GATED])
-    _prev_content_head(w, _gen(seed, 1))
-    # the sink's own content feeds the noise MLP; the previous token is always " $" here
-    _noise_mlp(w, _gen(seed, 2), P.SINK)
+    # the sink's own content feeds the noise MLP (no previous-token copy: the previous token is always " $",
+    # whose copied content would give every sink of a seed the same push)
+    _scale_trigger_content(w, ids, [*P.TRIGGERS, *P.SUB_THRESHOLD, *P.GATED], H3_CONTENT)
+    _noise_mlp(w, _gen(seed, 2), P.SINK, gain=H3_NOISE_GAIN)
 
 
 def _noisy_h2(w, ids, seed: int) -> None:
@@ -221,7 +223,8 @@ def build_noisy(out_dir: str | Path, name: str, *, seed: int = 0) -> P.PlantedTr
             fillers=list(P.FILLERS), positions_rule=WHAT[name], gated=gated, version=NOISY_VERSION)
         design = {"trigger_content": TRIGGER_CONTENT, "prev_layer": PREV_LAYER, "prev_head": PREV_HEAD,
                   "prev_copy": PREV_COPY, "noise_neurons": list(NOISE_NEURONS), "noise_gain": NOISE_GAIN,
-                  "noise_d_share": NOISE_D_SHARE, "head_out": HEAD_OUT, "seed": seed}
+                  "noise_d_share": NOISE_D_SHARE, "h3_content": H3_CONTENT, "h3_noise_gain": H3_NOISE_GAIN,
+                  "head_out": HEAD_OUT, "seed": seed}
         data = {**asdict(truth), "noisy": name, "what": WHAT[name], "design": design,
                 "cosines_at_l_start": _role_cosines(tmp, truth)}
         (tmp / "truth.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
