@@ -172,7 +172,7 @@ def _noisy_h4(w, ids, seed: int) -> None:
 EDITS = {"noisy-h1": _noisy_h1, "noisy-h2": _noisy_h2, "noisy-h3": _noisy_h3, "noisy-h4": _noisy_h4}
 
 
-def _role_cosines(folder: Path, truth: P.PlantedTruth, n: int = 8) -> dict:
+def _role_cosines(folder: Path, truth: P.PlantedTruth, n: int = 4) -> dict:
     """Cosine to BOS at l_start of every role-token occurrence on the testbed's own traces (min, max,
     share above 0.95), per token: the near-threshold spread the testbed is built to have."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
