@@ -8,8 +8,9 @@
 
 Every verdict comes out of the run's own path: a case with a model runs ``run_spec`` and then
 :func:`interventions.analysis.compute_stats` on the run folder's tables (what ``analyze_run`` does);
-a table-level null (``benchmarks/table_nulls.py``) passes its synthetic tables to the same
-``compute_stats``.
+a table-level null (``benchmarks/table_nulls.py``) passes its synthetic tables to
+:func:`interventions.analysis.hypothesis_verdicts`, the call ``compute_stats`` makes for its verdicts
+(``--full-stats``: to ``compute_stats`` itself).
 
 * ``--mode fresh`` (default): every simulated run is a new run of G traces: new traces (spec seed =
   the draw) and, for the seedable testbeds (``testbed:noisy-h1@seedK`` ...), new weights.
@@ -89,11 +90,18 @@ def case_spec(model: str, hypothesis: str, changes: dict, G: int, seed: int) -> 
     return Spec.from_dict(data, base_dir=REPO / "specs")
 
 
-def draw_verdicts(model: str, hypothesis: str, changes: dict, G: int, draw: int, root: Path) -> dict:
-    """Verdicts of one fresh simulated run (draw ``draw``) through the run's own path."""
+def draw_verdicts(model: str, hypothesis: str, changes: dict, G: int, draw: int, root: Path, *,
+                  full_stats: bool = False) -> dict:
+    """Verdicts of one fresh simulated run (draw ``draw``) through the run's own path.
+
+    A table null's verdicts come from :func:`hypothesis_verdicts` (what ``compute_stats`` calls for
+    ``stats["verdicts"]``, on the same effects table), or with ``full_stats`` from ``compute_stats``
+    itself (its per-layer screens and summaries make that ~10x slower, same verdicts)."""
     if model.startswith("table:"):
-        stats = compute_stats(null_tables(model[len("table:"):], G, seed=draw), seed=draw)
-        return stats["verdicts"]
+        tables = null_tables(model[len("table:"):], G, seed=draw)
+        if full_stats:
+            return compute_stats(tables, seed=draw)["verdicts"]
+        return hypothesis_verdicts(tables["effects"], tables["manifest"], seed=draw)[0]
     if model in SEEDABLE:
         model = f"{model}@seed{G * 100_000 + draw}"   # new weights per draw (and per G)
     result = run_spec(case_spec(model, hypothesis, changes, G, seed=draw), results_root=root, progress=False)
@@ -104,9 +112,9 @@ def draw_verdicts(model: str, hypothesis: str, changes: dict, G: int, draw: int,
 
 
 def _draw_task(args: tuple) -> tuple:
-    label, hypothesis, model, changes, G, draw, root = args
+    label, hypothesis, model, changes, G, draw, root, full_stats = args
     try:
-        verdicts = draw_verdicts(model, hypothesis, changes, G, draw, Path(root))
+        verdicts = draw_verdicts(model, hypothesis, changes, G, draw, Path(root), full_stats=full_stats)
     except Exception as exc:  # one failed draw is reported, not fatal to the table
         return label, G, draw, None, f"{type(exc).__name__}: {exc}"
     keep = {k: {"verdict": v.get("verdict"), "effect": v.get("effect")} for k, v in verdicts.items()
@@ -120,9 +128,10 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def fresh_counts(cases: list[tuple], Gs: list[int], K: int, workers: int, root: Path) -> tuple[dict, list[str]]:
+def fresh_counts(cases: list[tuple], Gs: list[int], K: int, workers: int, root: Path, *,
+                 full_stats: bool = False) -> tuple[dict, list[str]]:
     """Verdict counts per (case label, G, verdict key) over K fresh draws."""
-    tasks = [(label, h, model, changes, G, k, str(root)) for label, h, model, changes, _ in cases
+    tasks = [(label, h, model, changes, G, k, str(root), full_stats) for label, h, model, changes, _ in cases
              for G in Gs for k in range(K)]
     counts: dict[tuple, dict] = {}
     errors: list[str] = []
@@ -222,6 +231,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--pool", type=int, default=30, help="pool mode: traces in the pool")
     ap.add_argument("--workers", type=int, default=1, help="fresh mode: parallel processes")
     ap.add_argument("--quick", action="store_true", help="K = 20, G = 8, noisy negatives and table nulls only")
+    ap.add_argument("--full-stats", action="store_true", help="table nulls: verdicts from compute_stats (slower) "
+                    "instead of the hypothesis_verdicts call it makes")
     ap.add_argument("--out", default=None, help="write the table as JSON here")
     ap.add_argument("--cases", nargs="+", default=None, help="only cases whose label starts with one of these")
     args = ap.parse_args(argv)
@@ -235,7 +246,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if args.mode == "fresh":
-            counts, errors = fresh_counts(cases, Gs, K, args.workers, Path(tmp))
+            counts, errors = fresh_counts(cases, Gs, K, args.workers, Path(tmp), full_stats=args.full_stats)
             for label, h, _model, _changes, truth in cases:
                 for G in Gs:
                     for (lab, g, key), c in sorted(counts.items()):

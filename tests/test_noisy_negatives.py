@@ -185,7 +185,7 @@ def test_calibration_smoke(cache_dir, tmp_path):
     calibration = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(calibration)
     out = tmp_path / "cal.json"
-    rows = calibration.main(["--draws", "2", "--traces", "6", "--cases", "table H1", "table H3",
+    rows = calibration.main(["--draws", "2", "--traces", "6", "--full-stats", "--cases", "table H1", "table H3",
                              "--out", str(out)])
     assert {r["case"] for r in rows} == {"table H1 vs controls", "table H1 vs placebo", "table H3 vs placebo"}
     assert all(r["K"] == 2 and r["G"] == 6 and 0 <= r["supported"] <= 1 and "within_bound" in r for r in rows)
