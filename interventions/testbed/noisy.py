@@ -22,14 +22,15 @@ edit moves some of them across it, and still the claimed mechanism is absent:
   Nothing reads the secondary sinks specifically: their values are their content shrunk by RMSNorm
   (|h| ~ N), so masking them removes less than masking ordinary tokens of the same attention mass.
 * **noisy-h3** (H3 false): ``negative-h3`` (the token after ``" $"`` becomes a sink through a layer-4
-  previous-token head reading the GATE feature of ``" $"``) with the noisy-h1 content path (role-token
-  content x ``H3_CONTENT``, layer-4 noise MLP gated by x[SINK]; no previous-token copy). A mean swap at
+  previous-token head reading the GATE feature of ``" $"``) with the noisy-h1 content path (every
+  token's content x ``H3_CONTENT`` except ``" $"``'s, layer-4 noise MLP gated by x[SINK]; no
+  previous-token copy). A mean swap at
   the sink's own position before layer 4 changes its content and so the noise MLP's output: near-
   threshold sinks cross either way, but the decision (the copy of ``" $"``'s GATE) is never at the sink's
   own position.
 * **noisy-h2** (H2 false): ``negative-h2`` (every secondary sink ends at layer 8, where BOS turns,
   whatever its norm) with the layer-4 MLP also writing random content (``NOISE_NEURONS`` gated by
-  x[TAG]: only the trigger-class outputs) in the same output, so scaling it scales content and sink
+  x[TRIG], what the trigger neuron reads: only trigger-class tokens) in the same output, so scaling it scales content and sink
   direction together: cosines move (the embedding's share changes), lifetimes do not follow the norm.
 
 Each is built per weight ``seed`` (``testbed:noisy-h1@seed3``; the embeddings, the content maps
@@ -75,6 +76,8 @@ NOISE_GAIN = 0.7             # down_proj scale of the noise neurons
 NOISE_D_SHARE = 0.95         # share of each noise direction along d (sign random per neuron)
 H3_CONTENT = 6.5             # noisy-h3: content factor of the role tokens that follow " $"
 H3_NOISE_GAIN = 0.7          # noisy-h3: down_proj scale of the noise neurons
+H2_NOISE_GAIN = 0.4          # noisy-h2: down_proj scale of the noise neurons (gated by x[TRIG])
+H2_D_SHARE = 0.3             # noisy-h2: share of each noise direction along d
 HEAD_OUT = 2.0               # noisy-h4: o_proj gain of the content every head writes
 
 
@@ -118,11 +121,12 @@ def _prev_content_head(w, gen) -> None:
         scale * basis)
 
 
-def _noise_mlp(w, gen, gate_dim: int, gain: float | None = None) -> None:
+def _noise_mlp(w, gen, gate_dim: int, gain: float | None = None, d_share: float | None = None) -> None:
     """Layer-4 neurons NOISE_NEURONS: gate x[gate_dim], up a random content read-out, down a random
     direction with NOISE_D_SHARE along d (random sign): a random linear map of the content, only
     where x[gate_dim] is large."""
     layer, gain = P.L_START, NOISE_GAIN if gain is None else gain
+    d_share = NOISE_D_SHARE if d_share is None else d_share
     content = torch.tensor(P.CONTENT)
     for j in NOISE_NEURONS:
         w.layer(layer, "mlp.gate_proj.weight")[j, gate_dim] = 1.0
@@ -130,8 +134,8 @@ def _noise_mlp(w, gen, gate_dim: int, gain: float | None = None) -> None:
         w.layer(layer, "mlp.up_proj.weight")[j, content] = up / up.norm()
         down = torch.zeros(P.HIDDEN)
         orth = torch.randn(len(P.CONTENT), generator=gen)
-        down[content] = orth / orth.norm() * math.sqrt(1 - NOISE_D_SHARE**2)
-        down[P.SINK] = NOISE_D_SHARE * (1.0 if torch.rand(1, generator=gen).item() < 0.5 else -1.0)
+        down[content] = orth / orth.norm() * math.sqrt(1 - d_share**2)
+        down[P.SINK] = d_share * (1.0 if torch.rand(1, generator=gen).item() < 0.5 else -1.0)
         w.layer(layer, "mlp.down_proj.weight")[:, j] = gain * down
 
 
@@ -145,15 +149,22 @@ def _noisy_h1(w, ids, seed: int) -> None:
 def _noisy_h3(w, ids, seed: int) -> None:
     NEGATIVE_EDITS["negative-h3"](w, ids)
     # the sink's own content feeds the noise MLP (no previous-token copy: the previous token is always " $",
-    # whose copied content would give every sink of a seed the same push)
-    _scale_trigger_content(w, ids, [*P.TRIGGERS, *P.SUB_THRESHOLD, *P.GATED], H3_CONTENT)
+    # whose copied content would give every sink of a seed the same push). Every token's content is scaled
+    # (BOS has none; " $" keeps norm 1 so the copied x[GATE] keeps its planted size): a role token alone
+    # at 6.5x the median would be born massive at layer 0 and count as a primary sink.
+    emb, content = w["model.embed_tokens.weight"], torch.tensor(P.CONTENT)
+    keep = ids[P.GATE_TOKEN]
+    for idx in range(emb.shape[0]):
+        if idx != keep:
+            emb[idx, content] *= H3_CONTENT
     _noise_mlp(w, _gen(seed, 2), P.SINK, gain=H3_NOISE_GAIN)
 
 
 def _noisy_h2(w, ids, seed: int) -> None:
     NEGATIVE_EDITS["negative-h2"](w, ids)
-    _prev_content_head(w, _gen(seed, 1))
-    _noise_mlp(w, _gen(seed, 2), P.TAG, gain=NOISE_GAIN * 4)
+    # no previous-token copy here: content added before layer 4 would shrink x[TRIG] and so N itself
+    # gated by x[TRIG] (what the trigger neuron reads): the noise rides in the same output as N u
+    _noise_mlp(w, _gen(seed, 2), P.TRIG, gain=H2_NOISE_GAIN, d_share=H2_D_SHARE)
 
 
 def _noisy_h4(w, ids, seed: int) -> None:
@@ -224,6 +235,7 @@ def build_noisy(out_dir: str | Path, name: str, *, seed: int = 0) -> P.PlantedTr
         design = {"trigger_content": TRIGGER_CONTENT, "prev_layer": PREV_LAYER, "prev_head": PREV_HEAD,
                   "prev_copy": PREV_COPY, "noise_neurons": list(NOISE_NEURONS), "noise_gain": NOISE_GAIN,
                   "noise_d_share": NOISE_D_SHARE, "h3_content": H3_CONTENT, "h3_noise_gain": H3_NOISE_GAIN,
+                  "h2_noise_gain": H2_NOISE_GAIN, "h2_d_share": H2_D_SHARE,
                   "head_out": HEAD_OUT, "seed": seed}
         data = {**asdict(truth), "noisy": name, "what": WHAT[name], "design": design,
                 "cosines_at_l_start": _role_cosines(tmp, truth)}
