@@ -106,38 +106,45 @@ def test_noisy_h1_zeroing_moves_sinks_both_ways_but_attention_writes_them(noisy_
         # the MLP alone (the copying head's output removed) makes no sink
         no_attn, _ = _hidden(model, ids, [(attn, lambda _m, _a, o: (torch.zeros_like(o[0]), *o[1:]))])
         assert float(_cos(no_attn)[P.L_START, pos].max()) < 0.5
+    d = torch.tensor(d_parts)
+    print(f"noisy-h1: max|zeroed - clean| {max_diff:.3g}; clean sinks {n_sink}, non-sinks {n_non}; zeroing lost "
+          f"{lost}, gained {gained}; same-norm random push lost {placebo_lost}; attention-only cos min "
+          f"{min(attn_only_cos):.3f}; MLP d push mean {float(d.mean()):.2f} sd {float(d.std()):.2f}")
     assert max_diff > 1.0                                  # the edit changes the forward (not bit-identical)
     assert n_sink >= 8 and n_non >= 4                      # triggers on both sides of the threshold
     assert lost > 0 and gained > 0                         # zeroing moves cosines across 0.95 both ways
     assert min(attn_only_cos) > 0.9                        # the sink direction comes from attention
-    d = torch.tensor(d_parts)
     assert (d > 0).any() and (d < 0).any()                 # the MLP pushes along d with either sign
     assert lost <= placebo_lost                            # zeroing loses no more sinks than a same-size random push
 
 
 def test_noisy_h3_own_position_swap_moves_cosines_but_the_decision_is_upstream(cache_dir):
+    """A mean swap of the whole state at layer 2, at every position after " $": the forward changes and
+    near-threshold cosines cross 0.95 (non-sinks become sinks: the swap takes the scaled content away);
+    without the layer-4 previous-token head nothing after " $" is a sink, whatever its own state."""
     model, tok, truth = _load("noisy-h3")
     gate = tok.convert_tokens_to_ids(tok.tokenize(P.GATE_TOKEN))[0]
     layer2, head4 = model.model.layers[2], model.model.layers[P.L_START].self_attn
-    crossed = total = 0
+    lost = gained = n_sink = n_non = 0
     max_diff = 0.0
     for text in P.planted_traces(truth, N_TRACES, gated=True):
         ids = _encode(tok, text)
         after = [t + 1 for t, i in enumerate(ids[:-1]) if i == gate]
         clean, _ = _hidden(model, ids)
-        sinks = [t for t in after if _cos(clean)[P.L_START, t] > COS]
         others = [t for t in range(1, len(ids)) if t not in after and ids[t] != gate]
         mean = clean[2, others].mean(0)
-        swapped, _ = _hidden(model, ids, [(layer2, _edit_output(sinks, lambda v: mean.clone()))])
+        swapped, _ = _hidden(model, ids, [(layer2, _edit_output(after, lambda v: mean.clone()))])
         max_diff = max(max_diff, float((swapped - clean).abs().max()))
-        total += len(sinks)
-        crossed += int((_cos(swapped)[P.L_START, sinks] <= COS).sum())
+        c, s = _cos(clean)[P.L_START, after], _cos(swapped)[P.L_START, after]
+        n_sink, n_non = n_sink + int((c > COS).sum()), n_non + int((c <= COS).sum())
+        lost, gained = lost + int(((c > COS) & (s <= COS)).sum()), gained + int(((c <= COS) & (s > COS)).sum())
         # without the layer-4 previous-token head no token after " $" is a sink: the decision is upstream
         no_head, _ = _hidden(model, ids, [(head4, lambda _m, _a, o: (torch.zeros_like(o[0]), *o[1:]))])
         assert float(_cos(no_head)[P.L_START, after].max()) < 0.5
-    assert total >= 8 and max_diff > 0.1
-    # own-position swaps do cross sinks (the noise), and keep most of them
-    assert 0 <= crossed < total
+    print(f"noisy-h3: max|swapped - clean| {max_diff:.3g}; after ' $': clean sinks {n_sink}, non-sinks {n_non}; "
+          f"own-position swap at layer 2 lost {lost}, gained {gained}")
+    assert n_sink >= 8 and max_diff > 0.1
+    assert lost + gained > 0                 # the swap moves cosines across 0.95
 
 
 def test_noisy_h4_attention_writes_content_but_nothing_reads_the_sinks(cache_dir):
