@@ -102,13 +102,23 @@ def draw_verdicts(model: str, hypothesis: str, changes: dict, G: int, draw: int,
         if full_stats:
             return compute_stats(tables, seed=draw)["verdicts"]
         return hypothesis_verdicts(tables["effects"], tables["manifest"], seed=draw)[0]
+    built = None
     if model in SEEDABLE:
-        model = f"{model}@seed{G * 100_000 + draw}"   # new weights per draw (and per G)
-    result = run_spec(case_spec(model, hypothesis, changes, G, seed=draw), results_root=root, progress=False)
+        from interventions.testbed import cache_root
+        from interventions.testbed.noisy import noisy_folder_name
+
+        weight_seed = G * 100_000 + draw   # new weights per draw (and per G)
+        built = cache_root() / "testbed" / noisy_folder_name(model[len("testbed:"):], weight_seed)
+        model = f"{model}@seed{weight_seed}"
     try:
-        return compute_stats(load_run(result.out), seed=draw)["verdicts"]
+        result = run_spec(case_spec(model, hypothesis, changes, G, seed=draw), results_root=root, progress=False)
+        try:
+            return compute_stats(load_run(result.out), seed=draw)["verdicts"]
+        finally:
+            shutil.rmtree(result.out, ignore_errors=True)
     finally:
-        shutil.rmtree(result.out, ignore_errors=True)
+        if built is not None:   # one folder per draw: ~1.6 MB each, K x G x cases of them otherwise
+            shutil.rmtree(built, ignore_errors=True)
 
 
 def _draw_task(args: tuple) -> tuple:
