@@ -66,6 +66,7 @@ CASES = [  # (label, hypothesis, model or table:NAME, spec changes, truth)
     ("H3 noisy-h3", "H3", "testbed:noisy-h3", {}, "negative"),
     ("H4 noisy-h4", "H4", "testbed:noisy-h4", {}, "negative"),
     ("table H1 vs controls", "H1", "table:h1_controls", {}, "negative"),
+    ("table H1 vs non-sink controls (noisy-h1 in a table)", "H1", "table:h1_nonsink_controls", {}, "negative"),
     ("table H1 vs placebo", "H1", "table:h1_placebo", {}, "negative"),
     ("table H3 vs placebo", "H3", "table:h3_placebo", {}, "negative"),
     ("table H4 vs controls", "H4", "table:h4_controls", {}, "negative"),

@@ -13,6 +13,10 @@ comparison units, so a verdict of "supported" is a false positive.
   same condition), where the controls are clean sinks from the same distribution.
 * ``h1_placebo``: the same against a placebo condition (``zero.mlp_output.L2.placebo`` on the same targets).
 * ``h3_placebo``: H3 (mean swap before l_start, suppression_rate) vs a placebo condition.
+* ``h1_nonsink_controls``: the noisy-h1 situation in a table: targets are near-threshold clean sinks given
+  the noise, the controls are non-sinks far below 0.95 given the same noise (they can never lose a sink).
+  The claim is false (the edit is noise), but targets-minus-controls is negative: comparing clean sinks
+  with non-sink controls is the defect of issue 18.
 * ``h4_controls``: H4 (attention mask; primary_beyond_renormalisation and kl) vs matched controls, both
   arms' per-trace outcomes from one distribution.
 """
@@ -38,7 +42,7 @@ BASE = {  # every column a run's effects table has; values for what the verdicts
     "masked_attention_mass": np.nan, "coefficient": np.nan, "direction": None, "heads": None, "head_mode": None,
     "source_trace": np.nan, "source_position": np.nan, "keep_first": np.nan, "window": np.nan, "non_finite": False,
 }
-NULLS = ("h1_controls", "h1_placebo", "h3_placebo", "h4_controls")
+NULLS = ("h1_controls", "h1_placebo", "h3_placebo", "h4_controls", "h1_nonsink_controls")
 
 
 def _cosines(rng, n: int, shift: float, *, spread: float = 0.01, noise: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
@@ -88,7 +92,19 @@ def null_tables(name: str, G: int, seed: int, *, per_trace: int = 3, trace_sd: f
         raise ValueError(f"unknown table null {name!r}; known: {', '.join(NULLS)}")
     rng = np.random.default_rng(seed)
     rows: list[dict] = []
-    if name in ("h1_controls", "h1_placebo"):
+    if name == "h1_nonsink_controls":
+        main = _cond("zero.mlp_output.l_start", "zero", "mlp_output", "l_start", "ctrl")
+        conditions = [main]
+        for g in range(G):
+            shift = rng.normal(0, trace_sd)
+            rows += _sink_rows(main, g, 1, *_cosines(rng, per_trace, shift), is_control=False, layer=L_START)
+            far = rng.normal(0.3, 0.05, size=per_trace)
+            ctrl = _sink_rows(main, g, 100, far, far + rng.normal(0, 0.01, size=per_trace), is_control=True,
+                              layer=L_START)
+            for r in ctrl:
+                r.update(clean_kind=None, clean_lifetime=0, clean_l_start=np.nan, clean_is_sink=False)
+            rows += ctrl
+    elif name in ("h1_controls", "h1_placebo"):
         main = _cond("zero.mlp_output.l_start", "zero", "mlp_output", "l_start",
                      "ctrl" if name == "h1_controls" else None)
         conditions = [main]
@@ -131,5 +147,5 @@ def null_tables(name: str, G: int, seed: int, *, per_trace: int = 3, trace_sd: f
     return _tables(pd.DataFrame(rows), conditions, name)
 
 
-NULL_HYPOTHESIS = {"h1_controls": "H1", "h1_placebo": "H1", "h3_placebo": "H3", "h4_controls": "H4"}
+NULL_HYPOTHESIS = {"h1_nonsink_controls": "H1", "h1_controls": "H1", "h1_placebo": "H1", "h3_placebo": "H3", "h4_controls": "H4"}
 """Which verdict key each table null is read at."""
