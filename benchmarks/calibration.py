@@ -1,25 +1,43 @@
 """Calibration of the verdicts: false-"supported" rates on negative controls, power and CI coverage.
 
-    python benchmarks/calibration.py                 # G = 8 and 30 traces, K = 200 resamples each
-    python benchmarks/calibration.py --k 50 --pool 12  # quicker
-    python benchmarks/calibration.py --cases H4        # only the cases whose label starts with H4
+    python benchmarks/calibration.py                        # fresh draws: G = 8 and 30 traces, K = 200 draws
+    python benchmarks/calibration.py --draws 20 --traces 8 --workers 16
+    python benchmarks/calibration.py --quick                # K = 20, G = 8: noisy negatives and table nulls
+    python benchmarks/calibration.py --cases H4 table       # only cases whose label starts with these
+    python benchmarks/calibration.py --mode pool --draws 50 --pool 12   # the older resampling mode
 
-Cheap by design: each (testbed, spec) runs once over a pool of traces; every simulated run
-draws G traces from the pool with replacement (each draw a separate cluster) and recomputes
-the verdicts from those rows only (:func:`interventions.stats.analysis.hypothesis_verdicts`).
+Every verdict comes out of the run's own path: a case with a model runs ``run_spec`` and then
+:func:`interventions.stats.analysis.compute_stats` on the run folder's tables (what ``analyze_run`` does);
+a table-level null (``benchmarks/table_nulls.py``) passes its synthetic tables to
+:func:`interventions.stats.hypotheses.hypothesis_verdicts`, the call ``compute_stats`` makes for its verdicts
+(``--full-stats``: to ``compute_stats`` itself).
 
-* negative testbeds (``testbed:negative-h1/h2/h3``, and the planted model for H4) and a
-  placebo-only spec (H1 whose only condition zeroes the MLP at layer 2, not l_start): rate of
-  "supported" per verdict key; target <= alpha + 2 Monte Carlo standard errors.
-* positive testbeds (``testbed:planted`` for H1-H3, ``testbed:positive-h4`` for H4): power (rate of
-  "supported") and, where the verdict has a CI, its coverage of the pool's own effect (the effect
-  over all pool traces).
+* ``--mode fresh`` (default): every simulated run is a new run of G traces: new traces (spec seed =
+  the draw) and, for the seedable testbeds (``testbed:noisy-h1@seedK`` ...), new weights.
+  The planted, exact-null and positive testbeds have one weight seed, so only their traces change.
+* ``--mode pool``: each (testbed, spec) runs once over a pool of traces; every simulated run draws G
+  traces from the pool with replacement and recomputes the verdicts from those rows only
+  (:func:`interventions.stats.hypotheses.hypothesis_verdicts`); also reports CI coverage of the pool's effect.
+
+Cases:
+
+* noisy negatives (``testbed:noisy-h1..h4``): the edit moves activations, some sink cosines cross
+  0.95, the claim is false by construction (``interventions/testbed/noisy.py``).
+* exact-null negatives (``testbed:negative-h1/h2/h3``, the planted model for H4, and a placebo-only
+  spec: H1 whose only condition zeroes the MLP at layer 2, where it writes nothing): forwards
+  bit-identical to clean (negative-h2 and negative-h3 do change the forward; kept as before).
+* table-level nulls (``table:NAME``): targets and comparison units from one near-threshold law.
+* positives (``testbed:planted`` for H1-H3, ``testbed:positive-h4`` for H4): power.
+
+For negatives the table says whether the "supported" rate is <= alpha + 2 Monte Carlo standard
+errors (sqrt(alpha (1 - alpha) / K)); for positives it is the power.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -33,21 +51,125 @@ sys.path.insert(0, str(REPO))
 
 from interventions.pipeline import run_spec  # noqa: E402
 from interventions.spec import Spec  # noqa: E402
-from interventions.stats.analysis import hypothesis_verdicts, load_run  # noqa: E402
+from interventions.stats.analysis import compute_stats, load_run  # noqa: E402
+from interventions.stats.hypotheses import hypothesis_verdicts  # noqa: E402
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+from table_nulls import null_tables  # noqa: E402
+
+ALPHA = 0.05
 SPECS = {"H1": "mlp_zero.yaml", "H2": "norm_scale.yaml", "H3": "mean_swap.yaml", "H4": "attn_mask.yaml"}
-CASES = [  # (label, hypothesis, model, spec changes, truth)
+SEEDABLE = ("testbed:noisy-h1", "testbed:noisy-h2", "testbed:noisy-h3", "testbed:noisy-h4")
+"""Testbeds built per weight seed (``@seedK``); the others have one set of weights."""
+CASES = [  # (label, hypothesis, model or table:NAME, spec changes, truth)
+    ("H1 noisy-h1", "H1", "testbed:noisy-h1", {}, "negative"),
+    ("H2 noisy-h2", "H2", "testbed:noisy-h2", {}, "negative"),
+    ("H3 noisy-h3", "H3", "testbed:noisy-h3", {}, "negative"),
+    ("H4 noisy-h4", "H4", "testbed:noisy-h4", {}, "negative"),
+    ("table H1 vs controls", "H1", "table:h1_controls", {}, "negative"),
+    ("table H1 vs non-sink controls (noisy-h1 in a table)", "H1", "table:h1_nonsink_controls", {}, "negative"),
+    ("table H1 vs placebo", "H1", "table:h1_placebo", {}, "negative"),
+    ("table H3 vs placebo", "H3", "table:h3_placebo", {}, "negative"),
+    ("table H4 vs controls", "H4", "table:h4_controls", {}, "negative"),
     ("H1 planted", "H1", "testbed:planted", {}, "positive"),
-    ("H1 negative-h1", "H1", "testbed:negative-h1", {}, "negative"),
-    ("H1 placebo-only (zero MLP at L2)", "H1", "testbed:planted", {"interventions": [
+    ("H1 negative-h1 (exact null)", "H1", "testbed:negative-h1", {}, "negative"),
+    ("H1 placebo-only (zero MLP at L2, exact null)", "H1", "testbed:planted", {"interventions": [
         {"kind": "zero", "site": "mlp_output", "layer": 2, "targets": ["sinks"], "controls": "ctrl"}]}, "negative"),
     ("H2 planted", "H2", "testbed:planted", {}, "positive"),
     ("H2 negative-h2", "H2", "testbed:negative-h2", {}, "negative"),
     ("H3 planted", "H3", "testbed:planted", {}, "positive"),
     ("H3 negative-h3", "H3", "testbed:negative-h3", {}, "negative"),
     ("H4 positive-h4", "H4", "testbed:positive-h4", {}, "positive"),
-    ("H4 planted (H4 false)", "H4", "testbed:planted", {}, "negative"),
+    ("H4 planted (H4 false, exact null)", "H4", "testbed:planted", {}, "negative"),
 ]
+QUICK = ("H1 noisy", "H2 noisy", "H3 noisy", "H4 noisy", "table")
+
+
+def case_spec(model: str, hypothesis: str, changes: dict, G: int, seed: int) -> Spec:
+    """The spec of one simulated run: the hypothesis' spec file on ``model`` with G traces, seed ``seed``."""
+    data = yaml.safe_load((REPO / "specs" / SPECS[hypothesis]).read_text())
+    data.update(model=model, limit=G, seed=seed, report=False, **changes)
+    return Spec.from_dict(data, base_dir=REPO / "specs")
+
+
+def draw_verdicts(model: str, hypothesis: str, changes: dict, G: int, draw: int, root: Path, *,
+                  full_stats: bool = False) -> dict:
+    """Verdicts of one fresh simulated run (draw ``draw``) through the run's own path.
+
+    A table null's verdicts come from :func:`hypothesis_verdicts` (what ``compute_stats`` calls for
+    ``stats["verdicts"]``, on the same effects table), or with ``full_stats`` from ``compute_stats``
+    itself (its per-layer screens and summaries make that ~10x slower, same verdicts)."""
+    if model.startswith("table:"):
+        tables = null_tables(model[len("table:"):], G, seed=draw)
+        if full_stats:
+            return compute_stats(tables, seed=draw)["verdicts"]
+        return hypothesis_verdicts(tables["effects"], tables["manifest"], seed=draw)[0]
+    built = None
+    if model in SEEDABLE:
+        from interventions.testbed import cache_root
+        from interventions.testbed.noisy import noisy_folder_name
+
+        weight_seed = G * 100_000 + draw   # new weights per draw (and per G)
+        built = cache_root() / "testbed" / noisy_folder_name(model[len("testbed:"):], weight_seed)
+        model = f"{model}@seed{weight_seed}"
+    try:
+        result = run_spec(case_spec(model, hypothesis, changes, G, seed=draw), results_root=root, progress=False)
+        try:
+            return compute_stats(load_run(result.out), seed=draw)["verdicts"]
+        finally:
+            shutil.rmtree(result.out, ignore_errors=True)
+    finally:
+        if built is not None:   # one folder per draw: ~1.6 MB each, K x G x cases of them otherwise
+            shutil.rmtree(built, ignore_errors=True)
+
+
+def _draw_task(args: tuple) -> tuple:
+    label, hypothesis, model, changes, G, draw, root, full_stats = args
+    try:
+        verdicts = draw_verdicts(model, hypothesis, changes, G, draw, Path(root), full_stats=full_stats)
+    except Exception as exc:  # one failed draw is reported, not fatal to the table
+        return label, G, draw, None, f"{type(exc).__name__}: {exc}"
+    keep = {k: {"verdict": v.get("verdict"), "effect": v.get("effect")} for k, v in verdicts.items()
+            if k.split("/")[0] == hypothesis}
+    return label, G, draw, keep, None
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def fresh_counts(cases: list[tuple], Gs: list[int], K: int, workers: int, root: Path, *,
+                 full_stats: bool = False) -> tuple[dict, list[str]]:
+    """Verdict counts per (case label, G, verdict key) over K fresh draws."""
+    tasks = [(label, h, model, changes, G, k, str(root), full_stats) for label, h, model, changes, _ in cases
+             for G in Gs for k in range(K)]
+    counts: dict[tuple, dict] = {}
+    errors: list[str] = []
+
+    def add(res):
+        label, G, draw, verdicts, err = res
+        if err:
+            errors.append(f"{label} G={G} draw {draw}: {err}")
+            print(errors[-1], file=sys.stderr, flush=True)
+            return
+        for key, rec in verdicts.items():
+            c = counts.setdefault((label, G, key), {"supported": 0, "not supported": 0, "inconclusive": 0,
+                                                     "not tested": 0})
+            c[rec["verdict"]] += 1
+
+    if workers <= 1:
+        _init_worker()
+        for t in tasks:
+            add(_draw_task(t))
+    else:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
+            for res in pool.imap_unordered(_draw_task, tasks):
+                add(res)
+    return counts, errors
 
 
 def run_pool(model: str, spec_file: str, changes: dict, pool: int, root: Path) -> dict:
@@ -84,45 +206,82 @@ def calibrate(tables: dict, G: int, K: int, seed: int) -> dict:
     return {"pool_effect": truth, "counts": counts}
 
 
-def main() -> None:
+def table_row(label: str, truth: str, key: str, G: int, c: dict) -> dict:
+    """One line of the calibration table (rates over the draws that gave a verdict)."""
+    n = sum(c[v] for v in ("supported", "not supported", "inconclusive"))
+    rate = c["supported"] / n if n else float("nan")
+    bound = ALPHA + 2 * float(np.sqrt(ALPHA * (1 - ALPHA) / n)) if n else float("nan")
+    row = {"case": label, "truth": truth, "verdict": key, "G": G, "K": n,
+           "supported": round(rate, 3), "mc_se": round(float(np.sqrt(rate * (1 - rate) / n)), 3) if n else None,
+           "not_supported": round(c["not supported"] / n, 3) if n else None,
+           "inconclusive": round(c["inconclusive"] / n, 3) if n else None}
+    if truth == "negative":
+        row["bound"] = round(bound, 3)
+        row["within_bound"] = bool(rate <= bound)
+    if "with_ci" in c:
+        row["ci_coverage"] = round(c["covered"] / c["with_ci"], 3) if c["with_ci"] else None
+        row["n_with_ci"] = c["with_ci"]
+    return row
+
+
+def print_table(rows: list[dict]) -> None:
+    print("\n| case | truth | verdict | G | K | supported | bound (alpha + 2 MC SE) | not supported | inconclusive |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        bound = f"{r['bound']:.3f} ({'ok' if r['within_bound'] else 'EXCEEDED'})" if "bound" in r else "power"
+        print(f"| {r['case']} | {r['truth']} | {r['verdict']} | {r['G']} | {r['K']} | {r['supported']:.3f} | {bound} "
+              f"| {r['not_supported']:.3f} | {r['inconclusive']:.3f} |")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--k", type=int, default=200)
-    ap.add_argument("--pool", type=int, default=30)
-    ap.add_argument("--g", type=int, nargs="+", default=[8, 30])
+    ap.add_argument("--draws", "--k", dest="draws", type=int, default=None, help="simulated runs per case and G "
+                    "(default 200; --quick 20)")
+    ap.add_argument("--traces", "--g", dest="traces", type=int, nargs="+", default=None,
+                    help="traces per simulated run (default 8 30; --quick 8)")
+    ap.add_argument("--mode", choices=["fresh", "pool"], default="fresh")
+    ap.add_argument("--pool", type=int, default=30, help="pool mode: traces in the pool")
+    ap.add_argument("--workers", type=int, default=1, help="fresh mode: parallel processes")
+    ap.add_argument("--quick", action="store_true", help="K = 20, G = 8, noisy negatives and table nulls only")
+    ap.add_argument("--full-stats", action="store_true", help="table nulls: verdicts from compute_stats (slower) "
+                    "instead of the hypothesis_verdicts call it makes")
     ap.add_argument("--out", default=None, help="write the table as JSON here")
     ap.add_argument("--cases", nargs="+", default=None, help="only cases whose label starts with one of these")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    K = args.draws if args.draws is not None else (20 if args.quick else 200)
+    Gs = args.traces if args.traces is not None else ([8] if args.quick else [8, 30])
+    prefixes = args.cases or (list(QUICK) if args.quick else None)
+    cases = [c for c in CASES if not prefixes or any(c[0].startswith(p) for p in prefixes)]
     import torch
 
     torch.set_num_threads(1)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, h, model, changes, truth in CASES:
-            if args.cases and not any(label.startswith(c) for c in args.cases):
-                continue
-            tables = run_pool(model, SPECS[h], changes, args.pool, Path(tmp))
-            for G in args.g:
-                res = calibrate(tables, G, args.k, seed=G)
-                for key, c in res["counts"].items():
-                    if not key.startswith(h):
-                        continue
-                    n = sum(c[v] for v in ("supported", "not supported", "inconclusive"))
-                    rate = c["supported"] / n
-                    rows.append({"case": label, "truth": truth, "verdict": key, "G": G, "K": n,
-                                 "supported": round(rate, 3), "mc_se": round(float(np.sqrt(rate * (1 - rate) / n)), 3),
-                                 "not_supported": round(c["not supported"] / n, 3),
-                                 "inconclusive": round(c["inconclusive"] / n, 3),
-                                 "ci_coverage": round(c["covered"] / c["with_ci"], 3) if c["with_ci"] else None,
-                                 "n_with_ci": c["with_ci"]})
-                    print(json.dumps(rows[-1]), flush=True)
-    print("\n| case | truth | verdict | G | K | supported | not supported | inconclusive | CI coverage (n) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        cov = "–" if r["ci_coverage"] is None else f"{r['ci_coverage']:.3f} ({r['n_with_ci']})"
-        print(f"| {r['case']} | {r['truth']} | {r['verdict']} | {r['G']} | {r['K']} | {r['supported']:.3f} "
-              f"| {r['not_supported']:.3f} | {r['inconclusive']:.3f} | {cov} |")
+        if args.mode == "fresh":
+            counts, errors = fresh_counts(cases, Gs, K, args.workers, Path(tmp), full_stats=args.full_stats)
+            for label, h, _model, _changes, truth in cases:
+                for G in Gs:
+                    for (lab, g, key), c in sorted(counts.items()):
+                        if lab == label and g == G:
+                            rows.append(table_row(label, truth, key, G, c))
+                            print(json.dumps(rows[-1]), flush=True)
+            if errors:
+                print(f"{len(errors)} draw(s) failed (first: {errors[0]})", file=sys.stderr)
+        else:
+            for label, h, model, changes, truth in cases:
+                if model.startswith("table:"):
+                    continue   # nothing to pool: a table null is drawn fresh each time
+                tables = run_pool(model, SPECS[h], changes, args.pool, Path(tmp))
+                for G in Gs:
+                    res = calibrate(tables, G, K, seed=G)
+                    for key, c in res["counts"].items():
+                        if key.split("/")[0] == h:
+                            rows.append(table_row(label, truth, key, G, c))
+                            print(json.dumps(rows[-1]), flush=True)
+    print_table(rows)
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
+    return rows
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@
 under a second) and cached as an ordinary HF folder under
 ``$INTERVENTIONS_CACHE/testbed/`` (default ``~/.cache/interventions/testbed/``), named
 ``<name>-v<version>-seed0`` so a change of the planted design never reuses a stale folder.
+
+The noisy negatives (:mod:`.noisy`, ``testbed:noisy-h1`` ...) take a weight seed after ``@seed``
+(``testbed:noisy-h1@seed3``; default 0), so calibration can draw new weights per simulated run.
 """
 
 from __future__ import annotations
@@ -27,8 +30,18 @@ def cache_root() -> Path:
 def testbed_folder(name: str) -> Path:
     """The HF folder of testbed ``name``, building it on first use."""
     from .negative import NEGATIVE_VERSION, NEGATIVES, build_negative
+    from .noisy import NOISIES, build_noisy, noisy_folder_name
     from .positive import POSITIVE_VERSION, POSITIVES, build_positive
 
+    base, _, seed_part = name.partition("@seed")
+    if base in NOISIES:  # noisy negatives (noisy.py): the edit moves activations, the claim is still false
+        if seed_part and not seed_part.isdigit():
+            raise UserError(f"testbed {name!r}: the weight seed after @seed must be a whole number "
+                            f"(e.g. testbed:{base}@seed3)", field="model")
+        folder = cache_root() / "testbed" / noisy_folder_name(base, int(seed_part or 0))
+        if not (folder / "truth.json").is_file():
+            build_noisy(folder, base, seed=int(seed_part or 0))
+        return folder
     if name in NEGATIVES:  # negative controls (negative.py): one hypothesis false by construction
         folder = cache_root() / "testbed" / f"{name}-v{NEGATIVE_VERSION}-seed0"
         if not (folder / "truth.json").is_file():
@@ -40,7 +53,7 @@ def testbed_folder(name: str) -> Path:
             build_positive(folder, name, seed=0)
         return folder
     if name not in TESTBEDS:
-        raise UserError(f"unknown testbed {name!r}; known: {', '.join([*TESTBEDS, *NEGATIVES, *POSITIVES])}",
+        raise UserError(f"unknown testbed {name!r}; known: {', '.join([*TESTBEDS, *NEGATIVES, *NOISIES, *POSITIVES])}",
                         field="model")
     from .planted import PLANTED_VERSION, build_planted
 

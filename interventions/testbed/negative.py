@@ -1,12 +1,18 @@
 """Negative-control testbeds: the planted model changed so that one hypothesis is false by construction.
 
-Loaded like the planted model (``testbed:negative-h1`` ...). Each starts from the planted
+Loaded like the planted model (``testbed:negative-h1`` ...). ``negative-h1`` (and the planted model
+as H4's negative) are **exact-null tests**: the edit's forward is bit-identical to clean (the zeroed
+MLP writes nothing; masked keys carry no value into the residual stream), so a "not supported" there
+only shows that an identical forward is not an effect. The noisy negatives of :mod:`.noisy`
+(``testbed:noisy-h1`` .. ``noisy-h4``), where the edit moves activations and some sink cosines cross
+0.95 while the claim stays false, are the negatives that can fool a verdict path (issue 18).
+``negative-h2`` and ``negative-h3`` do change the forward under their edits. Each starts from the planted
 weights (:mod:`.planted`) and changes one mechanism; ``truth.json`` says what was changed and
 lists the sinks a forward pass of the saved weights shows under the cosine rule alone
 (cos(h[l,t], h[l,0]) > 0.95; every decision clears 0.95 by >= 0.005), so the truth does not
 depend on a norm gate.
 
-* **negative-h1** (H1 false): the layer-4 MLP writes nothing. Head 1 of layer 4 attends from
+* **negative-h1** (H1 false; exact null): the layer-4 MLP writes nothing. Head 1 of layer 4 attends from
   each trigger token (``" ^" " #" " @"``) to BOS (its query reads TRIG - c ONE, its key BOS's
   sink coordinate) and copies BOS's sink coordinate into the trigger (o_proj writes 2.75 x it
   along d). Triggers become sinks at layer 4 (norm ~22, no TAG so no decay: lifetime 8) whatever
@@ -22,7 +28,7 @@ depend on a norm gate.
   right after ``" $"`` becomes a sink (norm 22, planted decay: lifetime 4) whatever its own
   activations were. A mean swap at the sink's own position before layer 4 cannot reach the
   decision (it lives in the previous token); only edits at layer 4 itself can.
-* H4 false: the planted model itself (attention writes nothing into the residual stream
+* H4 false (exact null): the planted model itself (attention writes nothing into the residual stream
   after layer 2, so masking attention to sinks cannot change later layers or predictions).
   Its positive counterpart is ``testbed:positive-h4`` (:mod:`.positive`): a layer-5 head reads
   the secondary sinks into a feature that lowers later attention to the primary sink and shifts
