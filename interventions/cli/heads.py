@@ -75,7 +75,7 @@ def heads_command(
         label = str(traces)
     classes = HeadClasses(epsilon=epsilon, dormant_ratio=dormant_ratio, key_position=key_position)
     result = measure_heads(loaded, trace_list, classes=classes, progress=not quiet, traces_label=label)
-    manifest = {"command": command_line(), "model": loaded.describe(), "traces": label,
+    manifest = {"kind": "heads", "command": command_line(), "model": loaded.describe(), "traces": label,
                 "n_traces": len(trace_list), "classes": result.summary()["classes"],
                 "versions": package_versions(), "tool": tool_revision(), "seconds": round(time.time() - started, 2)}
     write_heads(result, out, manifest=manifest)
