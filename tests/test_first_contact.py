@@ -141,3 +141,67 @@ def test_ctrl_c_during_conditions_and_statistics_marks_the_manifest_and_says_how
     data = json.loads(manifest.read_text())
     assert (data["status"], data["phase"]) == ("interrupted", "statistics"), data
     assert len(data["traces_completed"]) == 8
+
+
+# --------------------------------------------------------------------------------------------
+# intervene experiment: testbed expectations decide the exit code; real-model studies are findings
+
+
+def _study_folder(tmp_path, planted):
+    """Three studies: a testbed one with a wrong expectation, a real-model one (the planted model's
+    folder standing in for a cached real model) with an expectation it misses, and one whose model is
+    not cached."""
+    import shutil
+
+    import yaml
+
+    root = tmp_path / "studies"
+    wrong = yaml.safe_load((REPO / "experiments/sink_levels/experiment.yaml").read_text())
+    wrong.pop("real")
+    wrong["name"] = "wrong"
+    wrong["planted"]["limit"] = 2
+    wrong["expect"]["checks"] = ["modal_l_start == 4", "n_traces == 3"]  # 2 traces: the second check fails
+    (root / "wrong").mkdir(parents=True)
+    (root / "wrong/experiment.yaml").write_text(yaml.safe_dump(wrong))
+    traces = tmp_path / "traces.jsonl"
+    traces.write_text("".join(json.dumps({"text": t}) + "\n" for t in
+                              ["the cat sat on the mat and looked at the door for a while",
+                               "one two three four five six seven eight nine ten eleven twelve"]))
+    finding = {"name": "finding", "claim": "c", "kind": "known_answers",
+               "real": {"tiny": {"model": str(planted.source.path), "traces": str(traces), "limit": 2,
+                                 "dtype": "float32", "device": "cpu",
+                                 "expect": {"checks": ["models.tiny.summary.set_zero_delta_nll >= 1000"]}}},
+               "expect": {"checks": ["models.tiny.summary.set_zero_delta_nll >= 1000"]}}
+    (root / "finding").mkdir()
+    (root / "finding/experiment.yaml").write_text(yaml.safe_dump(finding))
+    uncached = dict(finding, name="uncached", real={"smollm2": {**finding["real"]["tiny"],
+                                                                "model": str(tmp_path / ".cache/real/smollm2")}})
+    (root / "uncached").mkdir()
+    (root / "uncached/experiment.yaml").write_text(yaml.safe_dump(uncached))
+    return root
+
+
+def test_experiment_exit_code_follows_testbed_expectations_and_findings_never_fail(tmp_path, planted):
+    root = _study_folder(tmp_path, planted)
+    r = runner.invoke(app, ["experiment", str(root), "--results", str(tmp_path / "results"), "--json"])
+    assert r.exit_code == 1, r.output  # the testbed study's wrong expectation
+    doc = json.loads(r.stdout)
+    assert [s["name"] for s in doc["expectations"]] == ["wrong"] and doc["failed"] == ["wrong"]
+    assert [s["name"] for s in doc["findings"]] == ["finding"]  # ran although a testbed study failed
+    assert doc["findings"][0]["as_expected"] is False and doc["differs_from_literature"] == ["finding"]
+    assert [s["name"] for s in doc["skipped"]] == ["uncached"]
+    assert "intervene testbed fetch-gguf" in doc["skipped"][0]["reason"]
+    assert "intervene testbed fetch-gguf" in r.stderr
+
+    # the finding alone: it differs from its expectation, and the command still exits 0
+    shutil_rm = __import__("shutil").rmtree
+    shutil_rm(root / "wrong")
+    r = runner.invoke(app, ["experiment", str(root), "--results", str(tmp_path / "results")], env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0] == "Real-model studies: findings, compared with the literature (never a failure)"
+    assert any(line.startswith("finding (known_answers, real models):") for line in lines), r.stdout
+    assert not any(c in r.stdout for c in "│┃━─╭"), "redirected: plain text, no box"
+    path = str(tmp_path / "results")
+    assert any(path in line and line.endswith("experiment.json") for line in lines), "a path is never split"
+    assert "differs from the literature (a finding)" in r.stdout
