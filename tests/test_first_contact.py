@@ -205,3 +205,66 @@ def test_experiment_exit_code_follows_testbed_expectations_and_findings_never_fa
     path = str(tmp_path / "results")
     assert any(path in line and line.endswith("experiment.json") for line in lines), "a path is never split"
     assert "differs from the literature (a finding)" in r.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# one output rule: results on stdout, --json wherever a command prints results
+
+
+RESULT_VERBS = ("detect", "run", "stats", "report", "experiment", "compare", "compare-runs", "heads", "validate")
+
+
+def test_every_verb_that_prints_results_has_json():
+    import click
+    import typer
+
+    group = typer.main.get_command(app)
+    ctx = click.Context(group)
+    for verb in RESULT_VERBS:
+        options = {o for p in group.get_command(ctx, verb).params for o in p.opts}
+        assert "--json" in options, verb
+
+
+def test_validate_and_heads_print_json_on_stdout(tmp_path, cache_dir):
+    r = runner.invoke(app, ["validate", str(REPO / "specs/norm_scale.yaml"), "--no-model", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["ok"] is True and len(doc["conditions"]) == 5 and doc["spec_hash"]
+    out = tmp_path / "heads"
+    r = runner.invoke(app, ["heads", "testbed:planted", "--generate", "random_tokens", "--n", "2", "--length", "16",
+                            "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["out"] == str(out) and set(doc["shares"]) == {"sink", "dormant", "other"}
+    assert f"wrote {out}" in r.stderr and "wrote" not in r.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# errors name the field, what was given and the fix
+
+
+def test_missing_model_folders_say_the_fix(tmp_path):
+    traces = _traces(tmp_path)
+    real = tmp_path / ".cache" / "real" / "smollm2-135m-instruct"
+    r = runner.invoke(app, ["detect", "--model", str(real), "--traces", str(traces), "--out", str(tmp_path / "o1")])
+    assert r.exit_code == 2
+    assert r.output.strip() == (f"error: model: model folder {real} does not exist — fetch it with "
+                                "`intervene testbed fetch-gguf` (caches the GGUF real models in .cache/real/)")
+    other = tmp_path / "models" / "mine"
+    r = runner.invoke(app, ["detect", "--model", str(other), "--traces", str(traces), "--out", str(tmp_path / "o2")])
+    assert r.exit_code == 2 and "fetch-gguf" not in r.output
+    assert r.output.strip().endswith("— give an existing model folder (with config.json), a .gguf file, a hub id "
+                                     "or testbed:planted")
+
+
+def test_trace_errors_follow_the_documented_format(tmp_path):
+    import re
+
+    bad = tmp_path / "bad.jsonl"
+    for content in ("{not json\n", "[1]\n", json.dumps({"title": "x"}) + "\n", json.dumps({"prompt": "p"}) + "\n",
+                    "\n"):
+        bad.write_text(content)
+        r = runner.invoke(app, ["detect", "--model", "testbed:planted", "--traces", str(bad), "--out",
+                                str(tmp_path / "o")])
+        assert r.exit_code == 2
+        assert re.fullmatch(r"error: traces: \S.* — \S.*", r.output.strip()), r.output

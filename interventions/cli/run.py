@@ -72,6 +72,8 @@ def validate_command(
     spec: Path = typer.Argument(..., help="The YAML spec to check."),
     no_model: bool = typer.Option(False, "--no-model", help="Check the spec file alone: skip the model's config, "
                                                             "tokenizer and traces (offline check)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result (ok, conditions, warnings) as JSON on "
+                                                        "stdout."),
 ):
     """Check a spec without running it: every problem on its own line, before any weights load.
 
@@ -85,16 +87,22 @@ def validate_command(
     from ..spec import load_spec
 
     loaded_spec = load_spec(spec)
+    warnings = []
     if not no_model:
         from ..spec.load import check_inputs
 
         checked = check_inputs(loaded_spec)
-        for tr in checked.traces:
-            for w in tr.warnings:
-                console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
-    for w in loaded_spec.warnings:
+        warnings += [w for tr in checked.traces for w in tr.warnings]
+    warnings += list(loaded_spec.warnings)
+    for w in warnings:
         console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
     conditions = loaded_spec.conditions()
+    if as_json:
+        from ..report.tables import print_json
+
+        print_json({"ok": True, "spec": spec, "spec_hash": loaded_spec.spec_hash,
+                    "conditions": [c.id for c in conditions], "warnings": warnings})
+        return
     out.print(f"ok: {spec} ({len(conditions)} conditions, spec hash {loaded_spec.spec_hash})", markup=False)
     for c in conditions:
         out.print(f"  {c.id}", markup=False)
