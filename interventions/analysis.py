@@ -8,6 +8,7 @@ reported as ``not tested``.
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -135,12 +136,26 @@ def _dose_groups(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {k: pd.concat(v, ignore_index=True).drop(columns=["condition", "target_set"]) for k, v in groups.items()}
 
 
+def _mark_complete(run: Path) -> None:
+    """A run that ended without statistics (status ``tables``) is complete once its stats.json exists."""
+    manifest = run / "manifest.json"
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if data.get("status") == "tables":
+        data["status"] = "complete"
+        data["statistics_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        write_json_atomic(manifest, data)
+
+
 def analyze_run(run_dir, *, progress: bool = True, report: bool = True, seed: int | None = None):
     """Write ``stats.json`` (and ``report.md`` with figures) for ``run_dir``; returns (stats, report_path)."""
     run = resolve_run_dir(run_dir)
     tables = load_run(run)
     stats = compute_stats(tables, seed=tables["manifest"].get("seed", 0) if seed is None else seed)
     write_json_atomic(run / "stats.json", stats)
+    _mark_complete(run)
     report_path = None
     if report:
         from .report.render import render_report

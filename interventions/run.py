@@ -378,14 +378,16 @@ def _run_conditions(spec, out, loaded, traces, conditions, config, clean_sinks, 
             warn(f"statistics and report skipped: they need the measures {', '.join(missing)} "
                  "(add them to measures:, or leave measures out)")
         else:
-            # "complete" means every file the run promises is written: a run killed during its
-            # statistics stays "analyzing" (resume it, or run `intervene report` on it).
+            # "complete" means stats.json (and report.md when asked for) is written: a run stopped
+            # during its statistics is "interrupted" in phase statistics (resume it, or `intervene stats`).
             from .analysis import analyze_run
 
             phase.append("statistics")
             manifest.update(status="analyzing")
             result.stats, result.report = analyze_run(out, progress=progress, report=write_report)
-    manifest.finish("complete")
+    # without statistics (report: false, run_spec(report=False), or measures they need left out) the
+    # run ends "tables": its tables are final; `intervene stats DIR` adds stats.json and marks it complete
+    manifest.finish("complete" if result.stats is not None else "tables")
     return result
 
 

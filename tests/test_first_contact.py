@@ -268,3 +268,36 @@ def test_trace_errors_follow_the_documented_format(tmp_path):
                                 str(tmp_path / "o")])
         assert r.exit_code == 2
         assert re.fullmatch(r"error: traces: \S.* — \S.*", r.output.strip()), r.output
+
+
+# --------------------------------------------------------------------------------------------
+# "complete" means stats.json is written
+
+
+def test_no_report_writes_the_statistics_and_is_complete(tmp_path, cache_dir):
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["run", str(REPO / "specs/norm_scale.yaml"), "--out", str(out), "--no-report", "--json"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert (out / "stats.json").is_file() and not (out / "report.md").exists()
+    assert json.loads(r.stdout)["verdicts"]["H2"]["verdict"] == "supported"
+
+
+def test_a_run_without_statistics_ends_tables_until_stats_are_computed(tmp_path, cache_dir):
+    import yaml
+
+    from interventions import run_spec
+
+    data = yaml.safe_load((REPO / "specs/norm_scale.yaml").read_text())
+    data.update(limit=2)
+    spec = tmp_path / "small.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    out = tmp_path / "run"
+    run_spec(str(spec), run_dir=out, report=False, progress=False)
+    assert json.loads((out / "manifest.json").read_text())["status"] == "tables"
+    assert not (out / "stats.json").exists()
+    r = runner.invoke(app, ["stats", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+    assert (out / "stats.json").is_file()

@@ -19,7 +19,8 @@ def run_command(
                              help="Exact run folder (instead of RESULTS/<name>/<run id>)."),
     resume: Path = typer.Option(None, "--resume", help="Continue the interrupted run in this folder (same spec)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it already holds results."),
-    no_report: bool = typer.Option(False, "--no-report", help="Skip statistics and the report at the end."),
+    no_report: bool = typer.Option(False, "--no-report", help="Skip report.md and its figures (stats.json is still "
+                                                               "written)."),
     no_prefix_reuse: bool = typer.Option(False, "--no-prefix-reuse",
                                          help="One full forward per condition (slower; for checking)."),
     force: bool = typer.Option(False, "--force", help="Run even when the memory estimate exceeds free memory."),
@@ -57,6 +58,13 @@ def run_command(
                       reuse_prefix=not no_prefix_reuse, force=force, command=command_line())
     if not ranks_from_env().is_main:  # rank 0 prints the merged run
         return
+    if no_report and result.manifest.get("status") == "tables" and loaded_spec.report:
+        # --no-report skips only report.md and figures: the statistics are computed (and the run is complete)
+        from ..analysis import analyze_run
+        from ..run_tables import STATS_MEASURES
+
+        if all(m in loaded_spec.measures for m in STATS_MEASURES):
+            result.stats, _ = analyze_run(result.out, progress=not quiet and not as_json, report=False)
     if as_json:
         print_json({"out": result.out, "report": result.report, "summary": result.summary,
                     "verdicts": (result.stats or {}).get("verdicts")})
