@@ -16,6 +16,7 @@ Old spellings (``run --run-dir``, ``--attn``) are kept as second names of the sa
 from __future__ import annotations
 
 import functools
+import inspect
 import shlex
 import sys
 
@@ -66,19 +67,22 @@ def resume_command(folder) -> str:
     return "intervene " + " ".join(shlex.quote(a) for a in [*args, "--resume", str(folder)])
 
 
-def interrupted_message(exc: KeyboardInterrupt) -> str:
-    """What to do after Ctrl-C: resume the folder the job was writing, or rerun when nothing was written."""
+def interrupted_message(exc: KeyboardInterrupt, *, resumable: bool = True) -> str:
+    """What to do after Ctrl-C: resume the folder the job was writing, or rerun when nothing was written
+    (or when the command has no ``--resume``, as ``experiment``)."""
     folder = getattr(exc, "interrupted_folder", None)
     if folder is None:
         return "interrupted before any result was written; run the same command again"
     phase = getattr(exc, "interrupted_phase", None)
-    return (f"interrupted{f' during {phase}' if phase else ''}; {folder} is marked interrupted in its "
-            f"manifest.json. Continue with: {resume_command(folder)}")
+    head = f"interrupted{f' during {phase}' if phase else ''}; {folder} is marked interrupted in its manifest.json"
+    return f"{head}. Continue with: {resume_command(folder)}" if resumable else f"{head}; run the command again"
 
 
 def user_errors(fn):
     """Turn a UserError into ``error: <line>`` on stderr and exit code 2 (no traceback), and Ctrl-C into
     one line saying how to resume and exit code 130."""
+
+    resumable = "resume" in inspect.signature(fn).parameters
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -89,7 +93,10 @@ def user_errors(fn):
                 console.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt as exc:
-            console.print(f"[yellow]{interrupted_message(exc)}[/yellow]", highlight=False, soft_wrap=True)
+            from rich.markup import escape
+
+            console.print(f"[yellow]{escape(interrupted_message(exc, resumable=resumable))}[/yellow]",
+                          highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
 
     return wrapper
