@@ -443,10 +443,10 @@ def print_compare(result: CompareResult, *, max_rows: int = 40) -> None:
     lines.append(f"primary sinks: {p['both']} in both, {p['only_ours']} only ours, {p['only_reference']} only "
                  "reference")
     lines.append(f"levels: ours {t['levels_ours']}, reference {t['levels_reference']}")
-    out.print("\n".join(lines), markup=False)
     labels = result.reference_summary.get("paper_code_labels", {})
     if labels.get("n"):
-        console.print(f"reference labels reproduced by the paper's labelling (L = {result.settings.get('n_layers')}): "
-                      f"{labels['agree']}/{labels['n']} ({labels['share']:.0%})", highlight=False)
+        lines.append(f"reference labels reproduced by the paper's labelling (L = {result.settings.get('n_layers')}): "
+                     f"{labels['agree']}/{labels['n']} ({labels['share']:.0%})")
     if result.settings.get("note"):
-        console.print(f"[yellow]note:[/yellow] {result.settings['note']}", highlight=False)
+        lines.append(f"note: {result.settings['note']}")
+    out.print("\n".join(lines), markup=False)

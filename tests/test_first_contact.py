@@ -151,8 +151,6 @@ def _study_folder(tmp_path, planted):
     """Three studies: a testbed one with a wrong expectation, a real-model one (the planted model's
     folder standing in for a cached real model) with an expectation it misses, and one whose model is
     not cached."""
-    import shutil
-
     import yaml
 
     root = tmp_path / "studies"
@@ -194,8 +192,9 @@ def test_experiment_exit_code_follows_testbed_expectations_and_findings_never_fa
     assert "intervene testbed fetch-gguf" in r.stderr
 
     # the finding alone: it differs from its expectation, and the command still exits 0
-    shutil_rm = __import__("shutil").rmtree
-    shutil_rm(root / "wrong")
+    import shutil
+
+    shutil.rmtree(root / "wrong")
     r = runner.invoke(app, ["experiment", str(root), "--results", str(tmp_path / "results")], env={"COLUMNS": "80"})
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
