@@ -72,7 +72,8 @@ def interrupted_message(exc: KeyboardInterrupt, *, resumable: bool = True) -> st
     (or when the command has no ``--resume``, as ``experiment``)."""
     folder = getattr(exc, "interrupted_folder", None)
     if folder is None:
-        return "interrupted before any result was written; run the same command again"
+        return ("interrupted before any result was written; run the same command again" if resumable
+                else "interrupted; run the same command again")
     phase = getattr(exc, "interrupted_phase", None)
     head = f"interrupted{f' during {phase}' if phase else ''}; {folder} is marked interrupted in its manifest.json"
     return f"{head}. Continue with: {resume_command(folder)}" if resumable else f"{head}; run the command again"
