@@ -22,3 +22,14 @@ class SpecError(UserError):
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
         super().__init__("\n".join(self.problems))
+
+
+def missing_model_fix(path) -> str:
+    """The fix for a model folder that does not exist: the real models ``intervene testbed fetch-gguf``
+    caches in ``.cache/real/`` are fetched with it; anything else needs an existing model."""
+    from pathlib import Path
+
+    parts = Path(str(path)).parts
+    if any(a == ".cache" and b == "real" for a, b in zip(parts, parts[1:])):
+        return "fetch it with `intervene testbed fetch-gguf` (caches the GGUF real models in .cache/real/)"
+    return "give an existing model folder (with config.json), a .gguf file, a hub id or testbed:planted"

@@ -107,13 +107,56 @@ def _writable(folder: Path) -> bool:
         return False
 
 
+# What each command writes at the top of its folder (``--overwrite`` removes a folder only when
+# everything in it is on this list for the kind its manifest names: it never deletes a user's file).
+TOOL_FILES: dict[str, frozenset[str]] = {
+    "run": frozenset({"manifest.json", "spec.yaml", "clean_sinks.jsonl", "sink_layers.parquet", "sink_window.parquet",
+                      "clean_profile.parquet", "effects.parquet", "downstream.parquet", "parts", "summary.csv",
+                      "stats.json", "report.md", "figures"}),
+    "detect": frozenset({"manifest.json", "sinks.jsonl", "levels.csv", "tokens.csv", "traces.csv", "sensitivity.csv",
+                         "profiles.parquet", "sink_scores", "parts", "report.md", "figures"}),
+    "heads": frozenset({"manifest.json", "heads.csv", "heads_per_trace.parquet", "summary.json", "figures"}),
+}
+
+
+def _written_by_tool(kind: str, name: str) -> bool:
+    if name.startswith(".") and name.endswith(".tmp"):  # an atomic write cut short
+        return True
+    if kind == "run" and name.startswith("manifest.rank-") and name.endswith(".json"):  # torchrun shards
+        return True
+    return name in TOOL_FILES.get(kind, frozenset())
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """The names in ``path`` that this tool did not write (all of them when no manifest names its kind)."""
+    kind = folder_kind(path)
+    return sorted(p.name for p in path.iterdir() if kind is None or not _written_by_tool(kind, p.name))
+
+
+def _show_names(names: list[str], most: int = 5) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def check_output_dir(path: Path, *, overwrite: bool = False, resume: bool = False, option: str = "--out") -> None:
-    """Refuse, before any work, to write where we should not (one line with the fix)."""
+    """Refuse, before any work, to write where we should not (one line with the fix).
+
+    ``overwrite`` replaces only a folder this tool wrote (a run or detect folder with its
+    manifest); any other file in it is named and the folder is left alone.
+    """
     if path.exists() and not path.is_dir():
         raise UserError(f"{path} exists and is a file; choose another {option}", field="out")
     if path.exists() and any(path.iterdir()) and not (overwrite or resume):
         raise UserError(f"{path} already holds results; pass --overwrite to replace them or --resume to continue",
                         field="out")
+    if overwrite and not resume and path.is_dir() and any(path.iterdir()):
+        foreign = foreign_entries(path)
+        if foreign:
+            what = ("is not a folder this tool wrote (no manifest.json)" if folder_kind(path) is None
+                    else "holds files this tool did not write")
+            raise UserError(f"{path} {what}: {_show_names(foreign)} — --overwrite replaces only a run, detect or "
+                            f"heads folder and never deletes other files; move them or choose another {option}",
+                            field="out")
     probe = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
     if not probe.is_dir():
         raise UserError(f"cannot create {path}: {probe} is a file, not a folder; choose another {option}", field="out")

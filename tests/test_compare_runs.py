@@ -108,9 +108,9 @@ def test_two_seeds_on_the_same_traces_give_exact_zeros_without_ci(runs):
     # ... while each run's own effect does have an interval where it varies between traces.
     assert t["ci_low"].notna().any()
     from interventions.cli.compare_runs import print_comparison
-    from interventions.progress import console
+    from interventions.report.tables import out  # results go to stdout
 
-    with console.capture() as cap:
+    with out.capture() as cap:
         print_comparison(result)
     assert "0 (exact)" in cap.get()
 

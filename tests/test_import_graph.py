@@ -121,7 +121,7 @@ def test_no_import_cycles_in_the_package():
 STAGES = ("core", "testbed", "models", "spec", "observation", "detection", "compile", "kinds", "measures", "run",
           "api", "stats", "report", "pipeline", "studies", "cli", "package")
 CORE = {"interventions.errors", "interventions.registry", "interventions.progress", "interventions.jsonable",
-        "interventions.store"}
+        "interventions.store", "interventions.interrupts"}
 
 
 def stage_of(module: str) -> str:
@@ -155,4 +155,4 @@ def test_a_planted_upward_import_is_found():
 
 def test_only_a_handful_of_modules_sit_at_the_top():
     top = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
-    assert top == ["api", "errors", "jsonable", "pipeline", "progress", "registry", "store"], top
+    assert top == ["api", "errors", "interrupts", "jsonable", "pipeline", "progress", "registry", "store"], top

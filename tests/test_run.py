@@ -71,7 +71,7 @@ def test_effects_columns_are_documented_and_planted_numbers_hold(tmp_path, cache
     assert (gain >= -1e-6).all() and gain.mean() > 0.02
     run = result.out
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["status"] == "complete" and manifest["traces_completed"] == [0, 1, 2]
+    assert manifest["status"] == "tables" and manifest["traces_completed"] == [0, 1, 2]
     assert set(manifest["timings"]["per_condition_s"]) == {c["id"] for c in manifest["conditions"]}
     assert (run / "spec.yaml").exists() and not list(run.rglob("*.tmp"))
 

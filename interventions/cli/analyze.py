@@ -38,7 +38,8 @@ def stats_command(
 def report_command(
     run_dir: Path = typer.Argument(..., help="A folder written by `intervene run` (or results/<name>: its newest "
                                              "complete run), or by `intervene detect`."),
-    as_json: bool = typer.Option(False, "--json", help="Print the verdicts as JSON on stdout instead of tables."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report's path and the verdicts as JSON on stdout "
+                                                        "instead of tables."),
 ):
     """Write report.md: for a run, verdicts, tables and paper-style figures (RUN_DIR/figures/);
     for a detect folder, the sinks found.
@@ -54,7 +55,12 @@ def report_command(
     if folder_kind(run) == "detect":
         from interventions.report.detection import render_detection_report
 
-        info(f"wrote {render_detection_report(run)}")
+        path = render_detection_report(run)
+        if as_json:
+            from ..report.tables import print_json
+
+            print_json({"report": path})
+        info(f"wrote {path}")
         return
     check_run_folder(run)
     from interventions.pipeline import analyze_run

@@ -16,6 +16,7 @@ Old spellings (``run --run-dir``, ``--attn``) are kept as second names of the sa
 from __future__ import annotations
 
 import functools
+import inspect
 import shlex
 import sys
 
@@ -47,8 +48,42 @@ def command_line() -> str:
     return "intervene " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+_FOLDER_OPTIONS = ("--out", "-o", "--run-dir", "--resume")
+
+
+def resume_command(folder) -> str:
+    """This command line with its output folder given as ``--resume FOLDER`` (``--overwrite`` dropped)."""
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a in _FOLDER_OPTIONS:
+            skip = True
+            continue
+        if a == "--overwrite" or any(a.startswith(o + "=") for o in _FOLDER_OPTIONS if o.startswith("--")):
+            continue
+        args.append(a)
+    return "intervene " + " ".join(shlex.quote(a) for a in [*args, "--resume", str(folder)])
+
+
+def interrupted_message(exc: KeyboardInterrupt, *, resumable: bool = True) -> str:
+    """What to do after Ctrl-C: resume the folder the job was writing, or rerun when nothing was written
+    (or when the command has no ``--resume``, as ``experiment``)."""
+    folder = getattr(exc, "interrupted_folder", None)
+    if folder is None:
+        return ("interrupted before any result was written; run the same command again" if resumable
+                else "interrupted; run the same command again")
+    phase = getattr(exc, "interrupted_phase", None)
+    head = f"interrupted{f' during {phase}' if phase else ''}; {folder} is marked interrupted in its manifest.json"
+    return f"{head}. Continue with: {resume_command(folder)}" if resumable else f"{head}; run the command again"
+
+
 def user_errors(fn):
-    """Turn a UserError into ``error: <line>`` on stderr and exit code 2 (no traceback)."""
+    """Turn a UserError into ``error: <line>`` on stderr and exit code 2 (no traceback), and Ctrl-C into
+    one line saying how to resume and exit code 130."""
+
+    resumable = "resume" in inspect.signature(fn).parameters
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -58,6 +93,12 @@ def user_errors(fn):
             for line in str(exc).splitlines():
                 console.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt as exc:
+            from rich.markup import escape
+
+            console.print(f"[yellow]{escape(interrupted_message(exc, resumable=resumable))}[/yellow]",
+                          highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
 
     return wrapper
 

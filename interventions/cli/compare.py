@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import console, user_errors
+from .common import info, user_errors
 
 
 @user_errors
@@ -20,6 +20,7 @@ def compare_command(
                                           "or an integer: reference layer = ours + offset."),
     secondary_types: str = typer.Option("secondary,cliff", "--secondary-types",
                                         help="Reference sink_type values counted as secondary sinks."),
+    as_json: bool = typer.Option(False, "--json", help="Print compare.json's content on stdout instead of tables."),
 ):
     """Compare our sinks with a paper-format reference file, trace by trace.
 
@@ -31,9 +32,10 @@ def compare_command(
         intervene compare results/detect-qwen3 ../shared/data/secondary-sinks-paper/sink_detection_qwen3-4b-base.jsonl
     """
     from interventions.studies.compare import compare, print_compare
+    from ..report.tables import print_json
 
     target = out if out is not None else (ours if ours.is_dir() else ours.parent) / "compare"
     result = compare(ours, reference, target, layer_offset=layer_offset,
                      secondary_types=tuple(t.strip() for t in secondary_types.split(",") if t.strip()))
-    print_compare(result)
-    console.print(f"wrote {target / 'compare.json'}", highlight=False)
+    print_json(result.to_dict()) if as_json else print_compare(result)
+    info(f"wrote {target / 'compare.json'}")

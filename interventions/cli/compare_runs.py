@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .common import console, user_errors
+from .common import info, user_errors
 
 
 @user_errors
@@ -37,6 +37,8 @@ def compare_runs_command(
     correction: str = typer.Option("holm", "--correction", help="holm, fdr_bh, bonferroni or none: across every "
                                                                 "row of the table."),
     out: Path = typer.Option(Path("results/compare-runs"), "--out", "-o", help="Folder for the tables and figures."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison (settings, rows, notes) as JSON on "
+                                                        "stdout instead of a table."),
 ):
     """Compare the per-layer effects of runs (models, specs, seeds) or of conditions of one model.
 
@@ -65,10 +67,16 @@ def compare_runs_command(
                           conditions=[c.strip() for c in conditions.split(",") if c.strip()] if conditions else None,
                           labels=[x.strip() for x in labels.split(",")] if labels else None,
                           pairs="all" if all_pairs else "reference", n_boot=n_boot, seed=seed, correction=correction)
-    print_comparison(result)
+    if as_json:
+        from ..report.tables import print_json
+
+        print_json({"settings": result.settings, "rows": result.table.to_dict(orient="records"),
+                    "notes": list(result.notes)})
+    else:
+        print_comparison(result)
     paths = write_comparison(result, out)
-    console.print(f"wrote {paths['comparison']} (+ .csv), {paths['effects']}, {paths['effect_lines'].name}, "
-                  f"{paths['heatmap'].name} in {out}", highlight=False)
+    info(f"wrote {paths['comparison']} (+ .csv), {paths['effects']}, {paths['effect_lines'].name}, "
+         f"{paths['heatmap'].name} in {out}")
 
 
 def _num(v, fmt="{:.3g}") -> str:
@@ -76,17 +84,16 @@ def _num(v, fmt="{:.3g}") -> str:
 
 
 def print_comparison(result) -> None:
-    """The comparison as a terminal table; exact zeros print as 0 with no CI or p."""
-    from rich.table import Table
-
+    """The comparison as a table on stdout (the rules of :func:`interventions.report.tables.show_table`);
+    exact zeros print as 0 with no CI or p."""
     from interventions.studies.compare_runs import side_labels
+    from ..report.tables import out, show_table
 
     t = result.table
     s = result.settings
-    table = Table(title=f"{s['measure']} ({s['group']}): run - reference by {s['axis']}", title_justify="left")
-    for col in ("x", "run vs reference", "effect [CI]", "reference [CI]", "difference [CI]", "p adj"):
-        table.add_column(col, justify="right" if col not in ("run vs reference",) else "left")
+    columns = ["x", "run vs reference", "effect [CI]", "reference [CI]", "difference [CI]", "p adj"]
     many_conditions = t["condition"].nunique() > 1
+    rows = []
     for _, r in t.iterrows():
         who, ref = side_labels(r["run"], r["condition"], r["ref_run"], r["ref_condition"])
         pair = f"{who} vs {ref}" + (f" [{r['condition']}]" if r["condition"] == r["ref_condition"] and many_conditions
@@ -96,8 +103,9 @@ def print_comparison(result) -> None:
             return _num(e) + (f" [{_num(lo)}, {_num(hi)}]" if _num(lo) else "")
 
         diff = "0 (exact)" if r["ci_method"] == "exact zero" else ci(r["diff"], r["diff_ci_low"], r["diff_ci_high"])
-        table.add_row(f"{r['x']:g}", pair, ci(r["effect"], r["ci_low"], r["ci_high"]),
-                      ci(r["ref_effect"], r["ref_ci_low"], r["ref_ci_high"]), diff, _num(r["p_adj"]))
-    console.print(table)
+        rows.append([f"{r['x']:g}", pair, ci(r["effect"], r["ci_low"], r["ci_high"]),
+                     ci(r["ref_effect"], r["ref_ci_low"], r["ref_ci_high"]), diff, _num(r["p_adj"])])
+    show_table(f"{s['measure']} ({s['group']}): run - reference by {s['axis']}", columns, rows,
+               right=tuple(c for c in columns if c != "run vs reference"))
     for note in result.notes:
-        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+        out.print(f"note: {note}", markup=False)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import command_line, console, user_errors
+from .common import command_line, info, user_errors
 
 
 @user_errors
@@ -31,6 +31,7 @@ def heads_command(
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N | auto."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary (classes, shares) as JSON on stdout."),
 ):
     """Per-head sink measures: alpha (attention share of the sink key), Sink-epsilon, entropy, output norm, classes.
 
@@ -74,14 +75,19 @@ def heads_command(
                                  chat_template=chat_template)
         label = str(traces)
     classes = HeadClasses(epsilon=epsilon, dormant_ratio=dormant_ratio, key_position=key_position)
-    result = measure_heads(loaded, trace_list, classes=classes, progress=not quiet, traces_label=label)
-    manifest = {"command": command_line(), "model": loaded.describe(), "traces": label,
+    result = measure_heads(loaded, trace_list, classes=classes, progress=not (quiet or as_json), traces_label=label)
+    manifest = {"kind": "heads", "command": command_line(), "model": loaded.describe(), "traces": label,
                 "n_traces": len(trace_list), "classes": result.summary()["classes"],
                 "versions": package_versions(), "tool": tool_revision(), "seconds": round(time.time() - started, 2)}
     write_heads(result, out, manifest=manifest)
-    if not quiet:
-        s = result.summary()
-        console.print(f"{result!r}", highlight=False, soft_wrap=True)
-        console.print(f"shares: sink {s['shares']['sink']:.2f}, dormant {s['shares']['dormant']:.2f}, "
-                      f"other {s['shares']['other']:.2f}", highlight=False)
-    console.print(f"wrote {out}", highlight=False)
+    s = result.summary()
+    if as_json:
+        from ..report.tables import print_json
+
+        print_json({"out": out, **s})
+    elif not quiet:  # results on stdout
+        from ..report.tables import out as stdout
+
+        stdout.print(f"{result!r}\nshares: sink {s['shares']['sink']:.2f}, dormant {s['shares']['dormant']:.2f}, "
+                     f"other {s['shares']['other']:.2f}", markup=False)
+    info(f"wrote {out}")

@@ -20,7 +20,8 @@ def run_command(
                              help="Exact run folder (instead of RESULTS/<name>/<run id>)."),
     resume: Path = typer.Option(None, "--resume", help="Continue the interrupted run in this folder (same spec)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it already holds results."),
-    no_report: bool = typer.Option(False, "--no-report", help="Skip statistics and the report at the end."),
+    no_report: bool = typer.Option(False, "--no-report", help="Skip report.md and its figures (stats.json is still "
+                                                               "written)."),
     no_prefix_reuse: bool = typer.Option(False, "--no-prefix-reuse",
                                          help="One full forward per condition (slower; for checking)."),
     force: bool = typer.Option(False, "--force", help="Run even when the memory estimate exceeds free memory."),
@@ -58,6 +59,13 @@ def run_command(
                       reuse_prefix=not no_prefix_reuse, force=force, command=command_line())
     if not ranks_from_env().is_main:  # rank 0 prints the merged run
         return
+    if no_report and result.manifest.get("status") == "tables" and loaded_spec.report:
+        # --no-report skips only report.md and figures: the statistics are computed (and the run is complete)
+        from interventions.pipeline import analyze_run
+        from interventions.run.tables import STATS_MEASURES
+
+        if all(m in loaded_spec.measures for m in STATS_MEASURES):
+            result.stats, _ = analyze_run(result.out, progress=not quiet and not as_json, report=False)
     if as_json:
         print_json({"out": result.out, "report": result.report, "summary": result.summary,
                     "verdicts": (result.stats or {}).get("verdicts")})
@@ -73,6 +81,8 @@ def validate_command(
     spec: Path = typer.Argument(..., help="The YAML spec to check."),
     no_model: bool = typer.Option(False, "--no-model", help="Check the spec file alone: skip the model's config, "
                                                             "tokenizer and traces (offline check)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result (ok, conditions, warnings) as JSON on "
+                                                        "stdout."),
 ):
     """Check a spec without running it: every problem on its own line, before any weights load.
 
@@ -86,16 +96,22 @@ def validate_command(
     from interventions.spec import load_spec
 
     loaded_spec = load_spec(spec)
+    warnings = []
     if not no_model:
         from interventions.spec.load import check_inputs
 
         checked = check_inputs(loaded_spec)
-        for tr in checked.traces:
-            for w in tr.warnings:
-                console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
-    for w in loaded_spec.warnings:
+        warnings += [w for tr in checked.traces for w in tr.warnings]
+    warnings += list(loaded_spec.warnings)
+    for w in warnings:
         console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
     conditions = loaded_spec.conditions()
+    if as_json:
+        from ..report.tables import print_json
+
+        print_json({"ok": True, "spec": spec, "spec_hash": loaded_spec.spec_hash,
+                    "conditions": [c.id for c in conditions], "warnings": warnings})
+        return
     out.print(f"ok: {spec} ({len(conditions)} conditions, spec hash {loaded_spec.spec_hash})", markup=False)
     for c in conditions:
         out.print(f"  {c.id}", markup=False)

@@ -17,7 +17,10 @@ from __future__ import annotations
 import contextlib
 import io
 
-with contextlib.redirect_stdout(io.StringIO()):  # pyvene prints an nnsight notice on import
+from ..interrupts import sigint_deferred
+
+# pyvene prints an nnsight notice on import, and its model-card import swallows Ctrl-C (a bare except)
+with sigint_deferred(), contextlib.redirect_stdout(io.StringIO()):
     import pyvene as pv
 from pyvene.models import intervenable_modelcard as _modelcard
 from pyvene.models.constants import CONST_INPUT_HOOK, CONST_OUTPUT_HOOK

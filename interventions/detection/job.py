@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from interventions.errors import UserError
+from interventions.interrupts import mark_interrupted
 from interventions.models.load import LoadedModel, load_model
 from interventions.observation import Observation, observe_tokens
 from interventions.progress import track, warn
@@ -210,6 +211,7 @@ def detect(
     trace_rows: list[dict] = []
     sens_rows: list[dict] = []
     observations: dict[int, Observation] = {}
+    phase = "traces"
     try:
         for tr in track(trace_list, description="observing traces", enabled=progress):
             for w in tr.warnings:
@@ -245,21 +247,23 @@ def detect(
             write_text_atomic(out_path / "parts" / "traces" / part_name(tr.index, ".json"), json.dumps(summary))
             write_text_atomic(out_path / "parts" / "sensitivity" / part_name(tr.index, ".json"), json.dumps(sens))
             manifest.trace_done(tr.index, time.perf_counter() - t0)
+        phase = "tables"
+        if out_path is not None:
+            rows, trace_rows, sens_rows = _read_parts(out_path)
+        result = _tables(rows, trace_rows, out_path, observations, sens_rows)
+        n_missing = int(result.traces["no_primary"].sum()) if "no_primary" in result.traces else 0
+        if n_missing:
+            warn(f"{n_missing} of {len(result.traces)} traces have no primary sink (see traces.csv, column "
+                 "no_primary): their secondary sinks were not searched")
+        if out_path is not None:
+            _write_tables(result, out_path)
     except BaseException as exc:
-        if manifest is not None:
-            manifest.finish("failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted",
+        if manifest is not None:  # every way out, Ctrl-C included, leaves the manifest saying how it ended
+            manifest.finish("failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted", phase=phase,
                             error=f"{type(exc).__name__}: {exc}")
+        mark_interrupted(exc, out_path, phase)
         raise
-
-    if out_path is not None:
-        rows, trace_rows, sens_rows = _read_parts(out_path)
-    result = _tables(rows, trace_rows, out_path, observations, sens_rows)
-    n_missing = int(result.traces["no_primary"].sum()) if "no_primary" in result.traces else 0
-    if n_missing:
-        warn(f"{n_missing} of {len(result.traces)} traces have no primary sink (see traces.csv, column no_primary): "
-             "their secondary sinks were not searched")
-    if out_path is not None:
-        _write_tables(result, out_path)
+    if manifest is not None:
         manifest.finish("complete", n_sinks={"primary": int((result.sinks.kind == "primary").sum()),
                                              "secondary": int((result.sinks.kind == "secondary").sum())},
                         traces_without_primary=n_missing)

@@ -14,6 +14,7 @@ import sys
 from importlib import import_module
 
 from interventions.errors import UserError
+from interventions.interrupts import sigint_deferred
 
 INSTALL = {
     "pyvene": "pip install --no-deps pyvene==0.1.8",
@@ -29,7 +30,8 @@ def require(*modules: str) -> None:
     """Import each module; raise one :class:`UserError` line naming the install command if one fails."""
     for name in modules:
         try:
-            with contextlib.redirect_stdout(io.StringIO()) as chatter:  # pyvene prints a notice on import
+            # pyvene prints a notice on import, and swallows Ctrl-C in a bare except: hold SIGINT
+            with sigint_deferred(), contextlib.redirect_stdout(io.StringIO()) as chatter:
                 import_module(name)
             # stdout is for results: third-party notices go to stderr, except pyvene's advice to
             # install nnsight, a backend this tool never uses.

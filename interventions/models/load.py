@@ -17,6 +17,7 @@ from interventions.errors import UserError
 
 from .adapters import Adapter, adapter_for, model_dims
 from .attention import BASE_IMPLEMENTATIONS, make_hookable
+from interventions.errors import UserError, missing_model_fix
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("cpu", "cuda", "auto")
@@ -104,7 +105,7 @@ def resolve_source(given: str, *, revision: str | None = None) -> ModelSource:
     p = Path(given).expanduser()
     if p.suffix == ".gguf":
         if not p.is_file():
-            raise UserError(f"GGUF file {given} does not exist", field="model")
+            raise UserError(f"GGUF file {given} does not exist — give an existing .gguf file", field="model")
         return ModelSource(given, str(p.parent), gguf_file=p.name, is_local=True)
     if p.exists():
         if not p.is_dir():
@@ -114,7 +115,7 @@ def resolve_source(given: str, *, revision: str | None = None) -> ModelSource:
                             "and the weights", field="model")
         return ModelSource(given, str(p), is_local=True)
     if given.startswith((".", "/", "~")) or given.count("/") > 1:
-        raise UserError(f"model folder {given} does not exist", field="model")
+        raise UserError(f"model folder {given} does not exist — {missing_model_fix(p)}", field="model")
     return ModelSource(given, given, revision=revision)
 
 

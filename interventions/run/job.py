@@ -40,6 +40,7 @@ from interventions.compile.targets import RunFacts, resolve_targets
 from interventions.detection.job import decode_tokens
 from interventions.detection.rules import DetectionConfig, Sink, detect_sinks
 from interventions.errors import UserError
+from interventions.interrupts import mark_interrupted
 from interventions.progress import compact_ranges, info, track, warn
 from interventions.store import (
     Manifest,
@@ -214,7 +215,7 @@ def _run(spec, *, results_root: Path, run_dir: Path | str | None, overwrite: boo
     from interventions.observation import observe_tokens
     from interventions.spec import load_spec
 
-    from .distributed import merge_rank_manifests, ranks_from_env
+    from .distributed import ranks_from_env
 
     if not hasattr(spec, "spec_hash"):
         spec = load_spec(spec)
@@ -307,49 +308,72 @@ def _run(spec, *, results_root: Path, run_dir: Path | str | None, overwrite: boo
     manifest.data["traces_completed"] = sorted(done)
     manifest.data["timings"].update(load_s=round(load_s, 3), clean_pass_s=round(clean_pass_s, 3),
                                     per_trace_s=previous.get("timings", {}).get("per_trace_s", {}))
+    # From here on the folder exists: every way out, Ctrl-C included, leaves its manifest saying how
+    # the run ended and in which phase (conditions, merging, statistics), never "running".
     if ranks.is_main:
         prepare_output_dir(out, overwrite=overwrite, resume=resume)
-        write_text_atomic(out / "spec.yaml", spec.raw_text or json.dumps(spec.model_dump(), indent=2))
-        write_text_atomic(out / "clean_sinks.jsonl", "".join(json.dumps(s.to_dict()) + "\n" for s in all_sinks))
-        manifest.save()
-    ranks.barrier()
-    # Progress: each rank keeps its own manifest; one process writes manifest.json directly.
-    shard = manifest if not ranks.active else Manifest(
-        out / f"manifest.rank-{ranks.rank}.json", command=command, kind="run-shard", run_id=out.name,
-        rank=ranks.rank, world_size=ranks.world_size, spec_hash=spec.spec_hash)
+    phase = ["writing the clean pass"]  # the phase in progress is phase[-1]
+    shard = manifest
+    try:
+        if ranks.is_main:
+            manifest.save()
+            write_text_atomic(out / "spec.yaml", spec.raw_text or json.dumps(spec.model_dump(), indent=2))
+            write_text_atomic(out / "clean_sinks.jsonl", "".join(json.dumps(s.to_dict()) + "\n" for s in all_sinks))
+        ranks.barrier()
+        # Progress: each rank keeps its own manifest; one process writes manifest.json directly.
+        shard = manifest if not ranks.active else Manifest(
+            out / f"manifest.rank-{ranks.rank}.json", command=command, kind="run-shard", run_id=out.name,
+            rank=ranks.rank, world_size=ranks.world_size, spec_hash=spec.spec_hash)
+        return _run_conditions(spec, out, loaded, traces, conditions, config, clean_sinks, all_sinks, sets, done,
+                               manifest, shard, ranks, progress, report, reuse_prefix, write_report, phase,
+                               analyze)
+    except BaseException as exc:
+        # a rank's own shard while the conditions run; the run's manifest before and after
+        record = shard if ranks.active and phase[-1] == "conditions" else manifest
+        if ranks.is_main or record is shard:
+            record.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", phase=phase[-1],
+                          error=f"{type(exc).__name__}: {exc}")
+        mark_interrupted(exc, out, phase[-1])
+        raise
+
+
+def _run_conditions(spec, out, loaded, traces, conditions, config, clean_sinks, all_sinks, sets, done, manifest,
+                    shard, ranks, progress, report, reuse_prefix, write_report, phase: list[str],
+                    analyze=None) -> RunResult:
+    """Phase 2 (conditions, trace by trace), the merge of the parts and the statistics; ``phase[-1]``
+    names the one in progress (the caller records it if the run stops)."""
+    from .distributed import merge_rank_manifests
+
+    phase.append("conditions")
 
     condition_s: dict[str, float] = {c.id: 0.0 for c in conditions}
     forwards = {"full": 0, "prefix": 0, "suffix": 0, "tokens": 0, "naive_tokens": 0}
     non_finite: list[dict] = []
-    try:
-        # Phase 2: conditions, trace by trace.
-        by_index = {tr.index: tr for tr in traces}
-        mine = [tr for tr in traces if ranks.owns(tr.index) and tr.index not in done]
-        for tr in track(mine, description=f"{len(conditions)} conditions", enabled=progress):
-            t_trace = time.perf_counter()
-            rows, downstream, extra = run_trace(loaded, tr, conditions, config, clean_sinks.get(tr.index, []),
-                                                sets[tr.index], condition_s, reuse_prefix, forwards, non_finite,
-                                                measures=spec.measures, traces=by_index, all_sets=sets)
-            write_parquet_atomic(out / "effects.parquet" / part_name(tr.index), pd.DataFrame(rows))
-            write_parquet_atomic(out / "downstream.parquet" / part_name(tr.index), pd.DataFrame(downstream))
-            write_parquet_atomic(out / "parts" / "sink_layers" / part_name(tr.index), extra["sink_layers"])
-            write_parquet_atomic(out / "parts" / "clean_profile" / part_name(tr.index), extra["clean_profile"])
-            write_parquet_atomic(out / "parts" / "sink_window" / part_name(tr.index), extra["sink_window"])
-            shard.data["timings"]["per_condition_s"] = {k: round(v, 4) for k, v in condition_s.items()}
-            shard.data["forwards"], shard.data["non_finite"] = dict(forwards), list(non_finite)
-            shard.trace_done(tr.index, time.perf_counter() - t_trace)
+    # Phase 2: conditions, trace by trace.
+    by_index = {tr.index: tr for tr in traces}
+    mine = [tr for tr in traces if ranks.owns(tr.index) and tr.index not in done]
+    for tr in track(mine, description=f"{len(conditions)} conditions", enabled=progress):
+        t_trace = time.perf_counter()
+        rows, downstream, extra = run_trace(loaded, tr, conditions, config, clean_sinks.get(tr.index, []),
+                                            sets[tr.index], condition_s, reuse_prefix, forwards, non_finite,
+                                            measures=spec.measures, traces=by_index, all_sets=sets)
+        write_parquet_atomic(out / "effects.parquet" / part_name(tr.index), pd.DataFrame(rows))
+        write_parquet_atomic(out / "downstream.parquet" / part_name(tr.index), pd.DataFrame(downstream))
+        write_parquet_atomic(out / "parts" / "sink_layers" / part_name(tr.index), extra["sink_layers"])
+        write_parquet_atomic(out / "parts" / "clean_profile" / part_name(tr.index), extra["clean_profile"])
+        write_parquet_atomic(out / "parts" / "sink_window" / part_name(tr.index), extra["sink_window"])
+        shard.data["timings"]["per_condition_s"] = {k: round(v, 4) for k, v in condition_s.items()}
         shard.data["forwards"], shard.data["non_finite"] = dict(forwards), list(non_finite)
-        if shard is not manifest:
-            shard.finish("complete")
-        ranks.barrier()  # rank 0 merges once every rank's parts are on disk
-        if ranks.active and ranks.is_main:
-            merge_rank_manifests(manifest, out, ranks.world_size, done)
-        manifest.data["forwards"] = _forward_totals(manifest.data.get("forwards", forwards), traces)
-    except BaseException as exc:
-        (shard if ranks.active else manifest).finish(
-            "failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted", error=f"{type(exc).__name__}: {exc}")
-        raise
+        shard.trace_done(tr.index, time.perf_counter() - t_trace)
+    shard.data["forwards"], shard.data["non_finite"] = dict(forwards), list(non_finite)
+    if shard is not manifest:
+        shard.finish("complete")
+    ranks.barrier()  # rank 0 merges once every rank's parts are on disk
+    if ranks.active and ranks.is_main:
+        merge_rank_manifests(manifest, out, ranks.world_size, done)
+    manifest.data["forwards"] = _forward_totals(manifest.data.get("forwards", forwards), traces)
 
+    phase.append("merging")
     loaded.close()  # the model's attention runs unwrapped again
     clean_frame = pd.DataFrame([s.to_dict() for s in all_sinks])
     if not ranks.is_main:  # rank 0 writes the merged tables, statistics and report
@@ -370,16 +394,14 @@ def _run(spec, *, results_root: Path, run_dir: Path | str | None, overwrite: boo
             warn(f"statistics and report skipped: they need the measures {', '.join(missing)} "
                  "(add them to measures:, or leave measures out)")
         else:
-            # "complete" means every file the run promises is written: a run killed during its
-            # statistics stays "analyzing" (resume it, or run `intervene report` on it).
+            # "complete" means stats.json (and report.md when asked for) is written: a run stopped
+            # during its statistics is "interrupted" in phase statistics (resume it, or `intervene stats`).
+            phase.append("statistics")
             manifest.update(status="analyzing")
-            try:
-                result.stats, result.report = analyze(out, progress=progress, report=write_report)
-            except BaseException as exc:
-                manifest.finish("failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted",
-                                error=f"statistics: {type(exc).__name__}: {exc}")
-                raise
-    manifest.finish("complete")
+            result.stats, result.report = analyze(out, progress=progress, report=write_report)
+    # without statistics (report: false, run_spec(report=False), or measures they need left out) the
+    # run ends "tables": its tables are final; `intervene stats DIR` adds stats.json and marks it complete
+    manifest.finish("complete" if result.stats is not None else "tables")
     return result
 
 

@@ -18,8 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from interventions.errors import SpecError
-
+from ..errors import SpecError, missing_model_fix
 from .schema import (
     _SKIP_CROSS,
     KINDS,
@@ -232,8 +231,8 @@ def _resolve_paths(data: dict, base_dir: Path, check_files: bool) -> list[str]:
                     problems.append(f"model: {show(model)} does not exist (looked for {resolved}) — give an "
                                     f"existing .gguf file; {where}")
                 elif p.suffix != ".gguf" and not resolved.exists():
-                    problems.append(f"model: {show(model)} does not exist (looked for {resolved}) — give a model "
-                                    f"folder, a .gguf file, a hub id or testbed:planted; {where}")
+                    problems.append(f"model: {show(model)} does not exist (looked for {resolved}) — "
+                                    f"{missing_model_fix(resolved)}; {where}")
                 elif p.suffix != ".gguf" and not resolved.is_dir():
                     problems.append(f"model: {show(model)} is a file — give the model folder (with config.json) "
                                     "or a .gguf file")

@@ -52,7 +52,8 @@ def read_trace_records(path: str | Path, *, limit: int | None = None) -> list[di
     """Parse and check a JSONL trace file; one clear error line for each way it can be wrong."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"trace file {path} does not exist", field="traces")
+        raise UserError(f"trace file {path} does not exist — give a JSONL file with one {{\"text\": ...}} object "
+                        "per line", field="traces")
     records: list[dict] = []
     try:
         with p.open(encoding="utf-8") as fh:
@@ -62,32 +63,35 @@ def read_trace_records(path: str | Path, *, limit: int | None = None) -> list[di
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise UserError(f"{path} line {lineno} is not JSON ({exc.msg}); each line must be one JSON object "
-                                    'like {"text": "..."}', field="traces") from None
+                    raise UserError(f"{path} line {lineno} is not JSON ({exc.msg}) — each line must be one JSON "
+                                    'object like {"text": "..."}', field="traces") from None
                 if not isinstance(record, dict):
-                    raise UserError(f"{path} line {lineno} is not a JSON object; use {{\"text\": \"...\"}}", field="traces")
+                    raise UserError(f"{path} line {lineno} is not a JSON object — use {{\"text\": \"...\"}}",
+                                    field="traces")
                 has_text = isinstance(record.get("text"), str) and record["text"]
                 has_prompt = isinstance(record.get("prompt"), str) and record["prompt"]
                 if not (has_text or has_prompt):
-                    raise UserError(f"{path} line {lineno} has no non-empty 'text' (or 'prompt' + 'output') field",
+                    raise UserError(f"{path} line {lineno} has no non-empty 'text' (or 'prompt' + 'output') field "
+                                    '— give {"text": "..."} or {"prompt": "...", "output": "..."}',
                                     field="traces")
                 if not has_text and not isinstance(record.get("output"), str):
-                    raise UserError(f"{path} line {lineno} has a 'prompt' but no 'output' text; add the model's output "
-                                    "(\"output\": \"...\") or give the whole trace as 'text'", field="traces")
+                    raise UserError(f"{path} line {lineno} has a 'prompt' but no 'output' text — add the model's "
+                                    "output (\"output\": \"...\") or give the whole trace as 'text'", field="traces")
                 records.append(record)
                 if limit is not None and len(records) >= limit:
                     break
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text (line {len(records) + 1} or later has bytes that cannot be "
-                        'decoded); give a JSONL file with one {"text": ...} object per line', field="traces") from None
+                        'decoded) — give a JSONL file with one {"text": ...} object per line',
+                        field="traces") from None
     if not records:
-        raise UserError(f"trace file {path} is empty; it needs one JSON object per line", field="traces")
+        raise UserError(f"trace file {path} is empty — it needs one JSON object per line", field="traces")
     return records
 
 
 def _template(tokenizer, user_text: str) -> str:
     if not getattr(tokenizer, "chat_template", None):
-        raise UserError("chat_template was requested but this tokenizer has no chat template; "
+        raise UserError("chat_template was requested but this tokenizer has no chat template — "
                         "drop --chat-template / set chat_template: false", field="chat_template")
     return tokenizer.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False,
                                          add_generation_prompt=True)
@@ -120,7 +124,7 @@ def _tokenize(record: dict, tokenizer, *, chat_template: bool, prepend_bos: str)
                                  seed=record["seed"])
         return generated_ids(tokenizer, source, record["index"]), None, "generated: the tokenizer's special prefix"
     if prepend_bos not in BOS_MODES:
-        raise UserError(f"prepend_bos is {prepend_bos!r}; use one of {', '.join(BOS_MODES)}", field="prepend_bos")
+        raise UserError(f"prepend_bos is {prepend_bos!r} — use one of {', '.join(BOS_MODES)}", field="prepend_bos")
     prompt = record.get("prompt")
     if prompt is None:
         text = record["text"]
@@ -139,7 +143,7 @@ def _tokenize(record: dict, tokenizer, *, chat_template: bool, prepend_bos: str)
     policy = "tokenizer"
     if prepend_bos == "always":
         if bos is None:
-            raise UserError("prepend_bos is 'always' but this tokenizer defines no BOS token; use auto",
+            raise UserError("prepend_bos is 'always' but this tokenizer defines no BOS token — use auto",
                             field="prepend_bos")
         if not ids or ids[0] != bos:
             ids = [bos] + ids
@@ -171,10 +175,10 @@ def load_traces(path, tokenizer, *, limit: int | None = None, max_tokens: int | 
     ``prepend_bos``: ``auto`` (the tokenizer's own policy), ``always`` or ``never`` (see the module docstring).
     """
     if max_tokens is not None and max_tokens < 2:
-        raise UserError(f"max_tokens is {max_tokens}; it must be at least 2 (a sink needs a later query)",
+        raise UserError(f"max_tokens is {max_tokens} — it must be at least 2 (a sink needs a later query)",
                         field="max_tokens")
     if limit is not None and limit < 1:
-        raise UserError(f"limit is {limit}; it must be at least 1", field="limit")
+        raise UserError(f"limit is {limit} — it must be at least 1", field="limit")
     records = read_trace_records(path, limit=limit)
     return traces_from_records(records, tokenizer, max_tokens=max_tokens, chat_template=chat_template,
                                prepend_bos=prepend_bos)

@@ -8,6 +8,7 @@ reported as ``not tested``.
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +147,19 @@ def _dose_groups(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {k: pd.concat(v, ignore_index=True).drop(columns=["condition", "target_set"]) for k, v in groups.items()}
 
 
+def _mark_complete(run: Path) -> None:
+    """A run that ended without statistics (status ``tables``) is complete once its stats.json exists."""
+    manifest = run / "manifest.json"
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if data.get("status") == "tables":
+        data["status"] = "complete"
+        data["statistics_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        write_json_atomic(manifest, data)
+
+
 def write_stats(run_dir, *, seed: int | None = None) -> tuple[Path, dict, dict]:
     """Compute and write ``stats.json`` for a run folder; returns ``(run folder, tables, stats)``.
 
@@ -155,4 +169,5 @@ def write_stats(run_dir, *, seed: int | None = None) -> tuple[Path, dict, dict]:
     tables = load_run(run)
     stats = compute_stats(tables, seed=tables["manifest"].get("seed", 0) if seed is None else seed)
     write_json_atomic(run / "stats.json", stats)
+    _mark_complete(run)
     return run, tables, stats

@@ -407,49 +407,48 @@ def _our_traces(path: Path, ours: pd.DataFrame, n_traces: int | None) -> list[in
 
 
 def print_compare(result: CompareResult, *, max_rows: int = 40) -> None:
-    """Rich table: per trace, found in both / only ours / only reference / agreement; totals.
+    """Per trace, found in both / only ours / only reference / agreement, and totals, on stdout
+    (the table rules of every command: :func:`interventions.report.tables.show_table`).
 
     With more than 20 traces only traces holding a sink on either side are listed (at most ``max_rows``).
     """
+    from interventions.report.tables import out, show_table
     from rich.table import Table
-
     from interventions.progress import console
 
     t = result.totals
-    table = Table(title="secondary sinks: ours vs reference",
-                  caption="matched by (trace, position); level = same (l_start, lifetime)"
-                          + (f" after offset {result.layer_offset['applied']:+d}" if result.layer_offset["applied"]
-                             else ""))
-    for col in ("trace", "ours", "ref", "both", "only ours", "only ref", "level =", "token ="):
-        table.add_column(col, justify="right")
     rows = result.per_trace
     shown = rows if len(rows) <= 20 else rows[(rows["ours"] > 0) | (rows["reference"] > 0)].head(max_rows)
-    for r in shown.itertuples():
-        table.add_row(str(r.trace), str(r.ours), str(r.reference), str(r.both), str(r.only_ours),
-                      str(r.only_reference), str(r.level_agree), str(r.token_agree))
-    table.add_row("total", str(t["ours"]), str(t["reference"]), str(t["both"]), str(t["only_ours"]),
-                  str(t["only_reference"]), str(t["level_agree"]), str(t["token_agree"]), style="bold")
-    console.print(table)
+    table = [[r.trace, r.ours, r.reference, r.both, r.only_ours, r.only_reference, r.level_agree, r.token_agree]
+             for r in shown.itertuples()]
+    table.append(["total", t["ours"], t["reference"], t["both"], t["only_ours"], t["only_reference"],
+                  t["level_agree"], t["token_agree"]])
+    columns = ["trace", "ours", "ref", "both", "only ours", "only ref", "level =", "token ="]
+    show_table("secondary sinks: ours vs reference", columns, table, right=tuple(columns),
+               caption="matched by (trace, position); level = same (l_start, lifetime)"
+                       + (f" after offset {result.layer_offset['applied']:+d}" if result.layer_offset["applied"]
+                          else ""))
 
     def pct(x):
         return "-" if x is None else f"{x:.0%}"
 
     off = result.layer_offset
-    console.print(f"precision {pct(t['precision'])}, recall {pct(t['recall'])}, level agreement "
-                  f"{pct(t['level_agreement'])} (raw {pct(t['level_agreement_raw'])}), token agreement "
-                  f"{pct(t['token_agreement'])}", highlight=False)
+    lines = [f"precision {pct(t['precision'])}, recall {pct(t['recall'])}, level agreement "
+             f"{pct(t['level_agreement'])} (raw {pct(t['level_agreement_raw'])}), token agreement "
+             f"{pct(t['token_agreement'])}"]
     if off["n"]:
         verdict = ("one constant offset explains every matched sink" if off["constant"] else
                    "explains the data" if off["explains"] else "no single offset explains the data")
-        console.print(f"layer offset (reference l_start - ours): {off['offset']:+d} on {off['share']:.0%} of "
-                      f"{off['n']} matched sinks ({verdict}); distribution {off['counts']}", highlight=False)
+        lines.append(f"layer offset (reference l_start - ours): {off['offset']:+d} on {off['share']:.0%} of "
+                     f"{off['n']} matched sinks ({verdict}); distribution {off['counts']}")
     p = result.primary
-    console.print(f"primary sinks: {p['both']} in both, {p['only_ours']} only ours, {p['only_reference']} only "
-                  f"reference", highlight=False)
-    console.print(f"levels: ours {t['levels_ours']}, reference {t['levels_reference']}", highlight=False)
+    lines.append(f"primary sinks: {p['both']} in both, {p['only_ours']} only ours, {p['only_reference']} only "
+                 "reference")
+    lines.append(f"levels: ours {t['levels_ours']}, reference {t['levels_reference']}")
     labels = result.reference_summary.get("paper_code_labels", {})
     if labels.get("n"):
-        console.print(f"reference labels reproduced by the paper's labelling (L = {result.settings.get('n_layers')}): "
-                      f"{labels['agree']}/{labels['n']} ({labels['share']:.0%})", highlight=False)
+        lines.append(f"reference labels reproduced by the paper's labelling (L = {result.settings.get('n_layers')}): "
+                     f"{labels['agree']}/{labels['n']} ({labels['share']:.0%})")
     if result.settings.get("note"):
-        console.print(f"[yellow]note:[/yellow] {result.settings['note']}", highlight=False)
+        lines.append(f"note: {result.settings['note']}")
+    out.print("\n".join(lines), markup=False)

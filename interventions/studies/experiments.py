@@ -66,6 +66,9 @@ import yaml
 from interventions.errors import UserError
 
 KINDS = ("detect", "origin", "runs", "known_answers", "streaming")
+REAL_ONLY_KINDS = ("known_answers", "streaming")
+"""Kinds with no planted run: their default mode runs every real configuration. Their expectations
+are the literature's results, so a mismatch is a finding, never a failure of the tool."""
 VERDICTS = ("supported", "not supported", "inconclusive", "not testable", "not tested")
 SETTINGS = ("model", "traces", "limit", "seed", "max_tokens", "chat_template", "dtype", "device",
             "attn_implementation", "trust_remote_code", "revision")
@@ -184,6 +187,23 @@ class Experiment:
     negative: dict = field(default_factory=dict)
     """The negative-control run: planted settings with a testbed where the claim is false
     (``negative: {model: testbed:negative-h1, expect: {verdicts: {H1: not supported}}}``)."""
+
+    @property
+    def real_only(self) -> bool:
+        """Whether the default run measures real models (``known_answers``, ``streaming``)."""
+        return self.kind in REAL_ONLY_KINDS
+
+    def missing_models(self, real: bool | str = False) -> dict[str, str]:
+        """Configuration name -> model folder, for the real models the run would load that are not on
+        disk (a hub id is not checked: it downloads on first use)."""
+        names = list(self.real) if (self.real_only and not real) else (
+            [next(iter(self.real)) if real is True else str(real)] if real and self.real else [])
+        missing = {}
+        for name in names:
+            model = str(self.real.get(name, {}).get("model", ""))
+            if Path(model).is_absolute() and not (Path(model) / "config.json").is_file():
+                missing[name] = model
+        return missing
 
     def mode(self, real: bool | str = False, negative: bool = False) -> tuple[str, dict, dict]:
         """(mode name, settings, expect) of the planted run, the negative control or a real configuration.
@@ -306,10 +326,24 @@ class ExperimentResult:
     seconds: float
     kind: str = ""
     claim: str = ""
+    finding: bool = False
+    """A real-model run: its expectations are the literature's results, a mismatch is a finding
+    (reported, never a failure); otherwise a testbed run whose expectations decide the exit code."""
 
     @property
     def failed(self) -> list[dict]:
         return [c for c in self.checks if not c["passed"]]
+
+    @property
+    def mode_label(self) -> str:
+        """The mode as a reader needs it: a real-only study's default mode runs its real models."""
+        return "real models" if self.kind in REAL_ONLY_KINDS and self.mode == "planted" else self.mode
+
+    def to_json(self) -> dict:
+        """What ``intervene experiment --json`` prints for this study."""
+        return {"name": self.name, "kind": self.kind, "mode": self.mode_label, "claim": self.claim,
+                "as_expected": self.passed, "role": "finding" if self.finding else "expectation",
+                "seconds": self.seconds, "experiment_json": str(self.out / "experiment.json"), "checks": self.checks}
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -537,42 +571,43 @@ def run_experiment(exp: Experiment | str | Path, *, results_root: str | Path = "
         record["stats_files"] = {name: str(Path(path) / "stats.json") for name, path in measured["runs"].items()}
     write_json_atomic(out / "experiment.json", record)
     return ExperimentResult(name=exp.name, mode=mode, out=out, measured=measured, checks=results, passed=passed,
-                            seconds=seconds, kind=exp.kind, claim=exp.claim)
+                            seconds=seconds, kind=exp.kind, claim=exp.claim,
+                            finding=bool(real) or (exp.real_only and not negative))
 
 
-def _show(value: Any, limit: int = 60) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+def _show(value: Any) -> str:
     if isinstance(value, float):
-        text = f"{value:.4g}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+        return f"{value:.4g}"
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def print_experiment(result: ExperimentResult) -> None:
-    """Rich table of expected vs measured, one row per check."""
-    from rich.table import Table
+    """Expected vs measured, one row per check, on stdout (the table rules of every command:
+    :func:`interventions.report.tables.show_table`)."""
+    from interventions.report.tables import out, show_table
 
-    from interventions.progress import console
-
-    status = "[green]as expected[/green]" if result.passed else "[red]NOT as expected[/red]"
-    table = Table(title=f"{result.name} ({result.kind}, {result.mode}): {result.claim}",
-                  caption=f"{status}; {result.seconds:.1f} s; {result.out / 'experiment.json'}")
-    table.add_column("expectation")
-    table.add_column("measured")
-    table.add_column("ok", justify="center")
-    for c in result.checks:
-        mark = "[green]yes[/green]" if c["passed"] else "[red]no[/red]"
-        table.add_row(c["check"], _show(c["measured"]) if c.get("note") is None else c["note"], mark)
-    console.print(table)
+    if result.finding:
+        status = "as the literature reports" if result.passed else "differs from the literature (a finding)"
+    else:
+        status = "as expected" if result.passed else "NOT as expected"
+    rows = [[c["check"], _show(c["measured"]) if c.get("note") is None else c["note"], "yes" if c["passed"] else "no"]
+            for c in result.checks]
+    show_table(f"{result.name} ({result.kind}, {result.mode_label}): {result.claim}", ["expectation", "measured", "ok"],
+               rows, caption=f"{status}; {result.seconds:.1f} s; {result.out / 'experiment.json'}")
     m = result.measured
+    lines = []
     if result.kind == "detect":
-        console.print(f"  {m['n_traces']} traces: {m['n_primary']} primary, {m['n_secondary']} secondary sinks; "
-                      f"levels {m['level_counts']}; tokens " + ", ".join(
-                          f"{r['token']!r} {r['share']:.0%}" for r in m["token_table"][:6]), highlight=False)
+        lines.append(f"  {m['n_traces']} traces: {m['n_primary']} primary, {m['n_secondary']} secondary sinks; "
+                     f"levels {m['level_counts']}; tokens " + ", ".join(
+                         f"{r['token']!r} {r['share']:.0%}" for r in m["token_table"][:6]))
         if "compare" in m:
-            console.print(f"  vs reference: {m['compare']}", highlight=False)
-    reasons = result.measured.get("hypotheses", {})
-    for h, v in reasons.items():
+            lines.append(f"  vs reference: {m['compare']}")
+    for h, v in m.get("hypotheses", {}).items():
         if v.get("verdict") != "not tested":
-            console.print(f"  {h} {v.get('verdict')}: {v.get('reason')}", highlight=False)
-    if "reason" in result.measured:
-        console.print(f"  origin {result.measured.get('verdict')}: {result.measured['reason']}", highlight=False)
+            lines.append(f"  {h} {v.get('verdict')}: {v.get('reason')}")
+    if "reason" in m:
+        lines.append(f"  origin {m.get('verdict')}: {m['reason']}")
+    for name, why in (m.get("skipped_models") or {}).items():
+        lines.append(f"  {name} not measured: {why} (`intervene testbed fetch-gguf` caches it)")
+    if lines:
+        out.print("\n".join(lines) + "\n", markup=False)

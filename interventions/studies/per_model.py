@@ -24,8 +24,15 @@ def run_per_model(exp, mode: str, settings: dict, out, overrides: dict,
     configs = ([(name, {**exp.mode(name)[1], **overrides}) for name in exp.real] if mode == "planted"
                else [(mode, settings)])
     measured: dict = {"models": {}}
+    missing = exp.missing_models() if mode == "planted" else {}
+    if missing:  # the default mode measures the cached models and names the fix for the others
+        measured["skipped_models"] = {name: f"{folder} does not exist" for name, folder in missing.items()}
+        console.print(f"[yellow]{exp.name}: skipped {', '.join(missing)} (not cached); "
+                      "`intervene testbed fetch-gguf` caches them[/yellow]", highlight=False, soft_wrap=True)
     for name, cfg in configs:
-        console.print(f"[bold]{exp.name}[/bold]: {name} ({cfg['model']})", highlight=False)
+        if name in missing:
+            continue
+        console.print(f"[bold]{exp.name}[/bold]: {name} ({cfg['model']})", highlight=False, soft_wrap=True)
         loaded = load_model(cfg["model"], dtype=cfg.get("dtype", "float32"), device=cfg.get("device", "cpu"))
         traces = load_traces(cfg["traces"], loaded.tokenizer, limit=cfg.get("limit"), max_tokens=cfg.get("max_tokens"),
                              chat_template=bool(cfg.get("chat_template", False)))
