@@ -569,3 +569,57 @@ def reproduce(model: str, traces: str | Path | None = None, out: str | Path = "r
 
     report, record = write_report(out, settings, results, seconds)
     return ReproduceResult(out=out, report=report, phases=results, seconds=seconds, record=record)
+
+
+# --------------------------------------------------------------------------------------------
+# as a study of experiments/ (kind: reproduce)
+
+
+def measure_reproduce(result: ReproduceResult) -> dict:
+    """The numbers an ``experiments/reproduce`` expectation checks (paths such as ``verdicts.H1``)."""
+    ph = result.phases
+    d = ph.get("detect") or {}
+    o = ph.get("origin") or {}
+    levels = sorted([r["l_start"], r["lifetime"]] for r in d.get("level_counts") or [])
+    l_starts = {}
+    for t in d.get("top3_l_start") or []:
+        l_starts[str(t["l_start"])] = t["share"]
+    verdicts, hypotheses, costs, skipped = {}, {}, {}, {}
+    for h in CAUSAL_PHASES:
+        rec = ph.get(h) or {}
+        if rec.get("skipped"):
+            skipped[h] = rec["skipped"]
+            verdicts[h] = "not tested"  # the verdict vocabulary: nothing ran
+            continue
+        for key, v in (rec.get("verdicts") or {}).items():
+            if key.split("/")[0] == h:
+                verdicts[key] = v.get("verdict")
+                hypotheses[key] = v
+        costs[h] = (rec.get("functional_cost") or {}).get("overall")
+    swap: dict[str, dict[str, float]] = {}
+    for r in (ph.get("H3") or {}).get("swap_rates") or []:
+        swap.setdefault(r["site"], {})[str(r["intervened_layer"])] = r["estimate"]
+    comp = (ph.get("H4") or {}).get("compensation") or {}
+    return {
+        "layers": d.get("layers"), "primary_sink_layer": d.get("primary_sink_layer"),
+        "n_traces": d.get("n_traces"), "n_secondary": d.get("n_secondary"),
+        "modal_l_start": (d.get("top3_l_start") or [{}])[0].get("l_start"), "l_start_shares": l_starts,
+        "levels": levels, "tokens": [t["token"] for t in d.get("token_table") or []],
+        "shared_prefix_tokens": d.get("shared_prefix_tokens"),
+        "units": {"all": d.get("units_all_sinks"), "own_text": d.get("units_own_text_sinks")},
+        "origin": o.get("numbers") or {"verdict": "not run", "reason": o.get("skipped")},
+        "verdicts": verdicts, "hypotheses": hypotheses, "skipped": skipped,
+        "compensation": {k: v for k, v in comp.items() if k not in ("profile",)},
+        "swap": swap, "functional_cost": costs, "seconds": round(result.seconds, 1),
+    }
+
+
+def run_reproduce_experiment(exp, settings: dict, out: Path, progress: bool) -> dict:
+    """``kind: reproduce`` in :mod:`interventions.experiments`: the whole study into ``out/reproduce``."""
+    result = reproduce(settings["model"], settings.get("traces"), out / "reproduce",
+                       chat_template=settings.get("chat_template", False), max_traces=settings.get("limit") or 8,
+                       max_tokens=settings.get("max_tokens"), dtype=settings.get("dtype", "auto"),
+                       device=settings.get("device", "cpu"), seed=settings.get("seed", 0),
+                       threads=settings.get("threads"), progress=progress,
+                       command=f"intervene experiment {exp.folder}")
+    return measure_reproduce(result)
