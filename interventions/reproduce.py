@@ -355,7 +355,8 @@ def _verdict_fields(v: dict) -> dict:
     return out
 
 
-def _phase_causal(h: str, data: dict, out: Path, detect: dict, resume: bool, progress: bool, command: str) -> dict:
+def _phase_causal(h: str, data: dict, out: Path, detect: dict, resume: bool, progress: bool, command: str,
+                  run_reports: bool = True) -> dict:
     from .analysis import analyze_run
     from .run import run_spec
     from .stats.verdicts import ALPHA, min_traces_for
@@ -374,7 +375,7 @@ def _phase_causal(h: str, data: dict, out: Path, detect: dict, resume: bool, pro
 
         shutil.rmtree(run_dir)  # a folder without a manifest is an interrupted start: nothing to keep
     run_spec(spec, run_dir=run_dir, resume=resume_run, progress=progress, report=False, command=command)
-    stats, _ = analyze_run(run_dir, progress=progress, report=True)
+    stats, _ = analyze_run(run_dir, progress=progress, report=run_reports)
     effects = pd.read_parquet(run_dir / "effects.parquet") if (run_dir / "effects.parquet").exists() else \
         pd.DataFrame()
     keys = prefix_keys({int(k): v for k, v in detect["token_ids"].items()})
@@ -437,7 +438,7 @@ def _settings(model: str, traces: str | None, chat_template: bool, max_traces: i
 def reproduce(model: str, traces: str | Path | None = None, out: str | Path = "results/reproduce", *,
               chat_template: bool = False, max_traces: int = 8, max_tokens: int | None = 256, resume: bool = False,
               dtype: str = "auto", device: str = "cpu", seed: int = 0, threads: int | None = None,
-              progress: bool = True, phases: tuple[str, ...] = PHASES,
+              progress: bool = True, phases: tuple[str, ...] = PHASES, run_reports: bool = True,
               command: str = "interventions.reproduce(...)") -> ReproduceResult:
     """Run the paper's analyses (Secs. 3-5) and its four causal checks on ``model``; write ``out/report.md``.
 
@@ -456,6 +457,8 @@ def reproduce(model: str, traces: str | Path | None = None, out: str | Path = "r
         threads: torch CPU threads for the duration (None: torch's setting).
         progress: progress bars and phase lines.
         phases: run only these phases (the report is written from whatever is finished).
+        run_reports: also write each causal run's own ``report.md`` with its figures (Fig. 7
+            mid/right come from the H2 run's); False saves a few seconds per run.
 
     Returns:
         A :class:`ReproduceResult`; ``reproduce.json`` holds every number the report shows.
@@ -549,7 +552,7 @@ def reproduce(model: str, traces: str | Path | None = None, out: str | Path = "r
                                     max_traces=max_traces, max_tokens=settings["max_tokens"], dtype=dtype,
                                     device=device, seed=seed,
                                     min_position=d["shared_prefix_tokens"] if own else None)[name]
-                record = _phase_causal(name, data, out, d, resume, progress, command)
+                record = _phase_causal(name, data, out, d, resume, progress, command, run_reports)
                 if own:
                     record["target_note"] = (f"targets: the {d['n_own_text_sinks']} sinks past the "
                                              f"{d['shared_prefix_tokens']}-token prefix every trace shares "
