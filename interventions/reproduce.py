@@ -256,6 +256,16 @@ def _load(settings: dict):
     return load_model(settings["model"], dtype=settings["dtype"], device=settings["device"])
 
 
+def _release(loaded) -> None:
+    """Unwrap and free the study's own copy of the model (returns None to rebind the name)."""
+    import gc
+
+    loaded.close()
+    loaded.model = None
+    gc.collect()
+    return None
+
+
 def _tokenized(loaded, settings: dict):
     from .experiments import _traces
 
@@ -538,6 +548,9 @@ def reproduce(model: str, traces: str | Path | None = None, out: str | Path = "r
                     if (phase_dir / "detect.json").exists() else None
                 if results["detect"] is None:
                     raise UserError(f"phase {name} needs the detect phase; run it first", field="phases")
+            if name in CAUSAL_PHASES and loaded is not None:
+                # each run loads its own copy (run_spec); two copies of a 1.5B model in float32 do not fit
+                loaded = _release(loaded)
             if progress:
                 info(f"phase {name}: running")
             t0 = time.perf_counter()
@@ -561,7 +574,7 @@ def reproduce(model: str, traces: str | Path | None = None, out: str | Path = "r
             if progress:
                 info(f"phase {name}: done in {results[name]['seconds']:.1f} s")
         if loaded is not None:
-            loaded.close()
+            loaded = _release(loaded)
     finally:
         torch.set_num_threads(before)
     for name in PHASES[:-1]:

@@ -329,6 +329,12 @@ def write_report(out: Path, settings: dict, results: dict, seconds: float) -> tu
                  f"{u.get('n_traces_own_text')} | "
                  f"{r['effective_units'] if r['effective_units'] is not None else u.get('effective_units')} |")
     L.append("")
+    if d and d["n_secondary"] and d["shared_prefix_tokens"] > 1 and not d["n_own_text_sinks"]:
+        ua = d["units_all_sinks"]
+        L.append(f"* **Every secondary sink lies in the {d['shared_prefix_tokens']}-token prefix all traces share** "
+                 f"(a template): the tests edit them anyway, but their {ua['n_traces']} traces repeat "
+                 f"{ua['n_independent']} distinct measurements ({ua['effective_units']} effective trace unit(s)); "
+                 "a trace-level p-value over them overstates the evidence.")
     for h in ("H1", "H2", "H3", "H4"):
         rec = results.get(h) or {}
         for line in (rec.get("too_few"), rec.get("target_note")):
