@@ -146,6 +146,7 @@ def fig8_swap(h3: dict, path: Path) -> str | None:
         ax.errorbar(g.loc[ok, "intervened_layer"], g.loc[ok, "estimate"],
                     yerr=[g.loc[ok, "estimate"] - g.loc[ok, "ci_low"], g.loc[ok, "ci_high"] - g.loc[ok, "estimate"]],
                     fmt="none", ecolor="grey", lw=0.8)
+    ax.set_xticks(sorted(int(x) for x in rates["intervened_layer"].unique()))
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("swap layer")
     ax.set_ylabel("future sinks suppressed")
@@ -225,7 +226,8 @@ def write_report(out: Path, settings: dict, results: dict, seconds: float) -> tu
     L.append(f"# The paper on {name}\n")
     L.append(f"Model `{settings['model']}`; traces `{settings['traces']}` (first {settings['max_traces']}, "
              f"{settings['max_tokens'] or 'all'} tokens each, chat template {'on' if settings['chat_template'] else 'off'}); "
-             f"{seconds / 60:.1f} min this invocation. Phase times: "
+             f"the phases took {sum(v.get('seconds', 0) for v in results.values() if isinstance(v, dict)) / 60:.1f} "
+             f"min in all ({seconds / 60:.1f} min this invocation): "
              + ", ".join(f"{k} {v.get('seconds', 0):.0f} s" for k, v in results.items() if isinstance(v, dict))
              + ".\n")
     if not d:
