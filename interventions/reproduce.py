@@ -425,7 +425,7 @@ def _settings(model: str, traces: str | None, chat_template: bool, max_traces: i
               dtype: str, device: str, seed: int) -> dict:
     if traces is None:
         if not str(model).startswith("testbed:"):
-            raise UserError("--traces is needed for a real model (a JSONL file of traces)", field="--traces")
+            raise UserError("a real model needs a JSONL file of traces: give --traces FILE", field="--traces")
         traces = "testbed"
     elif traces != "testbed":
         p = Path(traces).expanduser()
