@@ -386,8 +386,11 @@ def _phase_causal(h: str, data: dict, out: Path, detect: dict, resume: bool, pro
         shutil.rmtree(run_dir)  # a folder without a manifest is an interrupted start: nothing to keep
     run_spec(spec, run_dir=run_dir, resume=resume_run, progress=progress, report=False, command=command)
     stats, _ = analyze_run(run_dir, progress=progress, report=run_reports)
-    effects = pd.read_parquet(run_dir / "effects.parquet") if (run_dir / "effects.parquet").exists() else \
-        pd.DataFrame()
+    from .store import read_parts
+
+    # per-trace parts; a trace without targets writes an empty part, so read them as the run does
+    effects = read_parts(run_dir / "effects.parquet") if (run_dir / "effects.parquet").is_dir() else \
+        pd.read_parquet(run_dir / "effects.parquet") if (run_dir / "effects.parquet").exists() else pd.DataFrame()
     keys = prefix_keys({int(k): v for k, v in detect["token_ids"].items()})
     verdicts = {}
     for key, v in (stats.get("verdicts") or {}).items():
@@ -395,7 +398,7 @@ def _phase_causal(h: str, data: dict, out: Path, detect: dict, resume: bool, pro
             continue
         rec = _verdict_fields(v)
         rows = effects[effects["condition"].isin(v.get("conditions") or []) & ~effects["is_control"].astype(bool)] \
-            if len(effects) else effects
+            if len(effects) and "condition" in effects.columns else None
         rec["units"] = independent_units(rows, keys)
         verdicts[key] = rec
     need = min_traces_for(ALPHA)
