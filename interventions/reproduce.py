@@ -267,10 +267,17 @@ def _release(loaded) -> None:
 
 
 def _tokenized(loaded, settings: dict):
-    from .experiments import _traces
+    """The traces as every phase sees them (a testbed's own traces as its spec runs build them)."""
+    from .traces import load_traces, traces_from_records
 
-    return _traces(loaded, {"traces": settings["traces"], "limit": settings["max_traces"], "seed": settings["seed"],
-                            "max_tokens": settings["max_tokens"], "chat_template": settings["chat_template"]})
+    if settings["traces"] == "testbed":
+        from .testbed.planted import load_truth, planted_traces
+
+        texts = planted_traces(load_truth(loaded.source.path), n=settings["max_traces"], seed=settings["seed"],
+                               gated=True)
+        return traces_from_records([{"text": t} for t in texts], loaded.tokenizer, max_tokens=settings["max_tokens"])
+    return load_traces(settings["traces"], loaded.tokenizer, limit=settings["max_traces"],
+                       max_tokens=settings["max_tokens"], chat_template=settings["chat_template"])
 
 
 def _time_forward(loaded, traces) -> float:
@@ -305,13 +312,14 @@ def _n_forwards(specs: dict[str, dict], n_traces: int) -> dict[str, int]:
 def _phase_detect(loaded, traces, out: Path, settings: dict, progress: bool) -> dict:
     from .detect import detect
     from .detection import DetectionConfig
-    from .experiments import measure_detection
 
     result = detect(loaded, traces, out / "detect", config=DetectionConfig(), progress=progress,
                     chat_template=settings["chat_template"], resume=(out / "detect" / "manifest.json").exists(),
                     command=settings["command"])
-    m = measure_detection(result)
     sec = result.secondary()
+    m = {"n_traces": int(len(result.traces)), "n_primary": int(len(result.primary())), "n_secondary": int(len(sec)),
+         "token_table": [{"token": str(r.token), "token_id": int(r.token_id), "count": int(r.count),
+                          "share": float(r.share)} for r in result.tokens.itertuples()]}
     prim = result.primary()
     token_ids = {int(t.index): [int(i) for i in t.token_ids] for t in traces}
     keys = prefix_keys(token_ids)
