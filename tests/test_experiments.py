@@ -46,6 +46,8 @@ N_TRACES = 6
 REAL_ONLY = ["primary_sink_checks", "streaming_sinks"]
 """Studies with no planted run (known answers and streaming eviction on the cached real models;
 tests/test_gguf_real_weights.py and tests/test_kind_heads_streaming.py)."""
+OWN_TESTS = ["reproduce"]
+"""Studies tested in their own file (the whole paper on one model: tests/test_reproduce.py)."""
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -70,7 +72,7 @@ def results(cache_dir, tmp_path_factory):
 
 
 def test_every_study_folder_is_listed():
-    assert [p.name for p in find_experiments(EXPERIMENTS)] == sorted(NAMES + REAL_ONLY)
+    assert [p.name for p in find_experiments(EXPERIMENTS)] == sorted(NAMES + REAL_ONLY + OWN_TESTS)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -11,6 +11,7 @@ from .compare_runs import compare_runs_command
 from .detect import detect_command
 from .experiment import experiment_command
 from .heads import heads_command
+from .reproduce import reproduce_command
 from .run import run_command, schema_command, validate_command
 
 app = typer.Typer(
@@ -50,6 +51,7 @@ app.command("experiment")(experiment_command)
 app.command("compare")(compare_command)
 app.command("compare-runs")(compare_runs_command)
 app.command("heads")(heads_command)
+app.command("reproduce")(reproduce_command)
 app.add_typer(testbed.app, name="testbed")
 
 

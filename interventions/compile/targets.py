@@ -120,6 +120,8 @@ def resolve_targets(target_specs: dict, *, trace: int, token_ids: np.ndarray, to
             if spec.tokens is not None:
                 wanted = set(token_ids_for(tokenizer, spec.tokens, field=f"targets.{name}.tokens"))
                 keep = [s for s in keep if s.token_id in wanted]
+            if getattr(spec, "min_position", None) is not None:
+                keep = [s for s in keep if s.position >= spec.min_position]
             positions = [s.position for s in keep]
         elif select == "primary_sinks":
             positions = [s.position for s in sinks if s.kind == "primary"]

@@ -60,6 +60,9 @@ class SecondarySinks(TargetBase):
                                     description="Keep only sinks of this level, written [l_start, lifetime].")
     l_start: int | None = Field(None, ge=0, description="Keep only sinks whose first sink layer is this layer.")
     tokens: list[str | int] | None = Field(None, description="Keep only sinks on these tokens (strings or ids).")
+    min_position: int | None = Field(None, ge=0, description=(
+        "Keep only sinks at this token position or later (e.g. past a prompt template every trace shares, "
+        "whose sinks repeat one measurement)."))
 
     _tokens = field_validator("tokens", mode="before")(lambda v: tokens_validator(v))
 

@@ -44,6 +44,10 @@ What each kind measures (the names checks refer to):
 * ``runs``: ``verdicts.H1..H4``, ``components.<H>.<component name>``, ``hypotheses.<H>.*``
   (the full verdict record: effect, ci, p, n, details) and ``stats.<spec name>.*`` (the
   run's ``stats.json``: norm_score, norm_lifetime, compensation, dose_response, ...).
+* ``reproduce``: :func:`interventions.studies.reproduce.measure_reproduce` (the whole paper on one model:
+  ``layers``, ``primary_sink_layer``, ``n_secondary``, ``modal_l_start``, ``levels``, ``tokens``,
+  ``origin.*``, ``verdicts.<key>``, ``hypotheses.<key>.*``, ``compensation.*``, ``swap.<site>.<layer>``,
+  ``units.*``, ``functional_cost.<H>.*``).
 
 Output: ``<results>/experiments/<name>/<run id>/experiment.json`` (expected vs measured, every
 check with its measured value) next to the folders of what ran (``detect/``, ``origin/``,
@@ -65,7 +69,7 @@ import yaml
 
 from interventions.errors import UserError
 
-KINDS = ("detect", "origin", "runs", "known_answers", "streaming")
+KINDS = ("detect", "origin", "runs", "known_answers", "streaming", "reproduce")
 REAL_ONLY_KINDS = ("known_answers", "streaming")
 """Kinds with no planted run: their default mode runs every real configuration. Their expectations
 are the literature's results, so a mismatch is a finding, never a failure of the tool."""
@@ -548,6 +552,10 @@ def run_experiment(exp: Experiment | str | Path, *, results_root: str | Path = "
             from .streaming_eval import run_streaming_experiment
 
             measured = run_streaming_experiment(exp, mode, settings, out, progress, overrides or {})
+        elif exp.kind == "reproduce":
+            from .reproduce import run_reproduce_experiment
+
+            measured = run_reproduce_experiment(exp, settings, out, progress)
         else:
             measured = _run_specs(exp, specs, out, progress, report)
     except BaseException:
