@@ -109,9 +109,16 @@ def hypothesis_verdicts(effects: pd.DataFrame, manifest: dict, *, seed: int = 0)
             families.setdefault(KINDS[c["kind"]].family_key(c), []).append(c)
         labels = _family_labels(list(families))
         for fkey, fconds in families.items():
-            key = h.id if len(families) == 1 else f"{h.id}/{labels[fkey]}"
-            verdicts[key] = _family_verdict(h, key, fconds, conditions, d, seed=seed, tol=tol,
-                                            tautological={t["condition"] for t in tautologies})
+            # a condition acting on several target sets still gives one verdict per set: pooling sets (a
+            # sub-threshold token that becomes a sink and non-sinks that never do) would average two answers
+            sets = sorted({t for c in fconds for t in c.get("targets") or []})
+            parts = [(None, labels[fkey])] if len(sets) <= 1 else \
+                [(ts, "/".join(p for p in (KINDS[fkey[0]].family_label(fkey[:-1]), ts) if p)) for ts in sets]
+            for target_set, label in parts:
+                key = h.id if len(families) == 1 and target_set is None else f"{h.id}/{label}"
+                verdicts[key] = _family_verdict(h, key, fconds, conditions, d, seed=seed, tol=tol,
+                                                tautological={t["condition"] for t in tautologies},
+                                                target_set=target_set)
     _holm(verdicts)
     return verdicts, tautologies
 
@@ -136,7 +143,7 @@ def _placebos_of(h, fconds: list[dict], conditions: list[dict]) -> list[str]:
 
 
 def _family_verdict(h, key: str, fconds: list[dict], conditions: list[dict], d: pd.DataFrame, *, seed: int,
-                    tol: float, tautological: set) -> dict:
+                    tol: float, tautological: set, target_set: str | None = None) -> dict:
     from interventions.spec.measures import MEASURES
 
     ids = [c["id"] for c in fconds]
@@ -146,6 +153,10 @@ def _family_verdict(h, key: str, fconds: list[dict], conditions: list[dict], d: 
     kind = fconds[0]["kind"]
     notes: list[str] = []
     target_rows = rows[~rows["is_control"]] if len(rows) else empty
+    placebo_rows = d[d["condition"].isin(placebo_ids) & ~d["is_control"]] if len(d) and placebo_ids else empty
+    if target_set is not None:
+        target_rows = target_rows[target_rows["target_set"] == target_set]
+        placebo_rows = placebo_rows[placebo_rows["target_set"] == target_set]
     if kind == "attention_mask" and _not_secondary(target_rows):
         notes.append(f"{_not_secondary(target_rows)} masked target(s) were not secondary sinks in the clean run; "
                      "H4 is about secondary sinks, so their rows were left out")
@@ -153,7 +164,7 @@ def _family_verdict(h, key: str, fconds: list[dict], conditions: list[dict], d: 
     arms_rows = {
         "target": target_rows,
         "controls": rows[rows["is_control"]] if len(rows) else empty,
-        "placebo": d[d["condition"].isin(placebo_ids) & ~d["is_control"]] if len(d) and placebo_ids else empty,
+        "placebo": placebo_rows,
     }
     arm_conditions = {"placebo": placebo_ids, "controls": [f"{i} (controls)" for i in ids], "clean": []}
     components, details, used = [], {}, []
@@ -193,6 +204,8 @@ def _family_verdict(h, key: str, fconds: list[dict], conditions: list[dict], d: 
     excluded = [{"condition": c, "reason": "tautological: edits the whole hidden state at the target's own "
                                            "l_start (see tautologies); left out"} for c in ids if c in tautological]
     arm = used[0] if used else None
+    if target_set is not None:
+        details["target_set"] = target_set
     record = family_report(key, h.id, h.claim, h.alpha, components, conditions=ids, comparison=arm,
                            comparison_conditions=arm_conditions.get(arm, []) if arm else [], excluded=excluded,
                            details=details, notes=notes)

@@ -75,10 +75,13 @@ def _dose(rows: pd.DataFrame) -> pd.Series:
 
 
 def lifetime_slope(rows: pd.DataFrame, arm: str) -> pd.DataFrame:
-    """Per token: OLS slope of lifetime on log(dose) over its doses and the clean run (dose 1), lifetime 0 included.
+    """Per token: OLS slope of lifetime on log(dose) over its doses and the clean run (dose 1).
 
-    A token that stays a non-sink at every dose has slope 0: the claim is that lifetime rises with the norm,
-    and a token whose lifetime does not rise is evidence against it, not a missing value.
+    A token that is no sink in the clean run keeps every dose, lifetime 0 included: it stays a non-sink at
+    every dose (slope 0, evidence against the claim, not a missing value) or becomes one as the norm grows.
+    A clean sink keeps the doses at which it is still a sink: for it the claim is about how long it lives,
+    and a sink that a smaller norm pushes just below the 0.95 threshold says where the threshold is, not that
+    the norm sets the lifetime (a testbed whose lifetimes ignore the norm would otherwise pass).
     """
     if rows.empty:
         return _empty()
@@ -88,6 +91,8 @@ def lifetime_slope(rows: pd.DataFrame, arm: str) -> pd.DataFrame:
     for (trace, pos), g in u.groupby(["trace", "position"]):
         doses = g["dose"].to_numpy(float)
         lifetimes = g["lifetime"].fillna(0).to_numpy(float)
+        if float(g["clean"].fillna(0).iloc[0]) > 0:
+            doses, lifetimes = doses[lifetimes > 0], lifetimes[lifetimes > 0]
         if not np.isclose(doses, 1.0).any():
             doses = np.append(doses, 1.0)
             lifetimes = np.append(lifetimes, float(g["clean"].fillna(0).iloc[0]))
@@ -99,7 +104,8 @@ def lifetime_slope(rows: pd.DataFrame, arm: str) -> pd.DataFrame:
 
 register_measure(Measure(
     name="lifetime_slope", kind="scale", direction="increase", margin=0.5,
-    meaning="within-token slope of lifetime on log(factor), every factor and the clean run (lifetime 0 included)",
+    meaning="within-token slope of lifetime on log(factor) and the clean run (a non-sink's every factor, lifetime 0 "
+            "included; a clean sink's factors where it is still a sink)",
     comparisons=("placebo",),
     why_not={"controls": "matched non-sink controls scaled up can only gain lifetime, and targets that are "
                          "non-sinks can only gain it too: a difference of two one-way arms decides nothing",
