@@ -70,7 +70,7 @@ def _target_rows(base: dict, *, trace: int, position: int, clean_life: int, clea
     seen = min(ref + 1, N_LAYERS - 1) if ref >= 0 else None
     per_target = {
         **base, "trace": trace, "position": position, "token": "x", "token_id": 50 + position,
-        "clean_kind": "secondary" if clean_life else "none",
+        "clean_kind": "secondary" if clean_life else "none", "prefix_hash": f"{trace}:{position}",
         "l_start": start if life else -1, "lifetime": life,
         "clean_l_start": clean_start if clean_life else -1, "clean_lifetime": clean_life, "ref_layer": ref,
         "ref_mlp_out_norm": 5.0 * (base.get("factor") or 1.0) if ref >= 0 else np.nan,

@@ -78,7 +78,8 @@ def test_tautological_swap_is_excluded(tmp_path, cache_dir):
     stats = analyze_run(result.out, progress=False, report=False)[0]
     assert [t["condition"] for t in stats["tautologies"]] == ["mean_swap.block_output.l_start"]
     h3 = stats["verdicts"]["H3"]
-    assert h3["verdict"] == "inconclusive" and h3["excluded"]   # nothing left before l_start
+    # nothing left before l_start: no unit in either arm, so no comparison can decide it
+    assert h3["verdict"] == "not testable" and h3["excluded"]
 
 
 @pytest.mark.parametrize("model", ["testbed:planted", "testbed:negative-h3"])
@@ -89,7 +90,8 @@ def test_declared_suppression_trend_is_tested_not_described(tmp_path, cache_dir,
     null). negative-h3: nothing at the sink's own position matters, so no trend anywhere."""
     data = yaml.safe_load((REPO / "specs" / "mean_swap.yaml").read_text())
     data.update(model=model, limit=6, report=False, hypotheses=[{
-        "id": "H3", "conditions": {"kind": "mean_swap"}, "measure": ["suppression_rate", "suppression_trend"]}])
+        "id": "H3", "conditions": {"kind": "mean_swap"}, "measure": ["suppression_rate", "suppression_trend"],
+        "placebo": {"edit": "noise"}}])
     result = run_spec(Spec.from_dict(data), results_root=tmp_path, progress=False)
     verdicts = analyze_run(result.out, progress=False, report=False)[0]["verdicts"]
     trend = {k: next(c for c in v["components"] if c["name"] == "suppression_trend") for k, v in verdicts.items()}
