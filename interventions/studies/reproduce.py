@@ -94,6 +94,14 @@ class ReproduceResult:
 # specs
 
 
+def _declared(h: str, measure, selector: dict, compare: str) -> list[dict]:
+    """The hypothesis a generated spec declares, with its comparison (what the shipped specs declare)."""
+    out = {"id": h, "conditions": selector, "measure": measure, "compare": compare}
+    if compare == "placebo":
+        out["placebo"] = {"edit": "noise"}   # the magnitude-matched placebo: an arm that can move both ways
+    return [out]
+
+
 def causal_specs(model: str, traces: str, *, chat_template: bool, max_traces: int, max_tokens: int | None,
                  dtype: str, device: str, seed: int, min_position: int | None = None) -> dict[str, dict]:
     """The four causal specs (as dicts, the structure of ``specs/*.yaml``) for one model and trace file.
@@ -113,7 +121,8 @@ def causal_specs(model: str, traces: str, *, chat_template: bool, max_traces: in
         "H1": {**base, "name": SPEC_NAMES["H1"], "description": "H1: zero the l_start MLP output of secondary sinks.",
                "targets": {"sinks": sinks, "ctrl": {"select": "matched_controls", "match": "sinks", "seed": 0}},
                "interventions": [{"kind": "zero", "site": "mlp_output", "layer": "l_start", "targets": ["sinks"],
-                                  "controls": "ctrl"}]},
+                                  "controls": "ctrl"}],
+               "hypotheses": _declared("H1", "sink_rate_change", {"kind": "zero", "site": "mlp_output"}, "placebo")},
         "H2": {**base, "name": SPEC_NAMES["H2"],
                "description": "H2: scale the l_start MLP output of non-sinks (2/5/10x) and sinks (0.5/2x).",
                "targets": {"sinks": sinks, "others": {"select": "same_token_non_sinks"},
@@ -123,20 +132,24 @@ def causal_specs(model: str, traces: str, *, chat_template: bool, max_traces: in
                    {"kind": "scale", "site": "mlp_output", "layer": "l_start", "targets": ["others"],
                     "factors": [2, 5, 10], "controls": "ctrl"},
                    {"kind": "scale", "site": "mlp_output", "layer": "l_start", "targets": ["sinks"],
-                    "factors": [0.5, 2], "controls": "sink_ctrl"}]},
+                    "factors": [0.5, 2], "controls": "sink_ctrl"}],
+               "hypotheses": _declared("H2", "lifetime_slope", {"kind": "scale", "site": "mlp_output"}, "placebo")},
         "H3": {**base, "name": SPEC_NAMES["H3"],
                "description": "H3: swap future sinks' activations with the mean non-sink token, layer by layer.",
                "targets": {"sinks": sinks},
                "interventions": [{"kind": "mean_swap", "site": ["block_output", "attention_output", "mlp_output"],
                                   "layers": {"from": 0, "to": "l_start"}, "max_offset": SWAP_OFFSETS,
-                                  "targets": ["sinks"]}]},
+                                  "targets": ["sinks"]}],
+               "hypotheses": _declared("H3", "suppression_rate", {"kind": "mean_swap"}, "placebo")},
         "H4": {**base, "name": SPEC_NAMES["H4"], "description": "H4: mask attention to secondary sinks where they live.",
                "targets": {"sinks": sinks, "ctrl": {"select": "matched_controls", "match": "sinks",
                                                     "by": "attention_mass"}},
                "interventions": [{"kind": "attention_mask", "layers": "sink_lifetime", "targets": ["sinks"],
                                   "controls": "ctrl", "redirect": "none"},
                                  {"kind": "attention_mask", "layers": "sink_lifetime", "targets": ["sinks"],
-                                  "controls": "ctrl", "redirect": "bos"}]},
+                                  "controls": "ctrl", "redirect": "bos"}],
+               "hypotheses": _declared("H4", ["primary_beyond_renormalisation", "kl"], {"kind": "attention_mask"},
+                                       "controls")},
     }
 
 
