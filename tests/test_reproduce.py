@@ -76,8 +76,9 @@ def test_planted_causal_checks(planted_study):
     result, m = planted_study
     v = m["verdicts"]
     assert v["H1"] == "supported" and m["hypotheses"]["H1"]["effect"] <= -0.9
-    assert m["hypotheses"]["H1"]["compared_with"] == "controls" and m["hypotheses"]["H1"]["n_traces"] == 6
-    assert v["H2"] == "supported"
+    # decided against clean sinks under a magnitude-matched noise placebo, never against non-sink controls
+    assert m["hypotheses"]["H1"]["compared_with"] == "placebo" and m["hypotheses"]["H1"]["n_traces"] == 6
+    assert v["H2/mlp_output/l_start/sinks"] == "supported" and v["H2/mlp_output/l_start/others"] == "not supported"
     assert v["H3/block_output"] == "supported" and v["H3/mlp_output"] == "not supported"
     assert v["H4/sink_lifetime/none"] == "not supported" and v["H4/sink_lifetime/bos"] == "not supported"
     # the swap timeline: the MLP output suppresses only at l_start (4), the hidden state at every layer
