@@ -19,7 +19,9 @@ FACTORS = (2, 5, 10)
 
 
 def _rows(summary: pd.DataFrame, target_set: str) -> pd.DataFrame:
-    rows = summary[(summary.target_set == target_set) & ~summary.is_control.astype(bool)]
+    # the scale conditions themselves (their noise placebos, kind noise, have rows of their own)
+    rows = summary[(summary.target_set == target_set) & ~summary.is_control.astype(bool)
+                   & ~summary.condition.str.endswith(".placebo")]
     return rows.assign(factor=rows.factor.astype(float)).set_index("factor").sort_index()
 
 
@@ -44,9 +46,10 @@ def test_summary_has_a_row_per_target_set(norm_scale_run):
     assert set(controls.target_set) == {"ctrl"} and len(controls) == len(FACTORS)
 
 
-def test_terminal_table_shows_each_target_set(norm_scale_run):
+def test_terminal_table_shows_each_target_set(norm_scale_run, monkeypatch):
     from interventions.report import tables
 
+    monkeypatch.setenv("COLUMNS", "250")  # one line per row (narrower: key: value blocks, tested elsewhere)
     with tables.out.capture() as captured:
         tables.print_run_summary(norm_scale_run)
     text = captured.get()
