@@ -96,12 +96,13 @@ def test_declared_suppression_trend_is_tested_not_described(tmp_path, cache_dir,
     verdicts = analyze_run(result.out, progress=False, report=False)[0]["verdicts"]
     trend = {k: next(c for c in v["components"] if c["name"] == "suppression_trend") for k, v in verdicts.items()}
     if model == "testbed:planted":
-        # a trace-level test against the noise placebo (the gate head at layer 2 gives a positive slope; the
-        # placebo's perturbation at the same layers leaves too little beyond it on 6 traces to decide)
+        # a trace-level test against the noise placebo: the gate head at layer 2 gives a positive slope
+        # (0.013 per layer beyond the placebo, p 0.125 on 6 traces: inconclusive); the whole hidden state
+        # suppresses at every layer before l_start, so its slope is flat beyond the placebo's
         att = trend["H3/attention_output"]
         assert att["compared_with"] == "placebo" and att["p"] is not None and att["effect"] > 0
-        assert att["verdict"] in ("supported", "inconclusive")
-        assert trend["H3/block_output"]["exact_null"] and trend["H3/block_output"]["verdict"] == "not supported"
+        assert att["verdict"] == "inconclusive"
+        assert trend["H3/block_output"]["verdict"] != "supported" and abs(trend["H3/block_output"]["effect"]) < 0.05
         assert not any("descriptive" in n for n in verdicts["H3/block_output"]["notes"])
     else:
         assert all(t["verdict"] != "supported" for t in trend.values()), trend
