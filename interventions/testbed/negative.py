@@ -115,19 +115,7 @@ def _negative_h3(w, ids) -> None:
     down = w.layer(layer, "mlp.down_proj.weight")
     down[:, P.N_TRIGGER] = 0
     down[:, P.N_GATED] = 0
-    half = P.HEAD_DIM // 2
-    q_w, q_b = w.layer(layer, "self_attn.q_proj.weight"), w.layer(layer, "self_attn.q_proj.bias")
-    rows = slice(HEAD * P.HEAD_DIM, (HEAD + 1) * P.HEAD_DIM)
-    q_w[rows], q_b[rows] = 0, 0
-    k_b, k_w = w.layer(layer, "self_attn.k_proj.bias"), w.layer(layer, "self_attn.k_proj.weight")
-    inv_freq = 1.0 / (P.ROPE_THETA ** (torch.arange(0, P.HEAD_DIM, 2, dtype=torch.float64) / P.HEAD_DIM))
-    key_bias = 4.0
-    for pair, weight in zip(P.PREV_PAIRS, P.PREV_WEIGHTS):
-        theta = float(inv_freq[pair])
-        amp = weight * math.sqrt(P.HEAD_DIM) / key_bias
-        q_b[HEAD * P.HEAD_DIM + pair] = amp * math.cos(theta)
-        q_b[HEAD * P.HEAD_DIM + pair + half] = -amp * math.sin(theta)
-        k_b[pair], k_w[pair], k_w[pair + half] = key_bias, 0, 0
+    previous_token_attention(w, layer, HEAD)
     v = w.layer(layer, "self_attn.v_proj.weight")
     v[0] = 0
     v[0, P.GATE] = 1.0
@@ -210,3 +198,21 @@ def build_negative(out_dir: str | Path, name: str, *, seed: int = 0) -> P.Plante
         data = {**asdict(truth), "negative": name, "what": WHAT[name], "measured_levels": measured}
         (tmp / "truth.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return truth
+
+
+def previous_token_attention(w, layer: int, head: int) -> None:
+    """Make head ``head`` of ``layer`` attend to the previous token: its query is a constant rotary bias whose
+    phase matches one position back, and the keys of the planted previous-token pairs read only a bias."""
+    half = P.HEAD_DIM // 2
+    q_w, q_b = w.layer(layer, "self_attn.q_proj.weight"), w.layer(layer, "self_attn.q_proj.bias")
+    rows = slice(head * P.HEAD_DIM, (head + 1) * P.HEAD_DIM)
+    q_w[rows], q_b[rows] = 0, 0
+    k_b, k_w = w.layer(layer, "self_attn.k_proj.bias"), w.layer(layer, "self_attn.k_proj.weight")
+    inv_freq = 1.0 / (P.ROPE_THETA ** (torch.arange(0, P.HEAD_DIM, 2, dtype=torch.float64) / P.HEAD_DIM))
+    key_bias = 4.0
+    for pair, weight in zip(P.PREV_PAIRS, P.PREV_WEIGHTS):
+        theta = float(inv_freq[pair])
+        amp = weight * math.sqrt(P.HEAD_DIM) / key_bias
+        q_b[head * P.HEAD_DIM + pair] = amp * math.cos(theta)
+        q_b[head * P.HEAD_DIM + pair + half] = -amp * math.sin(theta)
+        k_b[pair], k_w[pair], k_w[pair + half] = key_bias, 0, 0

@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 
 from . import planted as P
-from .negative import EDITS as NEGATIVE_EDITS, HEAD, atomic_folder, save_variant
+from .negative import EDITS as NEGATIVE_EDITS, atomic_folder, previous_token_attention, save_variant
 from .tokenizer import BOS, save_tokenizer
 
 NOISY_VERSION = 1
@@ -96,19 +96,8 @@ def _scale_trigger_content(w, ids, tokens, factor: float | None = None) -> None:
 def _prev_content_head(w, gen) -> None:
     """Head PREV_HEAD of PREV_LAYER attends to the previous token and adds PREV_COPY x its content
     (projected on PREV_DIMS random directions) to every token; BOS (no content) adds nothing."""
-    layer, half = PREV_LAYER, P.HEAD_DIM // 2
-    q_w, q_b = w.layer(layer, "self_attn.q_proj.weight"), w.layer(layer, "self_attn.q_proj.bias")
-    rows = slice(PREV_HEAD * P.HEAD_DIM, (PREV_HEAD + 1) * P.HEAD_DIM)
-    q_w[rows], q_b[rows] = 0, 0
-    k_b, k_w = w.layer(layer, "self_attn.k_proj.bias"), w.layer(layer, "self_attn.k_proj.weight")
-    inv_freq = 1.0 / (P.ROPE_THETA ** (torch.arange(0, P.HEAD_DIM, 2, dtype=torch.float64) / P.HEAD_DIM))
-    key_bias = 4.0
-    for pair, weight in zip(P.PREV_PAIRS, P.PREV_WEIGHTS):
-        theta = float(inv_freq[pair])
-        amp = weight * math.sqrt(P.HEAD_DIM) / key_bias
-        q_b[PREV_HEAD * P.HEAD_DIM + pair] = amp * math.cos(theta)
-        q_b[PREV_HEAD * P.HEAD_DIM + pair + half] = -amp * math.sin(theta)
-        k_b[pair], k_w[pair], k_w[pair + half] = key_bias, 0, 0
+    layer = PREV_LAYER
+    previous_token_attention(w, layer, PREV_HEAD)
     basis, _ = torch.linalg.qr(torch.randn(len(P.CONTENT), PREV_DIMS, generator=gen))   # [56, 15] orthonormal
     v = w.layer(layer, "self_attn.v_proj.weight")
     content = torch.tensor(P.CONTENT)
