@@ -156,7 +156,7 @@ def fresh_counts(cases: list[tuple], Gs: list[int], K: int, workers: int, root: 
             return
         for key, rec in verdicts.items():
             c = counts.setdefault((label, G, key), {"supported": 0, "not supported": 0, "inconclusive": 0,
-                                                     "not tested": 0})
+                                                     "not testable": 0, "not tested": 0})
             c[rec["verdict"]] += 1
 
     if workers <= 1:
@@ -196,8 +196,8 @@ def calibrate(tables: dict, G: int, K: int, seed: int) -> dict:
         for key, rec in v.items():
             if rec.get("verdict") == "not tested":
                 continue
-            c = counts.setdefault(key, {"supported": 0, "not supported": 0, "inconclusive": 0, "with_ci": 0,
-                                        "covered": 0})
+            c = counts.setdefault(key, {"supported": 0, "not supported": 0, "inconclusive": 0, "not testable": 0,
+                                        "with_ci": 0, "covered": 0})
             c[rec["verdict"]] += 1
             lo, hi = (rec.get("ci") or [None, None])[:2]
             if lo is not None and hi is not None and truth.get(key) is not None:
@@ -208,13 +208,14 @@ def calibrate(tables: dict, G: int, K: int, seed: int) -> dict:
 
 def table_row(label: str, truth: str, key: str, G: int, c: dict) -> dict:
     """One line of the calibration table (rates over the draws that gave a verdict)."""
-    n = sum(c[v] for v in ("supported", "not supported", "inconclusive"))
+    n = sum(c[v] for v in ("supported", "not supported", "inconclusive", "not testable"))
     rate = c["supported"] / n if n else float("nan")
     bound = ALPHA + 2 * float(np.sqrt(ALPHA * (1 - ALPHA) / n)) if n else float("nan")
     row = {"case": label, "truth": truth, "verdict": key, "G": G, "K": n,
            "supported": round(rate, 3), "mc_se": round(float(np.sqrt(rate * (1 - rate) / n)), 3) if n else None,
            "not_supported": round(c["not supported"] / n, 3) if n else None,
-           "inconclusive": round(c["inconclusive"] / n, 3) if n else None}
+           "inconclusive": round(c["inconclusive"] / n, 3) if n else None,
+           "not_testable": round(c["not testable"] / n, 3) if n else None}
     if truth == "negative":
         row["bound"] = round(bound, 3)
         row["within_bound"] = bool(rate <= bound)
