@@ -47,7 +47,7 @@ def make_edit(kind, site, layer, loaded):
     return Edit(kind, layer, POSITIONS, site=site, factor=3.5 if kind == "scale" else None, vector=vector)
 
 
-SITE_KINDS = ["zero", "scale", "mean_swap", "add", "patch"]
+SITE_KINDS = ["zero", "scale", "mean_swap", "add", "patch", "noise"]
 
 
 def test_every_registered_site_kind_is_checked_here():

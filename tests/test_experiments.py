@@ -88,7 +88,7 @@ def test_study_meets_its_planted_expectations(results, name):
 def test_planted_verdicts_are_the_stated_ones(results):
     assert results["ablation"].measured["verdicts"]["H1"] == "supported"
     assert results["ablation"].measured["hypotheses"]["H1"]["conditions"] == ["zero.mlp_output.l_start"]
-    assert results["norm_laws"].measured["verdicts"]["H2"] == "supported"
+    assert results["norm_laws"].measured["verdicts"]["H2/mlp_output/l_start/sinks"] == "supported"
     swap = results["swap_timeline"].measured
     assert swap["verdicts"]["H3/block_output"] == "supported"
     assert swap["verdicts"]["H3/mlp_output"] == "not supported"   # nothing before l_start: exact null
@@ -113,7 +113,10 @@ def test_h4_negative_is_an_exact_null_beyond_renormalisation(cache_dir, tmp_path
         assert all(c["exact_null"] and c["p"] is None and c["ci"] == [None, None] for c in h4["components"])
 
 
-NEGATIVE = {"ablation": ["H1"], "norm_laws": ["H2"],
+# norm_laws: negative-h2 makes the *lifetime* claim false (every sink ends at layer 8 whatever its norm); it
+# still plants creation by the norm (" ~" becomes a sink when scaled up), which H2's weak family reads as
+# lifetime 0 -> 4 and supports, so only the family of real sinks is a negative there
+NEGATIVE = {"ablation": ["H1"], "norm_laws": ["H2/mlp_output/l_start/sinks"],
             "swap_timeline": ["H3/block_output", "H3/attention_output", "H3/mlp_output"]}
 
 
@@ -126,7 +129,8 @@ def test_negative_testbed_never_supports_the_claim(cache_dir, tmp_path, name):
     verdicts = result.measured["verdicts"]
     for key in NEGATIVE[name]:
         assert verdicts[key] in ("not supported", "inconclusive"), (key, verdicts[key])
-    assert "supported" not in verdicts.values()
+    if name != "norm_laws":
+        assert "supported" not in verdicts.values()
     assert result.measured["hypotheses"][NEGATIVE[name][0]]["n_traces"] == N_TRACES
 
 
@@ -150,7 +154,7 @@ def test_five_traces_cannot_support_a_hypothesis(cache_dir, tmp_path):
                             progress=False, report=False)
     h1 = result.measured["hypotheses"]["H1"]
     assert h1["verdict"] == "inconclusive" and h1["effect"] == -1 and h1["p"] == pytest.approx(0.0625)
-    assert "5 trace(s) < 6" in h1["reason"]   # the same minimum holds for "not supported"
+    assert "5 independent unit(s) < 6" in h1["reason"]   # the same minimum holds for "not supported"
     assert not result.passed
 
 

@@ -228,7 +228,8 @@ def test_validate_and_heads_print_json_on_stdout(tmp_path, cache_dir):
     r = runner.invoke(app, ["validate", str(REPO / "specs/norm_scale.yaml"), "--no-model", "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
-    assert doc["ok"] is True and len(doc["conditions"]) == 5 and doc["spec_hash"]
+    # 5 scale conditions and the 5 noise placebos H2 declares beside them
+    assert doc["ok"] is True and len(doc["conditions"]) == 10 and doc["spec_hash"]
     out = tmp_path / "heads"
     r = runner.invoke(app, ["heads", "testbed:planted", "--generate", "random_tokens", "--n", "2", "--length", "16",
                             "--out", str(out), "--json"])
@@ -280,7 +281,7 @@ def test_no_report_writes_the_statistics_and_is_complete(tmp_path, cache_dir):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete"
     assert (out / "stats.json").is_file() and not (out / "report.md").exists()
-    assert json.loads(r.stdout)["verdicts"]["H2"]["verdict"] == "supported"
+    assert json.loads(r.stdout)["verdicts"]["H2/mlp_output/l_start/sinks"]["verdict"] == "supported"
 
 
 def test_a_run_without_statistics_ends_tables_until_stats_are_computed(tmp_path, cache_dir):

@@ -127,7 +127,7 @@ def test_readme_runs_verbatim(tmp_path, cache_dir):
     assert len(runs) == 2  # the set-up's run and the tour's
     for run in runs:
         stats = json.loads((run / "stats.json").read_text())
-        assert stats["verdicts"]["H2"]["verdict"] == "supported"
+        assert stats["verdicts"]["H2/mlp_output/l_start/sinks"]["verdict"] == "supported"
         assert (run / "report.md").is_file() and (run / "figures").is_dir()
         manifest = json.loads((run / "manifest.json").read_text())
         assert manifest["status"] == "complete" and manifest["spec_hash"]

@@ -153,7 +153,7 @@ def test_smollm2_small(tmp_path):
     assert m["layers"] == 30 and m["n_secondary"] > 0 and m["modal_l_start"] == 2
     assert m["origin"]["layer"] == 2
     for key, rec in m["hypotheses"].items():
-        assert rec["n_traces"] is not None and rec["n_traces"] <= 3, key
+        assert rec["verdict"] == "not testable" or (rec["n_traces"] is not None and rec["n_traces"] <= 3), key
         assert rec["verdict"] != "supported", key   # <= 3 traces: an exact sign flip cannot reach p < 0.05
         assert "compared_with" in rec and rec["units"]["n_positions"] >= rec["units"]["n_independent"] > 0
     assert set(k.split("/")[0] for k in m["hypotheses"]) == {"H1", "H2", "H3", "H4"}

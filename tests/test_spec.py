@@ -434,6 +434,8 @@ def test_colliding_interventions_name_their_targets_in_every_condition():
 
     repo = Path(__file__).resolve().parent.parent
     ids = [c.id for c in load_spec(repo / "specs" / "norm_scale.yaml").conditions()]
-    assert ids == ["scale.mlp_output.l_start.x2.weak+others", "scale.mlp_output.l_start.x5.weak+others",
-                   "scale.mlp_output.l_start.x10.weak+others", "scale.mlp_output.l_start.x0.5.sinks",
-                   "scale.mlp_output.l_start.x2.sinks"]
+    scaled = ["scale.mlp_output.l_start.x2.weak+others", "scale.mlp_output.l_start.x5.weak+others",
+              "scale.mlp_output.l_start.x10.weak+others", "scale.mlp_output.l_start.x0.5.sinks",
+              "scale.mlp_output.l_start.x2.sinks"]
+    # H2's noise placebos follow the final names of the conditions they stand beside
+    assert ids == scaled + [f"{c}.noise.placebo" for c in scaled]

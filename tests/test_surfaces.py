@@ -86,12 +86,12 @@ def test_report_on_a_detect_folder_is_a_detection_report(tiny, tmp_path):
 
 
 def test_complete_only_after_statistics(tiny, tmp_path, monkeypatch):
-    from interventions.stats import analysis
+    from interventions import pipeline
 
     def broken(*args, **kwargs):
         raise RuntimeError("killed during statistics")
 
-    monkeypatch.setattr(analysis, "analyze_run", broken)
+    monkeypatch.setattr(pipeline, "analyze_run", broken)
     spec = write_spec(tmp_path, tiny, report=True)
     result = runner.invoke(app, ["run", str(spec), "--out", str(tmp_path / "r"), "-q"])
     assert result.exit_code != 0

@@ -238,14 +238,16 @@ def _not_secondary(target_rows: pd.DataFrame) -> int:
 
 
 MASS_CALIPER = (0.5, 2.0)
-"""A trace's controls must remove between half and twice the clean attention mass its targets' masks remove,
-or the KL comparison drops that trace (controls that remove much less mass change the predictions less for
-that reason alone)."""
+"""The range of control/target clean attention mass (removed by the masks) within which a trace counts as
+mass-matched. Reported, not enforced: an ordinary token draws 1.5-15% of a secondary sink's attention on every
+model measured (the planted model, positive-h4, SmolLM2, Qwen2.5-Coder), so dropping unmatched traces left no
+trace anywhere and H4 could not be tested even where it is true by construction; the record counts the traces
+outside it and a note says so."""
 
 
 def _mass_matched(target_rows, control_rows, target, comparison, notes):
-    """KL units restricted to traces whose controls' masked attention mass is within :data:`MASS_CALIPER` of the
-    targets'; returns (target, comparison, counts)."""
+    """KL units with the controls' masked attention mass against the targets' per trace (:data:`MASS_CALIPER`):
+    returns (target, comparison, counts), the units unchanged."""
     if "masked_attention_mass" not in target_rows.columns or comparison is None:
         return target, comparison, {}
 
@@ -259,12 +261,15 @@ def _mass_matched(target_rows, control_rows, target, comparison, notes):
     keep = ratio[(ratio >= MASS_CALIPER[0]) & (ratio <= MASS_CALIPER[1])].index
     counts = {"targets": float(t.mean()) if len(t) else None, "controls": float(c.mean()) if len(c) else None,
               "controls_over_targets": float(ratio.median()) if len(ratio) else None,
-              "caliper": list(MASS_CALIPER), "traces_matched": int(len(keep)), "traces_dropped": int(len(t) - len(keep))}
+              "caliper": list(MASS_CALIPER), "traces_matched": int(len(keep)),
+              "traces_dropped": int(len(t) - len(keep))}
     if counts["traces_dropped"]:
-        notes.append(f"kl: {counts['traces_dropped']} of {len(t)} traces dropped: their controls' masks remove a "
-                     f"clean attention mass outside {MASS_CALIPER[0]}-{MASS_CALIPER[1]}x the targets' (median ratio "
-                     f"{counts['controls_over_targets'] if counts['controls_over_targets'] is not None else float('nan'):.2g})")
-    return target[target["trace"].isin(keep)], comparison[comparison["trace"].isin(keep)], counts
+        ratio_text = f"{counts['controls_over_targets']:.2g}" if counts["controls_over_targets"] is not None else "?"
+        notes.append(f"kl: in {counts['traces_dropped']} of {len(t)} traces the controls' masks remove a clean "
+                     f"attention mass outside {MASS_CALIPER[0]}-{MASS_CALIPER[1]}x the targets' (median ratio "
+                     f"{ratio_text}): the best match ordinary tokens allow; the renormalisation prediction, not the "
+                     "controls, accounts for the arithmetic of removing it")
+    return target, comparison, counts
 
 
 def _holm(verdicts: dict) -> None:

@@ -235,6 +235,7 @@ def functional_cost(run_dir: Path, *, seed: int = 0) -> dict:
         return {"estimable": False, "reason": "no delta_nll rows (measures without delta_nll)"}
     d = d[~d.get("non_finite", False).astype(bool)] if "non_finite" in d.columns else d
     d = d.dropna(subset=["delta_nll"])
+    d = d[~d["condition"].astype(str).str.endswith(".placebo")]   # the cost of the edits, not of their placebos
     d["is_control"] = d["is_control"].astype(bool)
 
     def summarise(rows: pd.DataFrame, label: str) -> dict:
