@@ -13,11 +13,10 @@ from pathlib import Path
 
 import torch
 
-from interventions.errors import UserError
+from interventions.errors import UserError, missing_model_fix
 
 from .adapters import Adapter, adapter_for, model_dims
 from .attention import BASE_IMPLEMENTATIONS, make_hookable
-from interventions.errors import UserError, missing_model_fix
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("cpu", "cuda", "auto")

@@ -28,9 +28,7 @@ Measures are averaged over traces first, then classified (``alpha_sd`` is the sp
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
