@@ -43,7 +43,8 @@ def make_edit(kind, site, layer, loaded):
     gen = torch.Generator().manual_seed(1)
     vector = {"mean_swap": lambda: torch.randn(loaded.dims["hidden"], generator=gen),
               "add": lambda: torch.randn(loaded.dims["hidden"], generator=gen),
-              "patch": lambda: torch.randn(len(POSITIONS), loaded.dims["hidden"], generator=gen)}.get(kind, lambda: None)()
+              "patch": lambda: torch.randn(len(POSITIONS), loaded.dims["hidden"], generator=gen),
+              "noise": lambda: torch.randn(len(POSITIONS), loaded.dims["hidden"], generator=gen)}.get(kind, lambda: None)()
     return Edit(kind, layer, POSITIONS, site=site, factor=3.5 if kind == "scale" else None, vector=vector)
 
 
