@@ -130,8 +130,12 @@ class Noise(SiteIntervention):
         factor = float(matched["factor"]) if matched.get("factor") is not None else float("nan")
         if state is None or not edited_layers:
             return {"noise_norm": float("nan"), "matched_factor": factor}
-        norms = [float(noise_vector(condition, state, target.position, lay).float().norm()) for lay in edited_layers]
-        return {"noise_norm": sum(norms) / len(norms), "matched_factor": factor}
+        # one value per (condition, target), written on each of its per-layer rows: computed once
+        key = (condition.id, target.position)
+        if key not in state.setdefault("noise_norms", {}):
+            norms = [matched_norm(condition, state, target.position, lay) for lay in edited_layers]
+            state["noise_norms"][key] = sum(norms) / len(norms)
+        return {"noise_norm": state["noise_norms"][key], "matched_factor": factor}
 
     # -- compile ----------------------------------------------------------------------------
 

@@ -173,14 +173,13 @@ def _family_verdict(h, key: str, fconds: list[dict], conditions: list[dict], d: 
         direction = h.direction or m.direction
         margin = h.margin if h.margin is not None else m.margin
         target = m.units(arms_rows["target"], "target")
-        arm, why = _choose_arm(h.compare, m, arms_rows)
+        arm, comparison, why = _choose_arm(h.compare, m, arms_rows)
         if arm is None:
             components.append(untestable_component(name, why, direction=direction, margin=margin))
             details[name] = {"n_units": int(len(target))}
             continue
-        comparison = None if arm == "clean" else m.units(arms_rows[arm], arm)
         if name == "kl" and arm == "controls":
-            target, comparison, dropped = _mass_matched(arms_rows["target"], arms_rows["controls"], target,
+            target, comparison, dropped = _mass_balance(arms_rows["target"], arms_rows["controls"], target,
                                                         comparison, notes)
             details["masked_attention_mass"] = dropped
         test = f"{m.meaning}; per-unit mean" + (f" minus the {arm} arm" if arm != "clean" else " vs the clean run") + \
@@ -215,18 +214,21 @@ def _family_verdict(h, key: str, fconds: list[dict], conditions: list[dict], d: 
     return record
 
 
-def _choose_arm(compare: str, m, arms_rows: dict) -> tuple[str | None, str]:
-    """The arm that decides measure ``m`` here, or (None, why there is none)."""
+def _choose_arm(compare: str, m, arms_rows: dict) -> tuple[str | None, pd.DataFrame | None, str]:
+    """The arm that decides measure ``m`` here with its units (None for the clean run), or (None, None, why)."""
     if compare != "auto" and compare not in m.comparisons:
         why = m.why_not.get(compare, "it cannot decide this measure")
-        return None, (f"not testable: compare: {compare} cannot decide {m.name} ({why}); use "
+        return None, None, (f"not testable: compare: {compare} cannot decide {m.name} ({why}); use "
                       f"{' or '.join(m.comparisons)}")
     candidates = m.comparisons if compare == "auto" else (compare,)
     for arm in candidates:
-        if arm == "clean" or len(m.units(arms_rows[arm], arm)):
-            return arm, ""
+        if arm == "clean":
+            return arm, None, ""
+        units = m.units(arms_rows[arm], arm)
+        if len(units):
+            return arm, units, ""
     hints = "; ".join(ARM_HINTS[a] for a in candidates if ARM_HINTS[a])
-    return None, (f"not testable: no {' or '.join(candidates)} arm with units for {m.name} in this run (the only "
+    return None, None, (f"not testable: no {' or '.join(candidates)} arm with units for {m.name} in this run (the only "
                   f"arms whose units can move both ways under the null){'; ' + hints if hints else ''}")
 
 
@@ -245,7 +247,7 @@ trace anywhere and H4 could not be tested even where it is true by construction;
 outside it and a note says so."""
 
 
-def _mass_matched(target_rows, control_rows, target, comparison, notes):
+def _mass_balance(target_rows, control_rows, target, comparison, notes):
     """KL units with the controls' masked attention mass against the targets' per trace (:data:`MASS_CALIPER`):
     returns (target, comparison, counts), the units unchanged."""
     if "masked_attention_mass" not in target_rows.columns or comparison is None:

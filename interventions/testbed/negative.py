@@ -187,9 +187,7 @@ def build_negative(out_dir: str | Path, name: str, *, seed: int = 0) -> P.Plante
         triggers = [{"token": t, "token_id": ids[t]} for t in P.TRIGGERS]
         gated = []
         if name == "negative-h3":  # sinks only after the gate: put every role token behind it once
-            gated = [{"token": t, "token_id": ids[t], "gate_token": P.GATE_TOKEN, "gate_token_id": ids[P.GATE_TOKEN],
-                      "gate_layer": P.L_START} for t in [*P.GATED, *P.TRIGGERS]]
-            triggers = []
+            gated, triggers = every_role_token_gated(ids), []
         truth = P.PlantedTruth(
             arch="qwen2", n_layers=P.N_LAYERS, onset_layer=P.ONSET_LAYER, l_start=P.L_START, bos_token=BOS,
             triggers=triggers, sub_threshold=[{"token": t, "token_id": ids[t]} for t in P.SUB_THRESHOLD],
@@ -216,3 +214,10 @@ def previous_token_attention(w, layer: int, head: int) -> None:
         q_b[head * P.HEAD_DIM + pair] = amp * math.cos(theta)
         q_b[head * P.HEAD_DIM + pair + half] = -amp * math.sin(theta)
         k_b[pair], k_w[pair], k_w[pair + half] = key_bias, 0, 0
+
+
+def every_role_token_gated(ids) -> list[dict]:
+    """``truth.json``'s ``gated`` entries when the sink is decided by the previous token: every role token
+    (gated and trigger) placed once behind the gate token, deciding at l_start."""
+    return [{"token": t, "token_id": ids[t], "gate_token": P.GATE_TOKEN, "gate_token_id": ids[P.GATE_TOKEN],
+             "gate_layer": P.L_START} for t in [*P.GATED, *P.TRIGGERS]]

@@ -48,7 +48,8 @@ from pathlib import Path
 import torch
 
 from . import planted as P
-from .negative import EDITS as NEGATIVE_EDITS, atomic_folder, previous_token_attention, save_variant
+from .negative import (EDITS as NEGATIVE_EDITS, atomic_folder, every_role_token_gated, previous_token_attention,
+                       save_variant)
 from .tokenizer import BOS, save_tokenizer
 
 NOISY_VERSION = 1
@@ -214,9 +215,7 @@ def build_noisy(out_dir: str | Path, name: str, *, seed: int = 0) -> P.PlantedTr
         gated = [{"token": t, "token_id": ids[t], "gate_token": P.GATE_TOKEN, "gate_token_id": ids[P.GATE_TOKEN],
                   "gate_layer": P.GATE_LAYER} for t in P.GATED]
         if name == "noisy-h3":  # sinks only after the gate: put every role token behind it once
-            gated = [{"token": t, "token_id": ids[t], "gate_token": P.GATE_TOKEN, "gate_token_id": ids[P.GATE_TOKEN],
-                      "gate_layer": P.L_START} for t in [*P.GATED, *P.TRIGGERS]]
-            triggers = []
+            gated, triggers = every_role_token_gated(ids), []
         truth = P.PlantedTruth(
             arch="qwen2", n_layers=P.N_LAYERS, onset_layer=P.ONSET_LAYER, l_start=P.L_START, bos_token=BOS,
             triggers=triggers, sub_threshold=[{"token": t, "token_id": ids[t]} for t in P.SUB_THRESHOLD],
