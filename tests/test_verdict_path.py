@@ -213,3 +213,42 @@ def test_holm_adjusts_over_families():
     for v in verdicts.values():
         assert v["verdict"] == "supported" and v["family_p"] == pytest.approx(1 / 32)
         assert v["p_holm"] == pytest.approx(2 / 32) and v["verdict_holm"] == "inconclusive"
+
+
+def test_a_trace_level_measure_of_a_repeated_prompt_is_one_unit():
+    """Review attack: H3's trend, every trace the same templated prompt (one draw per arm, copied into all 8
+    traces by a deterministic model): the copies were 8 units and a shared difference was "supported" in 62%
+    of seeds; they are one unit now."""
+    swap = condition("mean_swap.mlp_output.before", "mean_swap", layer="before")
+    placebo = condition(swap["id"] + ".noise.placebo", "noise", layer="before", placebo_of=swap["id"])
+    h3 = {"id": "H3", "conditions": {"kind": "mean_swap"}, "measure": ["suppression_trend"], "compare": "auto"}
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        draw = {(arm, k, il): rng.random() < 0.3 for arm in "tp" for k in range(3) for il in range(4)}
+        rows = [row(c["id"], kind, t, 10 + k, il=il, now=0 if draw[arm, k, il] else 4, unit=f"tmpl:{k}")
+                for t in range(8) for k in range(3) for il in range(4)
+                for c, kind, arm in ((swap, "mean_swap", "t"), (placebo, "noise", "p"))]
+        v = verdict_of(pd.DataFrame(rows), [swap, placebo], [h3], key="H3", seed=seed)
+        assert v["n_independent"] == 1 and v["verdict"] != "supported", v["reason"]
+
+
+def test_tautological_units_leave_both_arms():
+    """Review attack: zeroing block_output at layer 4 drops the sinks whose l_start is 4 (tautological) from the
+    edit's arm; keeping them in the placebo arm left the robust sinks there only ("supported" in 90% of seeds
+    at G = 30 with both arms losing each sink at the same rate). Both arms now drop them."""
+    zero = condition("zero.block_output.4", "zero", site="block_output", layer="4")
+    placebo = condition(zero["id"] + ".noise.placebo", "noise", site="block_output", layer="4", placebo_of=zero["id"])
+    supported = 0
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        rows = []
+        for t in range(30):
+            for k in range(4):
+                l_start, p_lost = (4, 0.05) if k < 2 else (8, 0.6)
+                for c, kind in ((zero, "zero"), (placebo, "noise")):
+                    rows.append(row(c["id"], kind, t, 10 + k, site="block_output", il=4, clean_l_start=l_start,
+                                    now=0 if rng.random() < p_lost else 4))
+        verdicts, tautologies = hypothesis_verdicts(pd.DataFrame(rows), manifest([zero, placebo], [H1]), seed=seed)
+        assert {t["condition"] for t in tautologies} == {zero["id"], placebo["id"]}
+        supported += verdicts["H1"]["verdict"] == "supported"
+    assert supported <= 1

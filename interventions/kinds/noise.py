@@ -54,6 +54,9 @@ class MatchedTo(SpecModel):
 class Noise(SiteIntervention):
     """Add a seeded random direction of a given (or matched) norm to a site's output for the target tokens."""
 
+    # as a placebo it stands beside the edit it matches: a tautological unit (block_output at the target's own
+    # l_start) is left out of both arms, not of the edit's alone (which would leave the arms unlike)
+    TAUTOLOGICAL_AT_L_START: ClassVar[bool] = True
     EFFECT_COLUMNS: ClassVar[dict[str, EffectColumn]] = {
         "noise_norm": EffectColumn("noise: mean norm of the added random vectors at this target (NaN for other kinds)"),
         "matched_factor": EffectColumn("noise matched to a scale: that scale's factor (NaN otherwise); the dose of a "

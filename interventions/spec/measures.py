@@ -48,6 +48,10 @@ class Measure:
     """``units(rows, arm) -> DataFrame[condition, trace, position, value]``: one value per unit of one arm."""
     per: str = "target"
     """``target``: one value per target token; ``trace``: one value per trace."""
+    fixed_by_prefix: bool = True
+    """Whether a unit's value depends only on the tokens up to its targets (sink status, suppression): then
+    traces whose targets share their prefixes repeat one measurement and count as one unit. False for
+    measures read over the rest of the trace (H4's primary score and KL)."""
 
 
 def _load_builtin() -> None:

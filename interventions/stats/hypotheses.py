@@ -185,7 +185,7 @@ def _family_verdict(h, key: str, fconds: list[dict], conditions: list[dict], d: 
         test = f"{m.meaning}; per-unit mean" + (f" minus the {arm} arm" if arm != "clean" else " vs the clean run") + \
             " (sign flip over independent units, CI by test inversion)"
         comp = family_component(name, test, target, comparison, direction=direction, alpha=h.alpha, margin=margin,
-                                seed=seed + i, tol=tol, collapse=m.per == "target")
+                                seed=seed + i, tol=tol, collapse=m.fixed_by_prefix)
         comp["compared_with"] = arm
         components.append(comp)
         used.append(arm)

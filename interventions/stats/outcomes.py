@@ -217,15 +217,17 @@ register_measure(Measure(
     meaning="change of the primary sink score beyond what the mask does by arithmetic alone, from the first masked "
             "layer on (edited minus the renormalisation prediction from the clean attention in masked layers, minus "
             "the clean score after them)",
-    comparisons=("controls", "clean"), units=primary_beyond_renormalisation, per="trace"))
+    comparisons=("controls", "clean"), units=primary_beyond_renormalisation, per="trace",
+    fixed_by_prefix=False))
 register_measure(Measure(
     name="primary_score_after_mask", kind="attention_mask", direction="nonzero", margin=0.01,
     meaning="change of the primary sink score in the layers after the last masked layer",
-    comparisons=("controls", "clean"), units=primary_score_after_mask, per="trace"))
+    comparisons=("controls", "clean"), units=primary_score_after_mask, per="trace",
+    fixed_by_prefix=False))
 register_measure(Measure(
     name="kl", kind="attention_mask", direction="increase", margin=0.01,
     meaning="mean KL(clean || edited) of next-token predictions",
     comparisons=("controls",),
     why_not={"clean": "KL is never negative, so against the clean run any perturbation reads as an effect",
              "placebo": "a placebo mask on other tokens is what mass-matched controls are; declare controls"},
-    units=kl))
+    units=kl, fixed_by_prefix=False))
