@@ -300,6 +300,7 @@ def test_effects_rows_read_the_level_detection_reads_for_a_flickering_sink():
     zeros = np.zeros((L, T))
     table = {"is_sink": aligned, "hidden_norm": zeros, "hidden_cos": zeros, "mlp_out_norm": zeros,
              "sink_score": zeros, "primary_sink_score": zeros}
-    rows = target_rows(clean=table, edited=table, kl=None, delta_nll=None, position=pos, ref_layer=None, base={})
+    rows = target_rows(clean=table, edited=table, positions={}, position=pos, ref_layer=None, base={},
+                       measures=["sinks", "hidden", "sink_score", "primary_sink_score"])
     assert (rows[0]["clean_l_start"], rows[0]["clean_lifetime"]) == (4, 4) == sink_level(aligned[:, pos])
     assert (rows[0]["l_start"], rows[0]["lifetime"]) == (4, 4)

@@ -249,8 +249,12 @@ def _effects_without_sinks(trace: int, primary: np.ndarray, rng) -> list[dict]:
 
 
 def _all_columns() -> list[str]:
+    """Every effects column a run with the default measures writes (opt-in measures such as kv_norm aside)."""
+    from interventions.spec.measures import MEASURES
+
+    opt_in = {c for m in MEASURES.values() if not m.default for c in m.columns}
     cols = []
-    for c in EFFECT_COLUMNS:
+    for c in [c for c in EFFECT_COLUMNS if c not in opt_in]:
         cols.append(c)
         if c in TWINS:
             cols.append("clean_" + c)

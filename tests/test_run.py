@@ -10,6 +10,7 @@ import pytest
 
 from interventions.pipeline import run_spec
 from interventions.run.job import EFFECT_COLUMNS
+from interventions.spec.measures import MEASURES
 from interventions.spec import Spec
 
 pytestmark = pytest.mark.slow
@@ -54,8 +55,10 @@ def test_prefix_reuse_gives_the_naive_effects_table(tmp_path, cache_dir):
 def test_effects_columns_are_documented_and_planted_numbers_hold(tmp_path, cache_dir):
     result = run_spec(spec("planted_numbers", ALL_KINDS), results_root=tmp_path, progress=False)
     effects = result.effects
+    not_taken = {c for name, m in MEASURES.items() if name not in result.manifest["spec"]["measures"] for c in m.columns}
+    assert not_taken == {"key_norm", "value_norm"}  # kv_norm is opt-in; every default measure is taken
     for col in EFFECT_COLUMNS:
-        assert col in effects.columns, col
+        assert (col in effects.columns) != (col in not_taken), col
     per_target = effects.drop_duplicates(["condition", "is_control", "trace", "position"])
     scaled = per_target[per_target.kind == "scale"].groupby("factor").lifetime.unique()
     assert {f: list(v) for f, v in scaled.items()} == {2.0: [1], 10.0: [5]}  # planted v2: " ~" lives 1 / 5 layers

@@ -380,7 +380,7 @@ _specs = st.fixed_dictionaries(
                                            "seed": st.integers(0, 99)}),
         }),
         "interventions": st.lists(_interventions, min_size=1, max_size=4),
-        "measures": st.lists(st.sampled_from(MEASURES), min_size=1, max_size=6, unique=True),
+        "measures": st.lists(st.sampled_from(list(MEASURES)), min_size=1, max_size=6, unique=True),
         "report": st.booleans(),
     }
 )

@@ -16,8 +16,9 @@ def compare_runs_command(
                                                "newest complete run). The first is the reference; each other run "
                                                "is compared with it. One run is enough with --align condition."),
     measure: str = typer.Option("is_sink", "--measure", "-m",
-                                help="Per-layer measure: is_sink, hidden_cos, hidden_norm, mlp_out_norm, sink_score, "
-                                     "primary_sink_score. The effect is intervened minus clean, mean over targets."),
+                                help="Per-layer column of a registered measure (is_sink, hidden_cos, hidden_norm, "
+                                     "mlp_out_norm, sink_score, primary_sink_score, key_norm, value_norm, ...). The "
+                                     "effect is intervened minus clean, mean over targets."),
     align: str = typer.Option("layer", "--align", "-a",
                               help="layer (absolute), depth (layer/(L-1), binned), l_start (layers since each "
                                    "run's l_start), or condition (one model: each condition against the first)."),

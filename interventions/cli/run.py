@@ -62,9 +62,9 @@ def run_command(
     if no_report and result.manifest.get("status") == "tables" and loaded_spec.report:
         # --no-report skips only report.md and figures: the statistics are computed (and the run is complete)
         from interventions.pipeline import analyze_run
-        from interventions.run.tables import STATS_MEASURES
+        from interventions.spec.measures import statistics_measures
 
-        if all(m in loaded_spec.measures for m in STATS_MEASURES):
+        if all(m in loaded_spec.measures for m in statistics_measures()):
             result.stats, _ = analyze_run(result.out, progress=not quiet and not as_json, report=False)
     if as_json:
         print_json({"out": result.out, "report": result.report, "summary": result.summary,

@@ -1,7 +1,9 @@
-"""Measures: what changed between the clean and an intervened forward, per target and layer.
+"""The driver: every selected measure (:data:`interventions.spec.measures.MEASURES`) on one trace's forwards.
 
-All functions are pure (observations in, arrays or rows out). Sink membership per layer uses
-the same rule as detection (cosine to the primary sink and norm vs the layer's median).
+All functions are pure (observations in, arrays or rows out); what each column is, and how it is
+computed, is the measure's own file. The sink level of a target, which several measures read,
+has one definition: :func:`interventions.detection.rules.sink_level` of its per-layer membership
+under the detection rule (:func:`~interventions.detection.rules.aligned_layers`).
 """
 
 from __future__ import annotations
@@ -10,45 +12,65 @@ import numpy as np
 import torch
 
 from interventions.detection.rules import DetectionConfig, aligned_layers, sink_level
-from interventions.models.memory import DIVERGENCE_CHUNK
 from interventions.observation import Observation
-
-PER_LAYER = ("hidden_norm", "hidden_cos", "mlp_out_norm", "sink_score", "primary_sink_score", "is_sink")
-
-
-def per_layer(obs: Observation, config: DetectionConfig, *, primary_position: int = 0) -> dict[str, np.ndarray]:
-    """Every per-layer measure as an [L, T] array (``primary_sink_score`` broadcast over T)."""
-    scores = obs.mean_sink_scores()
-    L, T = scores.shape
-    return {
-        "hidden_norm": obs.profiles["hidden_norm"],
-        "hidden_cos": obs.profiles["hidden_cos"],
-        "mlp_out_norm": obs.profiles["mlp_out_norm"],
-        "sink_score": scores,
-        "primary_sink_score": np.repeat(scores[:, primary_position:primary_position + 1], T, axis=1),
-        "is_sink": aligned_layers(obs, config),
-    }
+from interventions.spec.measures import MEASURES, TargetView
 
 
+def per_layer(obs: Observation, config: DetectionConfig, *, primary_position: int = 0,
+              measures=None) -> dict[str, np.ndarray]:
+    """Every per-layer column of ``measures`` (default: all registered) as an [L, T] array, plus ``is_sink``
+    (the membership a target's level is read from) whatever the measures."""
+    out = {"is_sink": aligned_layers(obs, config)}
+    for name in MEASURES if measures is None else measures:
+        m = MEASURES[name]
+        if m.layer_values is not None and not set(m.layer_columns) <= set(out):
+            out.update(m.layer_values(obs, config, primary_position))
+    return out
 
 
-def next_token_divergence(clean_logits: torch.Tensor, logits: torch.Tensor, token_ids) -> tuple[np.ndarray, np.ndarray]:
-    """Per position t: KL(clean || intervened) of the next-token distribution, and the change in
-    NLL of the actual next token (intervened minus clean; NaN at the last position)."""
-    T = clean_logits.shape[0]
-    ids = torch.as_tensor(np.asarray(token_ids), device=logits.device)
-    kl = np.empty(T, dtype=np.float64)
-    delta = np.full(T, np.nan, dtype=np.float64)
-    for t0 in range(0, T, DIVERGENCE_CHUNK):  # float32 log-softmaxes of T x vocab would dwarf the logits
-        t1 = min(T, t0 + DIVERGENCE_CHUNK)
-        lp_clean = torch.log_softmax(clean_logits[t0:t1].to(logits.device).float(), dim=-1)
-        lp = torch.log_softmax(logits[t0:t1].float(), dim=-1)
-        kl[t0:t1] = (lp_clean.exp() * (lp_clean - lp)).sum(-1).clamp_min(0).cpu().numpy()
-        n = min(t1, T - 1) - t0  # rows with a next token
-        if n > 0:
-            nxt = ids[t0 + 1:t0 + 1 + n, None]
-            delta[t0:t0 + n] = (lp_clean[:n].gather(1, nxt) - lp[:n].gather(1, nxt))[:, 0].cpu().numpy()
-    return kl, delta
+def per_position(clean: Observation, edited: Observation, measures) -> dict[str, np.ndarray]:
+    """Every per-position column of ``measures`` for one condition ([T] arrays); a function that several
+    measures share runs once."""
+    out, done = {}, set()
+    for name in measures:
+        m = MEASURES[name]
+        if m.position_values is not None and m.position_values not in done:
+            done.add(m.position_values)
+            out.update(m.position_values(clean, edited))
+    wanted = {c for name in measures for c in MEASURES[name].position_columns}
+    return {c: v for c, v in out.items() if c in wanted}
+
+
+def target_rows(*, clean: dict[str, np.ndarray], edited: dict[str, np.ndarray], positions: dict[str, np.ndarray],
+                position: int, ref_layer: int | None, base: dict, measures) -> list[dict]:
+    """One row per layer for one target: every selected measure's intervened and ``clean_`` values side by side."""
+    L = clean["is_sink"].shape[0]
+    level, clean_level = sink_level(edited["is_sink"][:, position]), sink_level(clean["is_sink"][:, position])
+    ref = ref_layer if ref_layer is not None and 0 <= ref_layer < L else (clean_level[0] if clean_level[0] >= 0
+                                                                          else None)
+    # Within a layer attention runs before the MLP, so an edit at layer l is first seen by the
+    # attention of layer l + 1: that is where its effect on the sink score is read.
+    view = TargetView(clean=clean, edited=edited, positions=positions, position=position, level=level,
+                      clean_level=clean_level, ref_layer=ref, seen_layer=None if ref is None else min(ref + 1, L - 1))
+    per_target, layer_cols = dict(base), []
+    for name in measures:
+        m = MEASURES[name]
+        if m.target_values is not None:
+            per_target.update(m.target_values(view))
+        layer_cols += [c for c in m.layer_columns if c not in layer_cols]
+    rows = []
+    for layer in range(L):
+        row = dict(per_target, layer=layer)
+        for name in layer_cols:
+            value, clean_value = edited[name][layer, position], clean[name][layer, position]
+            row[name] = _scalar(value)
+            row["clean_" + name] = _scalar(clean_value)
+        rows.append(row)
+    return rows
+
+
+def _scalar(value):
+    return bool(value) if isinstance(value, (bool, np.bool_)) else float(value)
 
 
 def first_non_finite(obs: Observation, clean: Observation) -> dict | None:
@@ -80,45 +102,3 @@ def first_non_finite(obs: Observation, clean: Observation) -> dict | None:
     layer, position, name, value = min(found)
     return {"quantity": name, "layer": layer, "position": position, "value": str(value)}
 
-
-def mean_after(values: np.ndarray | None, position: int) -> float:
-    """Mean of the finite ``values`` from ``position`` on (NaN when there are none, or no values)."""
-    if values is None:
-        return float("nan")
-    tail = values[position:]
-    tail = tail[np.isfinite(tail)]
-    return float(tail.mean()) if tail.size else float("nan")
-
-
-def target_rows(*, clean: dict[str, np.ndarray], edited: dict[str, np.ndarray], kl: np.ndarray | None,
-                delta_nll: np.ndarray | None, position: int, ref_layer: int | None, base: dict) -> list[dict]:
-    """One row per layer for one target: intervened and ``clean_`` values side by side."""
-    L = clean["is_sink"].shape[0]
-    # the one definition of a level (the longest aligned run), as detection and target selection use it
-    l_start, lifetime = sink_level(edited["is_sink"][:, position])
-    c_start, c_life = sink_level(clean["is_sink"][:, position])
-    ref = ref_layer if ref_layer is not None and 0 <= ref_layer < L else (c_start if c_start >= 0 else None)
-    # Within a layer attention runs before the MLP, so an edit at layer l is first seen by the
-    # attention of layer l + 1: that is where its effect on the sink score is read.
-    seen = None if ref is None else min(ref + 1, L - 1)
-    per_target = {
-        **base,
-        "l_start": l_start, "lifetime": lifetime, "clean_l_start": c_start, "clean_lifetime": c_life,
-        "ref_layer": -1 if ref is None else ref,
-        "ref_mlp_out_norm": float("nan") if ref is None else float(edited["mlp_out_norm"][ref, position]),
-        "clean_ref_mlp_out_norm": float("nan") if ref is None else float(clean["mlp_out_norm"][ref, position]),
-        "ref_sink_score": float("nan") if seen is None else float(edited["sink_score"][seen, position]),
-        "clean_ref_sink_score": float("nan") if seen is None else float(clean["sink_score"][seen, position]),
-        "kl": mean_after(kl, position),
-        "delta_nll": mean_after(delta_nll, position),
-        "suppressed": bool(c_life > 0 and lifetime == 0),
-    }
-    rows = []
-    for layer in range(L):
-        row = dict(per_target, layer=layer)
-        for name in PER_LAYER:
-            value, clean_value = edited[name][layer, position], clean[name][layer, position]
-            row[name] = bool(value) if name == "is_sink" else float(value)
-            row["clean_" + name] = bool(clean_value) if name == "is_sink" else float(clean_value)
-        rows.append(row)
-    return rows

@@ -29,7 +29,7 @@ from interventions.errors import UserError
 from .adapters import adapter_for, model_dims
 
 DIVERGENCE_CHUNK = 1024
-"""Positions per chunk in :func:`~interventions.measures.compute.next_token_divergence` (bounds its float32
+"""Positions per chunk in :func:`~interventions.measures.divergence.next_token_divergence` (bounds its float32
 T x vocab temporaries); defined here, below the measures stage, because the memory estimate budgets it."""
 
 GIB = 1024 ** 3

@@ -42,6 +42,7 @@ from interventions.detection.rules import DetectionConfig, Sink, detect_sinks
 from interventions.errors import UserError
 from interventions.interrupts import mark_interrupted
 from interventions.progress import compact_ranges, info, track, warn
+from interventions.spec.measures import statistics_measures
 from interventions.store import (
     Manifest,
     check_output_dir,
@@ -52,7 +53,7 @@ from interventions.store import (
     write_text_atomic,
 )
 
-from .tables import EFFECT_COLUMNS, STATS_MEASURES, clean_profile_rows, read_parts, sink_layer_rows, summarize
+from .tables import EFFECT_COLUMNS, clean_profile_rows, read_parts, sink_layer_rows, summarize
 from .trace import run_trace
 
 
@@ -389,7 +390,7 @@ def _run_conditions(spec, out, loaded, traces, conditions, config, clean_sinks, 
     ranks.close()
     result = RunResult(out=out, effects=effects, summary=summary, clean_sinks=clean_frame, manifest=manifest.data)
     if analyze is not None and (report if report is not None else spec.report):
-        missing = [m for m in STATS_MEASURES if m not in spec.measures]
+        missing = [m for m in statistics_measures() if m not in spec.measures]
         if missing:
             warn(f"statistics and report skipped: they need the measures {', '.join(missing)} "
                  "(add them to measures:, or leave measures out)")

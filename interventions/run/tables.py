@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 import pandas as pd
 
+from interventions.spec.measures import MEASURES
 from interventions.store import read_parts  # noqa: F401 - re-exported (interventions.run.job.read_parts)
 
 BASE_COLUMNS = {
@@ -32,36 +33,6 @@ BASE_COLUMNS = {
 }
 """Columns every effects row has, whatever its kind and measures."""
 
-MEASURE_COLUMNS = {
-    "sinks": {
-        "is_sink": "target is sink-aligned at this layer (detection rule)",
-        "l_start": "first sink layer of the target after the intervention (-1: not a sink)",
-        "lifetime": "contiguous sink layers from l_start after the intervention (0: not a sink)",
-        "suppressed": "target was a sink in the clean run and is none after the intervention",
-    },
-    "hidden": {
-        "hidden_norm": "||h|| of the target at this layer",
-        "hidden_cos": "cosine of h to the primary sink's h at this layer",
-        "mlp_out_norm": "||MLP output|| of the target at this layer",
-        "ref_layer": "layer where ref_mlp_out_norm is read: the intervened layer, else the clean l_start",
-        "ref_mlp_out_norm": "||MLP output|| at ref_layer after the intervention",
-    },
-    "sink_score": {
-        "sink_score": "Eq. 1 sink score of the target (mean over heads) at this layer",
-        "ref_sink_score": "sink score at ref_layer + 1, the first attention that sees an edit at ref_layer",
-    },
-    "primary_sink_score": {
-        "primary_sink_score": "sink score of the reference primary sink at this layer",
-    },
-    "kl": {"kl": "mean KL(clean || intervened) of next-token distributions at positions >= target"},
-    "delta_nll": {"delta_nll": "mean change in NLL of the actual next tokens at positions >= target"},
-}
-"""What each entry of the spec's ``measures:`` computes and writes (each measure also has a ``clean_`` twin)."""
-
-STATS_MEASURES = ("sinks", "hidden", "sink_score", "primary_sink_score")
-"""Measures the statistics step needs; a run measuring fewer skips it (the tables are still written)."""
-
-
 def kind_columns() -> dict[str, object]:
     """Every registered kind's effect columns: name -> :class:`~interventions.spec.EffectColumn`."""
     from interventions.spec.conditions import KINDS
@@ -75,14 +46,14 @@ def kind_columns() -> dict[str, object]:
 class _EffectColumns(Mapping):
     """Column -> meaning for ``effects.parquet``: generic columns, every measure's, every registered kind's.
 
-    Read live from the kind registry, so a kind registered later documents its columns here too.
+    Read live from the measure and kind registries, so one registered later documents its columns here too.
     """
 
     def _all(self) -> dict[str, str]:
         out = dict(BASE_COLUMNS)
         ref = out.pop("non_finite")
-        for columns in MEASURE_COLUMNS.values():
-            out.update(columns)
+        for measure in MEASURES.values():
+            out.update(measure.columns)
         out.update({name: col.description for name, col in kind_columns().items()})
         out["non_finite"] = ref
         return out
@@ -108,7 +79,7 @@ def measured_columns(measures) -> set[str]:
     """Per-target/per-layer columns (with their ``clean_`` twins) the selected ``measures`` write."""
     cols: set[str] = set()
     for m in measures:
-        for c in MEASURE_COLUMNS[m]:
+        for c in MEASURES[m].columns:
             cols |= {c, "clean_" + c}
     return cols
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from interventions.compile.expand import edits_for, groups
 from interventions.compile.targets import Target
-from interventions.measures.compute import first_non_finite, next_token_divergence, per_layer, target_rows
+from interventions.measures.compute import first_non_finite, per_layer, per_position, target_rows
 from interventions.observation.capture import capture_sites
 from interventions.progress import warn
 
@@ -85,9 +85,8 @@ def run_trace(loaded, tr, conditions, config, sinks, sets, condition_s, reuse_pr
     ex = TraceExecutor(loaded, tr.token_ids, reuse_prefix=reuse_prefix,
                        starts=[first_position(p[3]) for p in planned], reference=reference)
     clean = ex.clean()
-    clean_layers = per_layer(clean, config, primary_position=reference)
+    clean_layers = per_layer(clean, config, primary_position=reference, measures=measures)
     keep = set(BASE_COLUMNS) | measured_columns(measures) | set(kind_columns())
-    divergence = "kl" in measures or "delta_nll" in measures
     defaults = {name: col.default for name, col in kind_columns().items()}
 
     rows, downstream = [], []
@@ -102,17 +101,13 @@ def run_trace(loaded, tr, conditions, config, sinks, sets, condition_s, reuse_pr
             warn(f"trace {tr.index}, {condition.id} ({'controls' if is_control else 'targets'}): non-finite "
                  f"{bad['quantity']} ({bad['value']}) from layer {bad['layer']}, position {bad['position']}; "
                  "its rows are kept and marked non_finite")
-        edited_layers = per_layer(edited, config, primary_position=reference)
-        if divergence:
-            kl, dnll = next_token_divergence(clean.logits, edited.logits, clean.token_ids)
-            first = min(layers_of)
+        edited_layers = per_layer(edited, config, primary_position=reference, measures=measures)
+        positions = per_position(clean, edited, measures)
+        if positions:
             downstream += [{"trace": tr.index, "condition": condition.id, "is_control": is_control, "position": p,
-                            **({"kl": kl[p]} if "kl" in measures else {}),
-                            **({"delta_nll": dnll[p]} if "delta_nll" in measures else {}),
+                            **{name: values[p] for name, values in positions.items()},
                             "non_finite": bad is not None}
-                           for p in range(first, tr.length)]
-        else:
-            kl = dnll = None
+                           for p in range(min(layers_of), tr.length)]
         for t in group:
             if t.position not in layers_of:
                 continue
@@ -125,8 +120,8 @@ def run_trace(loaded, tr, conditions, config, sinks, sets, condition_s, reuse_pr
                 "clean_kind": t.clean_kind, "prefix_hash": prefix_hash(tr.token_ids, t.position),
             }
             ref = layers[0] if kind.COMPILES_TO == "site" else None
-            new = target_rows(clean=clean_layers, edited=edited_layers, kl=kl, delta_nll=dnll,
-                              position=t.position, ref_layer=ref, base=base)
+            new = target_rows(clean=clean_layers, edited=edited_layers, positions=positions,
+                              position=t.position, ref_layer=ref, base=base, measures=measures)
             for row in new:
                 row.update(defaults)
                 row.update(kind.effect_values(condition, t, row["layer"], layers, states[condition.kind]))

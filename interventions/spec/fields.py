@@ -15,20 +15,17 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from interventions.registry import closest
 
 SITES: tuple[str, ...] = ("mlp_output", "attention_output", "block_output")
 """Canonical activation sites an intervention can edit (see ``interventions/models/adapters.py``)."""
-MEASURES: tuple[str, ...] = ("sinks", "sink_score", "hidden", "kl", "delta_nll", "primary_sink_score")
-"""Everything a run can measure; ``measures`` defaults to all of them."""
 
 Site = Literal["mlp_output", "attention_output", "block_output"]
-Measure = Literal["sinks", "sink_score", "hidden", "kl", "delta_nll", "primary_sink_score"]
 
 RELATIVE_LAYER_RE = re.compile(r"^l_start(?:-(\d+))?$")
 
@@ -315,3 +312,15 @@ def resolve_layers(layer: Any, *, l_start: int | None = None, lifetime: int | No
     raise ValueError(f"unknown layer spec {layer!r}")
 
 
+
+
+def _known_measure(v: Any) -> str:
+    from .measures import MEASURES
+
+    if not isinstance(v, str) or v not in MEASURES:
+        raise fail(f"{show(v)} is not a known measure — use one of {', '.join(MEASURES)}{did_you_mean(v, MEASURES)}")
+    return v
+
+
+MeasureName = Annotated[str, BeforeValidator(_known_measure)]
+"""The name of a registered measure (:data:`interventions.spec.measures.MEASURES`), checked at validation."""

@@ -16,7 +16,7 @@ the conditions it used and the arm it was compared with::
         alpha: 0.05
         margin: 0.10
 
-Every measure (:mod:`interventions.spec.measures`) names the arms that can decide it: arms
+Every outcome measure (:mod:`interventions.spec.outcomes`) names the arms that can decide it: arms
 whose units can move both ways under the null. ``compare: auto`` takes the first of those the
 run has; a hypothesis whose arm is missing, or that asks for an arm that cannot decide its
 measure, gets the verdict "not testable" with the reason, never a silent fall-back.
@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from interventions.registry import Registry
 
-from .measures import MEASURES
+from .outcomes import OUTCOMES
 
 
 @dataclass(frozen=True)
@@ -128,11 +128,11 @@ class Hypothesis(_Model):
     def _measure(cls, v: Any) -> Any:
         v = [v] if isinstance(v, str) else v
         if isinstance(v, list):
-            bad = [m for m in v if m not in MEASURES]
+            bad = [m for m in v if m not in OUTCOMES]
             if bad:
-                raise ValueError(f"{bad[0]!r} is not a measure — use one of {', '.join(MEASURES)}")
+                raise ValueError(f"{bad[0]!r} is not an outcome measure — use one of {', '.join(OUTCOMES)}")
             if not v:
-                raise ValueError("[] names no measure — give at least one of " + ", ".join(MEASURES))
+                raise ValueError("[] names no outcome measure — give at least one of " + ", ".join(OUTCOMES))
         return v
 
     def selects(self, c: dict) -> bool:

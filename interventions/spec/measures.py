@@ -1,17 +1,19 @@
-"""Measures a hypothesis can name: the one table of what each reads, how it is tested and against what.
+"""Measures a run can take: the one table of what each computes from a forward and which columns it writes.
 
-A :class:`Measure` is an outcome per unit (a target token, or a trace) computed from a run's
-effects rows; a hypothesis (:mod:`interventions.spec.hypotheses`) names one or more. Each entry
-says which intervention kind's rows it reads, the predicted direction and equivalence margin
-that apply unless a hypothesis overrides them, and the **comparison arms that can decide it**:
-arms whose units can move both ways under the null, given an edit of matched size
-(``../shared/notes/verdict-design.md``). Clean sinks can only lose their sink status and
-non-sinks can only gain it, so a sink-rate measure is decided against clean sinks under a
-placebo edit, never against non-sink controls or the clean run.
+A :class:`Measure` is what an entry of a spec's ``measures:`` names. It says which columns it
+writes and at what grain (per target and layer, per target, or per position after the edit),
+what it needs from a forward beyond the observer's per-layer profiles, whether the statistics
+step needs it, and how its values are computed. Spec validation, the run's tables
+(:mod:`interventions.run.tables`), the statistics' per-layer effects and run comparison
+(:mod:`interventions.studies.compare_runs`) all read this registry, so a measure registered here
+(one file in :mod:`interventions.measures`, or a notebook cell calling :func:`register_measure`)
+flows into effects, statistics and comparison with no other file touched.
 
-The built-in measures are defined, with the functions that compute them, in
-:mod:`interventions.stats.outcomes` (loaded on first read of :data:`MEASURES`); a measure
-registered in a notebook with :func:`register_measure` is usable in the next spec.
+Every column also has a ``clean_`` twin (the same value in the clean forward), except the
+per-position ones, which are a difference between the two forwards already.
+
+Not to be confused with an *outcome* measure (:mod:`interventions.spec.outcomes`): a value per
+unit that a hypothesis tests, computed by the statistics step from these columns.
 """
 
 from __future__ import annotations
@@ -22,40 +24,63 @@ from dataclasses import dataclass, field
 
 from interventions.registry import Registry
 
-ARMS = ("placebo", "controls", "clean")
-"""Comparison arms: clean targets under a placebo edit, matched control tokens under the same edit, or the
-clean run itself (the value 0)."""
+
+@dataclass(frozen=True)
+class TargetView:
+    """What a measure's ``target_values`` sees of one target: its arrays in both forwards and its layers.
+
+    ``clean``/``edited`` hold every computed per-layer array (``[L, T]``, by column); ``positions`` the
+    per-position arrays (``[T]``, by column) of this condition; ``clean_level``/``level`` are the
+    target's ``(l_start, lifetime)`` in each forward (the one definition,
+    :func:`interventions.detection.rules.sink_level`); ``ref_layer`` is the layer a per-target value is read
+    at (the edited layer for a site edit, else the clean ``l_start``; None when neither exists) and
+    ``seen_layer`` the first attention that sees an edit there (``ref_layer + 1``, capped at the last layer).
+    """
+
+    clean: dict
+    edited: dict
+    positions: dict
+    position: int
+    level: tuple[int, int]
+    clean_level: tuple[int, int]
+    ref_layer: int | None
+    seen_layer: int | None
 
 
 @dataclass(frozen=True)
 class Measure:
-    """One outcome a hypothesis can test."""
+    """One entry of a spec's ``measures:``."""
 
     name: str
     meaning: str
-    """What the value is, in words (goes into the verdict record's test description)."""
-    kind: str
-    """The intervention kind whose conditions it reads (the hypothesis' conditions must be of this kind)."""
-    direction: str
-    """Predicted direction unless the hypothesis overrides it: increase, decrease or nonzero."""
-    margin: float
-    """Equivalence margin unless the hypothesis overrides it (a CI inside +-margin is a negligible effect)."""
-    comparisons: tuple[str, ...]
-    """Arms that can decide this measure, in the order ``compare: auto`` tries them."""
-    why_not: dict[str, str] = field(default_factory=dict)
-    """For arms that cannot decide it: why (told in the verdict when a hypothesis asks for one)."""
-    units: Callable | None = None
-    """``units(rows, arm) -> DataFrame[condition, trace, position, value]``: one value per unit of one arm."""
-    per: str = "target"
-    """``target``: one value per target token; ``trace``: one value per trace."""
-    fixed_by_prefix: bool = True
-    """Whether a unit's value depends only on the tokens up to its targets (sink status, suppression): then
-    traces whose targets share their prefixes repeat one measurement and count as one unit. False for
-    measures read over the rest of the trace (H4's primary score and KL)."""
+    layer_columns: dict[str, str] = field(default_factory=dict)
+    """Columns with one value per target and layer (each with a ``clean_`` twin): column -> meaning."""
+    target_columns: dict[str, str] = field(default_factory=dict)
+    """Columns with one value per target, repeated on its per-layer rows: column -> meaning."""
+    position_columns: dict[str, str] = field(default_factory=dict)
+    """Columns of ``downstream.parquet``: one value per position from the edit on, per condition."""
+    layer_values: Callable | None = None
+    """``layer_values(obs, config, reference) -> {column: [L, T] array}`` for one forward."""
+    target_values: Callable | None = None
+    """``target_values(view: TargetView) -> {column: value}`` for one target of one condition."""
+    position_values: Callable | None = None
+    """``position_values(clean_obs, edited_obs) -> {column: [T] array}``; measures that share one function
+    (``kl`` and ``delta_nll``) have it called once per condition."""
+    needs: tuple[str, ...] = ()
+    """What it needs of a forward beyond the observer's profiles and sink scores: ``logits``."""
+    default: bool = True
+    """Whether a spec that leaves ``measures:`` out takes it."""
+    statistics: bool = False
+    """Whether the statistics step needs it (a run measuring fewer writes its tables but skips statistics)."""
+
+    @property
+    def columns(self) -> dict[str, str]:
+        """Every per-target and per-layer column it writes (without the ``clean_`` twins)."""
+        return {**self.target_columns, **self.layer_columns}
 
 
 def _load_builtin() -> None:
-    importlib.import_module("interventions.stats.outcomes")
+    importlib.import_module("interventions.measures")
 
 
 MEASURES: Registry[Measure] = Registry("measure", load=_load_builtin)
@@ -64,7 +89,30 @@ MEASURES: Registry[Measure] = Registry("measure", load=_load_builtin)
 
 def register_measure(measure: Measure) -> Measure:
     """Register ``measure`` under its name (a second one under a taken name is an error)."""
-    for arm in measure.comparisons:
-        if arm not in ARMS:
-            raise ValueError(f"measure {measure.name!r}: comparison {arm!r} is not one of {', '.join(ARMS)}")
+    taken = {c: m.name for m in MEASURES.values() for c in {**m.columns, **m.position_columns}}
+    for c in {**measure.columns, **measure.position_columns}:
+        if c in taken and taken[c] != measure.name:
+            raise ValueError(f"measure {measure.name!r}: column {c!r} is already written by measure {taken[c]!r}")
     return MEASURES.register(measure.name, measure)
+
+
+def default_measures() -> list[str]:
+    """What a spec without ``measures:`` takes: every registered measure marked ``default``."""
+    return [name for name, m in MEASURES.items() if m.default]
+
+
+def statistics_measures() -> list[str]:
+    """Measures the statistics step needs."""
+    return [name for name, m in MEASURES.items() if m.statistics]
+
+
+def layer_columns(measures=None) -> list[str]:
+    """Per-layer columns of ``measures`` (default: every registered one), in registration order."""
+    names = list(MEASURES) if measures is None else [m for m in MEASURES if m in measures]
+    return [c for m in names for c in MEASURES[m].layer_columns]
+
+
+def measure_of(column: str) -> str | None:
+    """The measure that writes ``column`` (or its ``clean_`` twin), else None."""
+    column = column[len("clean_"):] if column.startswith("clean_") else column
+    return next((name for name, m in MEASURES.items() if column in {**m.columns, **m.position_columns}), None)

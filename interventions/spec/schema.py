@@ -31,10 +31,9 @@ from .conditions import (
     register_kind,
 )
 from .fields import (
-    MEASURES,
     SITES,
     LayerRange,
-    Measure,
+    MeasureName,
     Site,
     SpecModel,
     SweepRange,
@@ -47,6 +46,7 @@ from .fields import (
     show,
 )
 from .hypotheses import Hypothesis
+from .measures import MEASURES, default_measures
 from .target_sets import (
     TARGETS,
     MatchedControls,
@@ -137,9 +137,11 @@ class Spec(SpecModel):
     targets: dict[str, TargetSet] = Field(min_length=1, description="Named target sets, resolved per trace.")
     interventions: list[Intervention] = Field(min_length=1,
                                               description="The interventions; each expands into conditions.")
-    measures: list[Measure] = Field(default_factory=lambda: list(MEASURES),
-                                    description="What to compute and write; default all of " + ", ".join(MEASURES)
-                                    + " (statistics need sinks, hidden, sink_score and primary_sink_score).")
+    measures: list[MeasureName] = Field(
+        default_factory=default_measures,
+        description="What to compute and write: registered measures (spec/measures.py); default: every one "
+                    "marked default. Statistics need the ones marked statistics (sinks, hidden, sink_score, "
+                    "primary_sink_score).")
     report: bool = Field(True, description="Write the HTML/markdown report after the run.")
     hypotheses: list[Hypothesis] = Field(default_factory=list, description=(
         "Pre-declared hypotheses (spec/hypotheses.py); none: H1-H4 generated from the interventions."))
@@ -184,7 +186,8 @@ class Spec(SpecModel):
     @classmethod
     def _measures(cls, v: list[str]) -> list[str]:
         if not v:
-            raise _fail(f"[] is empty — give at least one of {', '.join(MEASURES)} (or leave measures out for all)")
+            raise _fail(f"[] is empty — give at least one of {', '.join(MEASURES)} (or leave measures out for the "
+                        "defaults)")
         return list(dict.fromkeys(v))
 
     @model_validator(mode="after")

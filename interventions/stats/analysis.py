@@ -16,11 +16,17 @@ import pandas as pd
 
 from interventions.errors import UserError
 from interventions.spec.conditions import KINDS
+from interventions.spec.measures import layer_columns
 from interventions.store import check_run_folder, read_parts, write_json_atomic
 
 from .hypotheses import hypothesis_verdicts, tautological_rows  # noqa: F401 - tautological_rows re-exported
 
-PER_LAYER_MEASURES = ("is_sink", "hidden_norm", "hidden_cos", "sink_score", "primary_sink_score")
+
+
+def per_layer_columns(effects: pd.DataFrame) -> list[str]:
+    """The per-layer measure columns (:func:`interventions.spec.measures.layer_columns`) the run wrote, with their
+    ``clean_`` twins: what the per-layer effects test."""
+    return [c for c in layer_columns() if c in effects.columns and "clean_" + c in effects.columns]
 
 
 def resolve_run_dir(path: str | Path) -> Path:
@@ -119,11 +125,12 @@ def compute_stats(tables: dict, *, seed: int = 0, n_boot: int = 500) -> dict:
             out["dose_response"][group] = st.dose_response(rows, seed=seed)
     if len(effects):
         frame = effects.copy()
-        for m in PER_LAYER_MEASURES:
+        measured = per_layer_columns(frame)
+        for m in measured:
             frame[m] = frame[m].astype(float)
             frame["clean_" + m] = frame["clean_" + m].astype(float)
         dtype = (tables["manifest"].get("model") or {}).get("dtype")
-        layer_effects = st.per_layer_effects(frame, list(PER_LAYER_MEASURES), seed=seed,
+        layer_effects = st.per_layer_effects(frame, measured, seed=seed,
                                              snap_rtol=st.snap_rtol_for(dtype))
         out["per_layer_effects"] = st.to_jsonable(layer_effects.to_dict(orient="records"))
         out["per_layer_notes"] = list(layer_effects.attrs.get("notes", []))

@@ -10,7 +10,7 @@ tests: there is no other implementation. What this module decides, and where it 
   (site, layer rule and target sets by default, so two target sets never pool);
 * which rows are tautological: kinds with ``TAUTOLOGICAL_AT_L_START`` editing ``block_output`` at the
   target's own clean l_start;
-* the value of a unit and the arms that can decide it: the measure (:mod:`interventions.spec.measures`,
+* the value of a unit and the arms that can decide it: the measure (:mod:`interventions.spec.outcomes`,
   built-ins in :mod:`interventions.stats.outcomes`);
 * the estimate and the rule: :mod:`interventions.stats.verdicts`.
 """
@@ -75,7 +75,7 @@ def hypothesis_verdicts(effects: pd.DataFrame, manifest: dict, *, seed: int = 0)
     family of the run that has a p (valid under any dependence between families).
     """
     from interventions.spec.conditions import KINDS
-    from interventions.spec.measures import MEASURES
+    from interventions.spec.outcomes import OUTCOMES
 
     conditions = conditions_of(manifest, effects)
     d = effects.copy()
@@ -97,7 +97,7 @@ def hypothesis_verdicts(effects: pd.DataFrame, manifest: dict, *, seed: int = 0)
 
     verdicts: dict[str, dict] = {}
     for h in hypotheses_of(manifest):
-        kinds = {MEASURES[m].kind for m in h.measure}
+        kinds = {OUTCOMES[m].kind for m in h.measure}
         chosen = [c for c in conditions if h.selects(c) and c["kind"] in kinds]
         if not chosen:
             verdicts[h.id] = {"hypothesis": h.id, "claim": h.claim, "verdict": "not tested", "conditions": [],
@@ -144,7 +144,7 @@ def _placebos_of(h, fconds: list[dict], conditions: list[dict]) -> list[str]:
 
 def _family_verdict(h, key: str, fconds: list[dict], conditions: list[dict], d: pd.DataFrame, *, seed: int,
                     tol: float, tautological: set, target_set: str | None = None) -> dict:
-    from interventions.spec.measures import MEASURES
+    from interventions.spec.outcomes import OUTCOMES
 
     ids = [c["id"] for c in fconds]
     placebo_ids = _placebos_of(h, fconds, conditions)
@@ -169,7 +169,7 @@ def _family_verdict(h, key: str, fconds: list[dict], conditions: list[dict], d: 
     arm_conditions = {"placebo": placebo_ids, "controls": [f"{i} (controls)" for i in ids], "clean": []}
     components, details, used = [], {}, []
     for i, name in enumerate(h.measure):
-        m = MEASURES[name]
+        m = OUTCOMES[name]
         direction = h.direction or m.direction
         margin = h.margin if h.margin is not None else m.margin
         target = m.units(arms_rows["target"], "target")

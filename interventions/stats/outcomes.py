@@ -3,7 +3,7 @@
 Each function takes the effects rows of one arm (``target``, ``placebo`` or ``controls``) and
 returns ``DataFrame[condition, trace, position, value, unit]``, where ``unit`` names what makes
 the unit independent (the hash of the tokens it saw: two traces sharing a templated prefix give
-the same unit). Registering them here puts them in :data:`interventions.spec.measures.MEASURES`
+the same unit). Registering them here puts them in :data:`interventions.spec.outcomes.OUTCOMES`
 with the arms that can decide them.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from interventions.spec.measures import Measure, register_measure
+from interventions.spec.outcomes import Outcome, register_outcome
 
 KEYS = ["condition", "trace", "position"]
 COLUMNS = KEYS + ["value", "unit"]
@@ -52,7 +52,7 @@ def sink_rate_change(rows: pd.DataFrame, arm: str) -> pd.DataFrame:
     return u.assign(value=(u["now"].fillna(0) > 0).astype(float) - 1.0)[COLUMNS]
 
 
-register_measure(Measure(
+register_outcome(Outcome(
     name="sink_rate_change", kind="zero", direction="decrease", margin=0.10,
     meaning="change in the share of clean-sink targets that are still sinks (edited - clean)",
     comparisons=("placebo",),
@@ -102,7 +102,7 @@ def lifetime_slope(rows: pd.DataFrame, arm: str) -> pd.DataFrame:
     return pd.DataFrame(out, columns=COLUMNS)
 
 
-register_measure(Measure(
+register_outcome(Outcome(
     name="lifetime_slope", kind="scale", direction="increase", margin=0.5,
     meaning="within-token slope of lifetime on log(factor) and the clean run (a non-sink's every factor, lifetime 0 "
             "included; a clean sink's factors where it is still a sink)",
@@ -149,11 +149,11 @@ _SWAP_WHY = {"controls": "non-sink controls cannot be suppressed (they are no si
                          "is 0 by construction",
              "clean": "a clean sink can only be suppressed, never become more of a sink, so any perturbation "
                       "reads as suppression"}
-register_measure(Measure(
+register_outcome(Outcome(
     name="suppression_rate", kind="mean_swap", direction="increase", margin=0.05,
     meaning="share of (future sink, swap layer < l_start) pairs that are no sink after the edit",
     comparisons=("placebo",), why_not=_SWAP_WHY, units=suppression_rate))
-register_measure(Measure(
+register_outcome(Outcome(
     name="suppression_trend", kind="mean_swap", direction="increase", margin=0.01,
     meaning="within-trace slope of the suppression rate on the swap layer before l_start (per layer; positive: "
             "swaps nearer l_start suppress more)",
@@ -212,19 +212,19 @@ def kl(rows: pd.DataFrame, arm: str) -> pd.DataFrame:
     return u[COLUMNS]
 
 
-register_measure(Measure(
+register_outcome(Outcome(
     name="primary_beyond_renormalisation", kind="attention_mask", direction="increase", margin=0.01,
     meaning="change of the primary sink score beyond what the mask does by arithmetic alone, from the first masked "
             "layer on (edited minus the renormalisation prediction from the clean attention in masked layers, minus "
             "the clean score after them)",
     comparisons=("controls", "clean"), units=primary_beyond_renormalisation, per="trace",
     fixed_by_prefix=False))
-register_measure(Measure(
+register_outcome(Outcome(
     name="primary_score_after_mask", kind="attention_mask", direction="nonzero", margin=0.01,
     meaning="change of the primary sink score in the layers after the last masked layer",
     comparisons=("controls", "clean"), units=primary_score_after_mask, per="trace",
     fixed_by_prefix=False))
-register_measure(Measure(
+register_outcome(Outcome(
     name="kl", kind="attention_mask", direction="increase", margin=0.01,
     meaning="mean KL(clean || edited) of next-token predictions",
     comparisons=("controls",),

@@ -46,12 +46,8 @@ import pandas as pd
 from scipy import special, stats
 
 from interventions.errors import UserError
+from interventions.spec.measures import layer_columns, measure_of
 
-PER_LAYER_MEASURES = ("is_sink", "hidden_norm", "hidden_cos", "mlp_out_norm", "sink_score", "primary_sink_score")
-"""Measures taken at every layer (each has a ``clean_`` twin in ``effects.parquet``)."""
-SPEC_MEASURE = {"is_sink": "sinks", "hidden_norm": "hidden", "hidden_cos": "hidden", "mlp_out_norm": "hidden",
-                "sink_score": "sink_score", "primary_sink_score": "primary_sink_score"}
-"""Per-layer column -> the spec's ``measures`` entry that produces it."""
 ALIGNMENTS = ("layer", "depth", "l_start", "condition")
 AXIS_NAME = {"layer": "layer", "depth": "relative depth", "l_start": "layers since l_start", "condition": "layer"}
 GROUPS = ("targets", "controls")
@@ -167,8 +163,9 @@ def _check(runs: list[Run], measure: str, align: str, group: str, correction: st
     if n_boot < N_BOOT_MIN:
         raise UserError(f"n_boot {n_boot} is too few for a 95% interval of a difference; use at least {N_BOOT_MIN}",
                         field="n_boot")
-    if measure not in PER_LAYER_MEASURES:
-        raise UserError(f"{measure!r} is not a per-layer measure; compare one of {', '.join(PER_LAYER_MEASURES)} "
+    per_layer = layer_columns()  # every registered measure's per-layer columns (each has a clean_ twin)
+    if measure not in per_layer:
+        raise UserError(f"{measure!r} is not a per-layer measure; compare one of {', '.join(per_layer)} "
                         "(per-target measures such as kl are in each run's summary.csv)", field="measure")
     if len(runs) < (1 if align == "condition" else 2):
         raise UserError("give at least two runs (or one run with --align condition)", field="runs")
@@ -177,7 +174,7 @@ def _check(runs: list[Run], measure: str, align: str, group: str, correction: st
             raise UserError(f"run {r.label} ({r.path}) has no per-layer effects (effects.parquet is empty or "
                             "missing); it cannot be compared", field="runs")
         declared = r.manifest.get("spec", {}).get("measures")
-        if declared is not None and SPEC_MEASURE[measure] not in declared:
+        if declared is not None and measure_of(measure) not in declared:
             raise UserError(f"run {r.label} did not measure {measure} (its spec's measures: {', '.join(declared)}); "
                             "compare runs that measured the same thing", field="measure")
         if measure not in r.effects.columns or f"clean_{measure}" not in r.effects.columns:
