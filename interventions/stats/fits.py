@@ -110,8 +110,8 @@ def fit_norm_score(
             **window_info, "notes": notes}
     reason = _norm_too_little(d)
     if reason:
-        lof = {"run": False, "note": "the log-linear fit is not estimable"} if lack_of_fit else \
-            {"run": False, "note": "not requested"}
+        lof = {"run": False, "estimable": False, "reason": reason, "verdict": f"not estimable: {reason}",
+               "statistic": None, "p": None} if lack_of_fit else {"run": False, "note": "not requested"}
         return to_jsonable({**base, "estimable": False, "reason": reason, "lack_of_fit": lof})
     fe = layer_effects and d["layer"].nunique() > 1
     X = _design(d, fe)
