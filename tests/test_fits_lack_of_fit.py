@@ -133,3 +133,16 @@ def test_planted_run_has_the_check_in_stats_verdict_and_report(norm_scale_run):
     assert h2 and all(v["log_linear_check"]["p"] == lof["p"] for v in h2)
     report = norm_scale_run.report.read_text()
     assert "Log-linear form: " + lof["verdict"] in report
+
+
+def test_report_phrase_shows_p_only_when_estimable():
+    from interventions.report.formatting import lack_of_fit_text
+
+    df = window_rows(np.random.default_rng(8), step_law)
+    r = lack_of_fit(df, seed=0)
+    ok = lack_of_fit_text(r)
+    assert r["p"] < ALPHA and ok.startswith(LOF_REJECTED + ";")
+    assert f"bootstrap p {r['p']:.2g}, B = 999, {r['n_rows']} rows / 12 traces" in ok
+    none = lack_of_fit_text(lack_of_fit(df[df["trace"] == "t0"], seed=0))
+    assert none == "not estimable: 1 trace(s); the trace bootstrap needs >= 5" and " p " not in none
+    assert lack_of_fit_text({"run": False, "note": "not requested"}) == ""

@@ -52,9 +52,9 @@ def lack_of_fit_text(lof: dict) -> str:
         return ""
     if not lof.get("estimable"):
         return lof.get("verdict") or f"not estimable: {lof.get('reason')}"
-    return (f"{lof.get('verdict')} (isotonic vs log-linear: SSE share removed {fmt_num(lof.get('statistic'))}, "
+    return (f"{lof.get('verdict')}; isotonic vs log-linear: SSE share removed {fmt_num(lof.get('statistic'))}, "
             f"{lof.get('isotonic_blocks')} monotone blocks, wild trace bootstrap p {fmt_p(lof.get('p'))}, "
-            f"B = {lof.get('B')}, {lof.get('n_rows')} rows / {lof.get('n_traces')} traces)")
+            f"B = {lof.get('B')}, {lof.get('n_rows')} rows / {lof.get('n_traces')} traces")
 
 
 def _missing(value) -> bool:

@@ -320,6 +320,12 @@ def log_linear_lack_of_fit(d: pd.DataFrame, X: np.ndarray, groups: np.ndarray, *
     differ slightly. The monotone direction follows the sign of the fitted slope (a
     non-decreasing fit does not nest a falling line, and would then test the sign, not the shape).
 
+    What a rejection means: the pooled model (one slope, one intercept per layer) misses a
+    shape that one monotone function of log norm shared by all layers captures. A slope that
+    differs between layers (see ``per_layer``) or rows after a sink died inside the window can
+    produce such a shape too, so a rejection says "not log-linear in this pooled design", not
+    which of these causes it.
+
     Args:
         d: the fitted rows, with ``x`` (log norm) and ``y`` (log ratio), as :func:`fit_norm_score` builds them.
         X: the log-linear design (constant, x, layer dummies), as :func:`_design` builds it.
