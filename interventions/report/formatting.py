@@ -43,6 +43,20 @@ def fmt_p(value) -> str:
     return f"{v:.2g}" if v < 0.1 else f"{v:.2f}"
 
 
+def lack_of_fit_text(lof: dict) -> str:
+    """One phrase for the log-linear lack-of-fit check (``stats.norm_score.lack_of_fit``); "" when it did not run.
+
+    A check that is not estimable prints its reason and no p.
+    """
+    if not lof.get("run"):
+        return ""
+    if not lof.get("estimable"):
+        return lof.get("verdict") or f"not estimable: {lof.get('reason')}"
+    return (f"{lof.get('verdict')}; isotonic vs log-linear: SSE share removed {fmt_num(lof.get('statistic'))}, "
+            f"{lof.get('isotonic_blocks')} monotone blocks, wild trace bootstrap p {fmt_p(lof.get('p'))}, "
+            f"B = {lof.get('B')}, {lof.get('n_rows')} rows / {lof.get('n_traces')} traces")
+
+
 def _missing(value) -> bool:
     try:
         return value is None or not math.isfinite(float(value))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .formatting import fmt_num as _num
 from .formatting import fmt_p as _p
-from .formatting import inference_cells, inference_text
+from .formatting import inference_cells, inference_text, lack_of_fit_text
 from .tables import flat_verdict
 
 HYPOTHESES = {
@@ -206,6 +206,9 @@ def _norm_score(ns: dict) -> list[str]:
               f"died" if window else "every recorded sink-layer row")
     lines += [f"n = {ns.get('n_rows')} sink-layer rows, {ns.get('n_sinks')} sinks, {ns.get('n_traces')} traces; "
               f"{design}; model `{ns.get('model')}`.", ""]
+    lof_line = lack_of_fit_text(ns.get("lack_of_fit") or {})
+    if lof_line:
+        lines += [f"Log-linear form: {lof_line}.", ""]
     per_layer = [r for r in ns.get("per_layer") or []]
     if per_layer:
         cells = []

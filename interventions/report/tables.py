@@ -14,7 +14,7 @@ import os
 from rich.console import Console
 from rich.table import Table
 
-from .formatting import fmt_num, fmt_p, inference_text
+from .formatting import fmt_num, fmt_p, inference_text, lack_of_fit_text
 
 out = Console(highlight=False, soft_wrap=True)
 """stdout: what a command found. ``interventions.progress.console`` (stderr) carries everything else."""
@@ -181,6 +181,9 @@ def stats_lines(stats: dict) -> list[str]:
         lines.append(f"norm -> score: slope {inference_text(ns, estimate='slope')} (log ratio per log norm, "
                      f"{ns.get('window') or 'all'}-layer window), R2 {fmt_num(ns.get('r2'), 2)}, "
                      f"{ns.get('n_sinks')} sinks / {ns.get('n_traces')} traces")
+        lof = lack_of_fit_text(ns.get("lack_of_fit") or {})
+        if lof:
+            lines.append(f"norm -> score log-linear form: {lof}")
     elif ns:
         lines.append(f"norm -> score: not estimable ({ns.get('reason', 'no data')})")
     nl = stats.get("norm_lifetime", {})

@@ -24,7 +24,8 @@ from .effects import (
     per_layer_effects,
     trace_mean_test,
 )
-from .fits import dose_response, fit_norm_lifetime, fit_norm_score, norm_score_rows, page_trend, spearman_permutation
+from .fits import (dose_response, fit_norm_lifetime, fit_norm_score, log_linear_check, log_linear_lack_of_fit,
+                   norm_score_rows, page_trend, spearman_permutation)
 from .jsonable import to_jsonable
 from .summaries import figure_summaries, trace_means
 from .verdicts import VERDICT_RULE, combine, judge, trace_sign_flip, verdict
@@ -39,6 +40,8 @@ __all__ = [
     "fit_norm_lifetime",
     "figure_summaries",
     "fit_norm_score",
+    "log_linear_check",
+    "log_linear_lack_of_fit",
     "norm_score_rows",
     "judge",
     "mask_primary_change",

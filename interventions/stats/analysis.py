@@ -101,7 +101,7 @@ def compute_stats(tables: dict, *, seed: int = 0, n_boot: int = 500) -> dict:
     # the fixed window after l_start (dead layers included) when the run wrote it; older runs: alive rows only
     norm_rows = tables.get("sink_window")
     norm_rows = norm_rows if norm_rows is not None and len(norm_rows) else tables["sink_layers"]
-    out["norm_score"] = st.fit_norm_score(norm_rows) if len(norm_rows) else \
+    out["norm_score"] = st.fit_norm_score(norm_rows, seed=seed) if len(norm_rows) else \
         {"estimable": False, "reason": "no secondary sink in the clean run"}
     out["norm_lifetime"] = st.fit_norm_lifetime(secondary[["trace", "position", "mlp_out_norm", "lifetime",
                                                            "censored"]], seed=seed) if len(secondary) else \
@@ -135,6 +135,11 @@ def compute_stats(tables: dict, *, seed: int = 0, n_boot: int = 500) -> dict:
         out["per_layer_effects"] = st.to_jsonable(layer_effects.to_dict(orient="records"))
         out["per_layer_notes"] = list(layer_effects.attrs.get("notes", []))
     out["verdicts"], out["tautologies"] = hypothesis_verdicts(effects, tables["manifest"], seed=seed)
+    check = st.log_linear_check(out["norm_score"])
+    if check:  # H2 (the lifetime_slope measure) carries it as context; it is not part of the verdict
+        for record in out["verdicts"].values():
+            if "lifetime_slope" in (record.get("details") or {}):
+                record["log_linear_check"] = check
     out["multiplicity"] = {"method": "holm", "families": sum(1 for v in out["verdicts"].values()
                                                            if v.get("family_p") is not None),
                            "rule": "p_holm: Holm's step-down adjustment of each family's p (the largest of its "

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 from scipy import stats
+from scipy.optimize import isotonic_regression
 
 from ._common import LEVEL, as_bool, capture_warnings, require_columns, snap_small, trace_codes, warnings_to_notes
 from ._isotonic import isotonic_blocks, isotonic_sse
@@ -39,13 +40,22 @@ MIN_SINKS = 3
 
 
 NORM_SCORE_WINDOW = 4
+LACK_OF_FIT_BOOT = 999
+"""Wild cluster bootstrap draws of the log-linear lack-of-fit check (p resolution 1/1000)."""
+MIN_LOF_TRACES = 5
+"""Fewest traces for the lack-of-fit bootstrap: its draws flip whole traces' residuals, so with fewer
+traces there are too few distinct draws (Webb weights give 6^G) for a p-value to mean much."""
+WEBB_BELOW = 12
+"""Below this many traces the bootstrap uses Webb's six-point weights instead of Rademacher signs
+(Rademacher has only 2^G distinct draws; MacKinnon & Webb 2017 recommend Webb for few clusters)."""
 """Attention layers after l_start in the norm -> score fit: l_start + 1 .. l_start + NORM_SCORE_WINDOW."""
 
 
 @warnings_to_notes
 def fit_norm_score(
     df: pd.DataFrame, *, by_layer: bool = True, layer_effects: bool = True, mixed: bool = True,
-    level: float = LEVEL, window: int | None = NORM_SCORE_WINDOW,
+    level: float = LEVEL, window: int | None = NORM_SCORE_WINDOW, lack_of_fit: bool = True,
+    n_boot: int = LACK_OF_FIT_BOOT, seed: int = 0,
 ) -> dict:
     """Log-linear fit of the secondary/primary sink-score ratio on the l_start MLP-output norm.
 
@@ -69,6 +79,9 @@ def fit_norm_score(
     layer, and ``steepest_layer`` the layer where it is largest, a description (the argmax
     of noisy slopes), with no CI and no test.
 
+    ``lack_of_fit`` tests the log-linear form itself against a monotone (isotonic) fit of the
+    same rows, with a wild cluster bootstrap over traces (see :func:`log_linear_lack_of_fit`).
+
     Args:
         df: one row per secondary sink x attention layer, columns ``trace, position, layer,
             mlp_out_norm, sink_score, primary_sink_score`` and, for the window, ``l_start``
@@ -79,11 +92,15 @@ def fit_norm_score(
         mixed: run the MixedLM check (needs >= 3 traces).
         level: confidence level.
         window: attention layers after l_start per sink; None for all rows.
+        lack_of_fit: run the log-linear vs isotonic lack-of-fit check.
+        n_boot: bootstrap draws of the lack-of-fit check.
+        seed: seed of the lack-of-fit bootstrap.
 
     Returns:
         Dict with ``estimable, reason, slope, se, df, ci_low, ci_high, p, degenerate,
         degenerate_reason, r2, r2_within, n_rows, n_sinks, n_traces, n_dead_rows, window,
-        se_type, model, mixed, per_layer, steepest_layer, steepest_slope, steepest_note, notes``.
+        se_type, model, mixed, per_layer, steepest_layer, steepest_slope, steepest_note,
+        lack_of_fit, notes``.
     """
     require_columns(df, NORM_SCORE_COLUMNS, what="fit_norm_score")
     notes: list[str] = []
@@ -93,7 +110,9 @@ def fit_norm_score(
             **window_info, "notes": notes}
     reason = _norm_too_little(d)
     if reason:
-        return to_jsonable({**base, "estimable": False, "reason": reason})
+        lof = {"run": False, "estimable": False, "reason": reason, "verdict": f"not estimable: {reason}",
+               "statistic": None, "p": None} if lack_of_fit else {"run": False, "note": "not requested"}
+        return to_jsonable({**base, "estimable": False, "reason": reason, "lack_of_fit": lof})
     fe = layer_effects and d["layer"].nunique() > 1
     X = _design(d, fe)
     groups, _ = trace_codes(d["trace"])
@@ -107,6 +126,8 @@ def fit_norm_score(
     if by_layer:
         out["per_layer"] = _per_layer_slopes(d, level, notes)
         out.update(_steepest(out["per_layer"]))
+    out["lack_of_fit"] = log_linear_lack_of_fit(d, X, groups, n_boot=n_boot, seed=seed, alpha=1.0 - level) \
+        if lack_of_fit else {"run": False, "note": "not requested"}
     return to_jsonable(out)
 
 
@@ -269,6 +290,142 @@ def _steepest(per_layer: list[dict]) -> dict:
 
 STEEPEST_NOTE = ("descriptive: the layer with the largest per-layer slope estimate; the argmax of noisy "
                  "estimates is biased upwards and carries no CI or test")
+
+
+LOF_NOT_REJECTED = "log-linear not rejected"
+LOF_REJECTED = "log-linear rejected (monotone non-linear fits better)"
+_WEBB = np.array([-np.sqrt(1.5), -1.0, -np.sqrt(0.5), np.sqrt(0.5), 1.0, np.sqrt(1.5)])
+
+
+def log_linear_lack_of_fit(d: pd.DataFrame, X: np.ndarray, groups: np.ndarray, *, n_boot: int = LACK_OF_FIT_BOOT,
+                           seed: int = 0, alpha: float = 1.0 - LEVEL) -> dict:
+    """Does a monotone fit of the log score ratio on log norm beat the log-linear one? (paper Sec. 5, Fig. 7 mid)
+
+    Statistic: ``(SSE_linear - SSE_isotonic) / SSE_linear``, the share of the log-linear fit's
+    residual sum of squares that the best monotone step function of log norm removes, on the
+    same rows and design. Null distribution: a wild cluster bootstrap under the fitted log-linear
+    model, ``y* = X b + w_g e`` with one weight ``w_g`` per trace (Rademacher signs, or Webb's
+    six-point weights below ``WEBB_BELOW`` traces), so the rows of one trace (its sinks and their
+    window layers) keep their joint residual pattern: the trace is the unit. Each draw refits
+    both models and recomputes the statistic; ``p = (1 + #{stat* >= stat}) / (1 + B)``, seeded.
+
+    Layer effects: the isotonic fit is made on the linear fit's *partial residuals*
+    ``y - (layer effects) = intercept + slope * x + e``, i.e. the layer intercepts are held at
+    their log-linear values and only the shape of the norm effect is free. Why this and not a
+    joint (backfitted) layer + isotonic fit: the fitted line is then itself one admissible
+    monotone function, so the alternative nests the null exactly and the statistic lies in
+    [0, 1) and measures the shape of the norm effect only; backfitting would be iterative inside
+    every bootstrap draw (cost x B, and the check runs in every run's stats step). Both models
+    are recomputed the same way in every draw, so the test stays calibrated; only power could
+    differ slightly. The monotone direction follows the sign of the fitted slope (a
+    non-decreasing fit does not nest a falling line, and would then test the sign, not the shape).
+
+    What a rejection means: the pooled model (one slope, one intercept per layer) misses a
+    shape that one monotone function of log norm shared by all layers captures. A slope that
+    differs between layers (see ``per_layer``) or rows after a sink died inside the window can
+    produce such a shape too, so a rejection says "not log-linear in this pooled design", not
+    which of these causes it.
+
+    Args:
+        d: the fitted rows, with ``x`` (log norm) and ``y`` (log ratio), as :func:`fit_norm_score` builds them.
+        X: the log-linear design (constant, x, layer dummies), as :func:`_design` builds it.
+        groups: trace codes of the rows.
+        n_boot: bootstrap draws.
+        seed: seed of the bootstrap weights.
+        alpha: level at which the log-linear form is rejected.
+
+    Returns:
+        ``{run, estimable, reason, verdict, statistic, p, B, n_rows, n_traces, n_distinct_norms,
+        isotonic_blocks, direction, weights, sse_linear, sse_isotonic, alpha, method}``; when not
+        estimable, ``statistic`` and ``p`` are None and ``verdict`` is ``"not estimable: <why>"``.
+    """
+    x, y = d["x"].to_numpy(float), d["y"].to_numpy(float)
+    groups = np.asarray(groups)
+    n_traces = int(len(np.unique(groups)))
+    ux, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    out = {"run": True, "n_rows": int(y.size), "n_traces": n_traces, "n_distinct_norms": int(ux.size),
+           "B": int(n_boot), "alpha": round(float(alpha), 12), "statistic": None, "p": None, "isotonic_blocks": None,
+           "method": ("(SSE_linear - SSE_isotonic) / SSE_linear, isotonic on the linear fit's partial residuals "
+                      "(layer effects held), wild cluster bootstrap under the log-linear fit, one weight per trace")}
+    why = None
+    if n_traces < MIN_LOF_TRACES:
+        why = f"{n_traces} trace(s); the trace bootstrap needs >= {MIN_LOF_TRACES}"
+    elif ux.size < 3:
+        why = f"{ux.size} distinct mlp_out_norm value(s); a monotone fit differs from a line only with >= 3"
+    elif n_boot < 19:
+        why = f"B = {n_boot} bootstrap draws; need >= 19 for a p-value below 0.05"
+    if why is None:
+        pinv = np.linalg.pinv(X)
+        fitted = X @ (pinv @ y)
+        resid = y - fitted
+        scale = max(float(np.sqrt(np.mean(y**2))), np.finfo(float).tiny)
+        if float(np.sqrt(np.mean(resid**2))) <= 1e-9 * scale:
+            why = "the log-linear fit has zero residuals (zero variance): no p-value on a degenerate estimate"
+    if why is not None:
+        return {**out, "estimable": False, "reason": why, "verdict": f"not estimable: {why}", "direction": None,
+                "weights": None, "sse_linear": None, "sse_isotonic": None}
+    order = np.argsort(inverse, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    lof = _LackOfFit(X, pinv, order, starts, inverse, counts.astype(float))
+    stat, sse_lin, sse_iso, blocks, increasing = lof.statistics(y[:, None], with_blocks=True)
+    weights = "webb" if n_traces < WEBB_BELOW else "rademacher"
+    rng = np.random.default_rng(seed)
+    draws = []
+    for start in range(0, n_boot, 256):
+        size = min(256, n_boot - start)
+        w = rng.choice(_WEBB, size=(n_traces, size)) if weights == "webb" else \
+            rng.choice(np.array([-1.0, 1.0]), size=(n_traces, size))
+        draws.append(lof.statistics(fitted[:, None] + resid[:, None] * w[groups])[0])
+    boot = np.concatenate(draws)
+    hits = int(np.sum(boot >= stat[0] - 1e-12 * max(1.0, abs(stat[0]))))
+    p = (1 + hits) / (1 + n_boot)
+    return {**out, "estimable": True, "reason": None, "statistic": float(stat[0]), "p": float(p),
+            "verdict": LOF_REJECTED if p < alpha else LOF_NOT_REJECTED, "isotonic_blocks": int(blocks),
+            "direction": "non-decreasing" if increasing[0] else "non-increasing", "weights": weights,
+            "sse_linear": float(sse_lin[0]), "sse_isotonic": float(sse_iso[0])}
+
+
+def log_linear_check(norm_score: dict) -> dict | None:
+    """The lack-of-fit result of a :func:`fit_norm_score` result in short, for a verdict record; None without a fit.
+
+    It describes the clean run's norm -> score relation (is it log-linear?) beside H2's
+    lifetime verdict and never enters that verdict.
+    """
+    lof = (norm_score or {}).get("lack_of_fit") or {}
+    if not (norm_score or {}).get("estimable") or not lof.get("run"):
+        return None
+    keys = ("verdict", "statistic", "p", "B", "n_rows", "n_traces", "isotonic_blocks", "direction", "weights")
+    return {**{k: lof.get(k) for k in keys}, "source": "stats.json norm_score.lack_of_fit",
+            "note": "is the clean run's norm -> sink-score ratio relation log-linear (isotonic lack-of-fit test)? "
+                    "Context for H2; it does not enter this verdict"}
+
+
+class _LackOfFit:
+    """The lack-of-fit statistic for many response columns at once on one fixed design."""
+
+    def __init__(self, X, pinv, order, starts, inverse, counts):
+        self.X, self.pinv, self.order, self.starts = X, pinv, order, starts
+        self.inverse, self.counts = inverse, counts
+        self.layer_cols = np.arange(2, X.shape[1])
+
+    def statistics(self, Y: np.ndarray, with_blocks: bool = False):
+        """Per column of ``Y``: (statistic, SSE_linear, SSE_isotonic, blocks of the first column, increasing)."""
+        beta = self.pinv @ Y
+        sse_lin = np.sum((Y - self.X @ beta) ** 2, axis=0)
+        partial = Y - self.X[:, self.layer_cols] @ beta[self.layer_cols] if self.layer_cols.size else Y
+        # rows tied in log norm (one sink's window layers) share a fitted value: fit the tie means, weighted
+        means = np.add.reduceat(partial[self.order], self.starts, axis=0) / self.counts[:, None]
+        increasing = beta[1] >= 0
+        fits = np.empty_like(means)
+        blocks = None
+        for j in range(Y.shape[1]):
+            fit = isotonic_regression(means[:, j], weights=self.counts, increasing=bool(increasing[j]))
+            fits[:, j] = fit.x
+            if with_blocks and j == 0:
+                levels = fit.x
+                blocks = 1 + int(np.sum(np.abs(np.diff(levels)) > 1e-12 * max(1.0, float(np.max(np.abs(levels))))))
+        sse_iso = np.sum((partial - fits[self.inverse]) ** 2, axis=0)
+        return (sse_lin - sse_iso) / sse_lin, sse_lin, sse_iso, blocks, increasing
 
 
 # --------------------------------------------------------------------------------------------
