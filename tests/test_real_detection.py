@@ -156,3 +156,33 @@ def test_primary_sinks_are_where_the_massive_activations_are(real, chat_template
     if key in EXPECTED_SECONDARY:
         assert set(secondary.l_start) == EXPECTED_SECONDARY[key], secondary[["trace", "position", "token", "l_start",
                                                                               "lifetime"]]
+
+
+QWEN = REAL / "qwen2.5-coder-1.5b-instruct"
+SYSTEM_PROMPT_DOT = 18  # the "." of "created by Alibaba Cloud." in Qwen's template: aligned at layer 4, then 16-21
+
+
+def test_effects_read_the_level_detection_reports_on_real_weights(tmp_path):
+    """One definition of a sink's level: every target's clean (l_start, lifetime) in effects.parquet is its
+    level in clean_sinks.jsonl. Qwen2.5-Coder's system-prompt "." flickers (cos 0.9503 at layer 4, just
+    under 0.95 on 5-15, above on 16-21): a first-run rule would give (4, 1) where detection gives (16, 6)."""
+    if not QWEN.exists() or not TRACES.exists():
+        pytest.skip(f"{QWEN} or {TRACES} not found: run `intervene testbed fetch-gguf` to enable this test")
+    from interventions.pipeline import run_spec
+    from interventions.spec import Spec
+
+    spec = Spec.from_dict({
+        "name": "qwen_levels", "model": str(QWEN), "traces": str(TRACES), "limit": 1, "max_tokens": 40,
+        "chat_template": True, "dtype": "float32", "report": False, "measures": ["sinks"],
+        "targets": {"sinks": {"select": "secondary_sinks"}},
+        "interventions": [{"kind": "zero", "site": "mlp_output", "layer": "l_start", "targets": ["sinks"]}],
+    })
+    result = run_spec(spec, results_root=tmp_path, progress=False)
+    detected = {(r["trace"], r["position"]): (r["l_start"], r["lifetime"])
+                for r in map(json.loads, (result.out / "clean_sinks.jsonl").read_text().splitlines())
+                if r["kind"] == "secondary"}
+    e = result.effects.drop_duplicates(["trace", "position"])
+    effects = {(int(r.trace), int(r.position)): (int(r.clean_l_start), int(r.clean_lifetime)) for r in e.itertuples()}
+    assert effects == detected and len(effects) >= 3
+    assert detected[(0, SYSTEM_PROMPT_DOT)][0] == 16  # the flickering "." at its main run, as detection has it
+    assert {level[0] for level in detected.values()} >= {4, 16}
