@@ -212,27 +212,75 @@ def run_spec(spec, *, results_root: Path | str | None = None, run_dir: Path | st
 def _run(spec, *, results_root: Path, run_dir: Path | str | None, overwrite: bool, resume: bool, progress: bool,
          report: bool | None, reuse_prefix: bool, force: bool, command: str, write_report: bool = True,
          analyze=None) -> RunResult:
-    from interventions.models.load import load_model
-    from interventions.observation import observe_tokens
     from interventions.spec import load_spec
 
     from .distributed import ranks_from_env
 
-    if not hasattr(spec, "spec_hash"):
-        spec = load_spec(spec)
+    spec = spec if hasattr(spec, "spec_hash") else load_spec(spec)
     ranks = ranks_from_env().start()
+    prep = _prepare_on_every_rank(spec, ranks, results_root=results_root, run_dir=run_dir, overwrite=overwrite,
+                                  resume=resume, force=force)
+    out, traces = prep.out, prep.traces
+    progress = progress and ranks.is_main
+    conditions = spec.conditions()
+    config = DetectionConfig(**spec.detection.model_dump())
+    loaded, load_s = _load_model(spec, prep, ranks)
+    clean = _clean_pass(spec, loaded, traces, config, out=out, resume=resume, ranks=ranks, progress=progress)
+    targets = _resolve_run_targets(spec, conditions, traces, clean, loaded, prep, ranks)
+
+    # Only now, with every check passed, does the run folder appear.
+    done = completed_traces(out) if resume else set()
+    if resume and ranks.is_main:
+        info(f"resuming {out}: clean pass {'reused from clean_sinks.jsonl' if clean.reused else 'rerun'}; "
+             f"skipping {len(done)} of {len(traces)} traces already done"
+             + (f" ({compact_ranges(done)})" if done else "") + f"; running {len(traces) - len(done)}")
+    manifest = _new_manifest(spec, prep, loaded, config, conditions, clean, targets, done=done, resume=resume,
+                             reuse_prefix=reuse_prefix, ranks=ranks, command=command, load_s=load_s)
+    # From here on the folder exists: every way out, Ctrl-C included, leaves its manifest saying how
+    # the run ended and in which phase (conditions, merging, statistics), never "running".
+    if ranks.is_main:
+        prepare_output_dir(out, overwrite=overwrite, resume=resume)
+    phase = ["writing the clean pass"]  # the phase in progress is phase[-1]
+    shard = manifest
+    try:
+        if ranks.is_main:
+            manifest.save()
+            write_text_atomic(out / "spec.yaml", spec.raw_text or json.dumps(spec.model_dump(), indent=2))
+            write_text_atomic(out / "clean_sinks.jsonl",
+                              "".join(json.dumps(s.to_dict()) + "\n" for s in clean.all_sinks))
+        ranks.barrier()
+        # Progress: each rank keeps its own manifest; one process writes manifest.json directly.
+        shard = manifest if not ranks.active else Manifest(
+            out / f"manifest.rank-{ranks.rank}.json", command=command, kind="run-shard", run_id=out.name,
+            rank=ranks.rank, world_size=ranks.world_size, spec_hash=spec.spec_hash)
+        return _run_conditions(spec, out, loaded, traces, conditions, config, clean.sinks, clean.all_sinks,
+                               targets.sets, done, manifest, shard, ranks, progress, report, reuse_prefix,
+                               write_report, phase, analyze)
+    except BaseException as exc:
+        # a rank's own shard while the conditions run; the run's manifest before and after
+        record = shard if ranks.active and phase[-1] == "conditions" else manifest
+        if ranks.is_main or record is shard:
+            record.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", phase=phase[-1],
+                          error=f"{type(exc).__name__}: {exc}")
+        mark_interrupted(exc, out, phase[-1])
+        raise
+
+
+def _prepare_on_every_rank(spec, ranks, *, results_root, run_dir, overwrite, resume, force) -> Prepared:
+    """Every check that needs no weights, agreed by all ranks (one run folder, one testbed build)."""
     if ranks.active and spec.uses_testbed:  # rank 0 builds a testbed model once; the others then read it
         from interventions.models.load import resolve_source
 
         ranks.agree(lambda: resolve_source(spec.model) if ranks.is_main else None)
     run_dir = Path(run_dir) if run_dir is not None else None
     run_id = ranks.broadcast(new_run_id())  # one run folder for every rank
-    prep = ranks.agree(lambda: prepare(spec, results_root=Path(results_root), run_dir=run_dir, overwrite=overwrite,
+    return ranks.agree(lambda: prepare(spec, results_root=Path(results_root), run_dir=run_dir, overwrite=overwrite,
                                        resume=resume, force=force, run_id=run_id, ranks=ranks))
-    out, traces = prep.out, prep.traces
-    progress = progress and ranks.is_main
-    conditions = spec.conditions()
-    config = DetectionConfig(**spec.detection.model_dump())
+
+
+def _load_model(spec, prep: Prepared, ranks):
+    """The weights (timed), and each trace's tokenization warnings said once."""
+    from interventions.models.load import load_model
 
     t_load = time.perf_counter()
     loaded = load_model(spec.model, dtype=spec.dtype, device=prep.device, attn_implementation=spec.attn_implementation,
@@ -240,17 +288,40 @@ def _run(spec, *, results_root: Path, run_dir: Path | str | None, overwrite: boo
                         tokenizer=prep.tokenizer)
     load_s = time.perf_counter() - t_load
     if ranks.is_main:
-        for tr in traces:
+        for tr in prep.traces:
             for w in tr.warnings:
                 warn(w)
+    return loaded, load_s
 
-    # Phase 1: clean detection over all traces (each rank observes its share), or the interrupted run's.
+
+@dataclass
+class CleanPass:
+    """The clean model's sinks in every trace, and what target selection needs from the clean forwards."""
+
+    sinks: dict[int, list[Sink]]
+    """Trace index -> its sinks."""
+    tokens: dict[int, list[str]]
+    key_scores: dict[int, np.ndarray]
+    """Trace index -> every key's clean sink score per layer (only when a target set matches on attention mass)."""
+    reused: bool
+    """Read back from an interrupted run's ``clean_sinks.jsonl`` rather than observed again."""
+    seconds: float
+
+    @property
+    def all_sinks(self) -> list[Sink]:
+        return [s for i in sorted(self.sinks) for s in self.sinks[i]]
+
+
+def _clean_pass(spec, loaded, traces, config, *, out, resume, ranks, progress) -> CleanPass:
+    """Clean detection over all traces (each rank observes its share), or the interrupted run's."""
+    from interventions.observation import observe_tokens
+
     t0 = time.perf_counter()
     tokens = {tr.index: decode_tokens(loaded.tokenizer, tr.token_ids) for tr in traces}
     # Controls matched on attention mass need every key's clean score, which clean_sinks.jsonl does not keep.
     needs_scores = any(getattr(t, "by", None) == "attention_mass" for t in spec.targets.values())
     clean_sinks = _load_clean_sinks(out) if resume and not needs_scores else None
-    reused_clean = clean_sinks is not None
+    reused = clean_sinks is not None
     key_scores: dict[int, np.ndarray] = {}
     if clean_sinks is None:
         local: dict[int, tuple] = {}
@@ -262,80 +333,68 @@ def _run(spec, *, results_root: Path, run_dir: Path | str | None, overwrite: boo
         gathered = {i: v for part in ranks.gather(local) for i, v in part.items()}
         clean_sinks = {i: v[0] for i, v in gathered.items()}
         key_scores = {i: v[1] for i, v in gathered.items() if v[1] is not None}
-    clean_pass_s = time.perf_counter() - t0
-    all_sinks = [s for i in sorted(clean_sinks) for s in clean_sinks[i]]
-    facts = RunFacts.from_sinks(all_sinks)
+    return CleanPass(clean_sinks, tokens, key_scores, reused, time.perf_counter() - t0)
+
+
+@dataclass
+class RunTargets:
+    """Every trace's resolved target sets, and what could not be targeted."""
+
+    sets: dict[int, dict]
+    facts: RunFacts
+    skipped: dict[str, dict]
+    """Condition id -> {reason: number of targets skipped}."""
+    empty_sets: dict[str, int]
+    """Target set -> number of traces where it resolved to no position."""
+
+
+def _resolve_run_targets(spec, conditions, traces, clean: CleanPass, loaded, prep: Prepared, ranks) -> RunTargets:
+    """Target sets of every trace from the clean sinks; refuses a run with nothing to edit."""
+    facts = RunFacts.from_sinks(clean.all_sinks)
     needing = _needs_l_start(conditions)
     if needing and facts.modal_l_start is None:
         raise UserError(f"conditions {', '.join(needing)} use layer l_start, but the clean run found no secondary "
                         "sink to take it from; give an integer layer instead", field="interventions")
     sets = {tr.index: resolve_targets(spec.targets, trace=tr.index, token_ids=np.asarray(tr.token_ids),
-                                      tokens=tokens[tr.index], sinks=clean_sinks.get(tr.index, []), facts=facts,
-                                      tokenizer=loaded.tokenizer, key_scores=key_scores.get(tr.index))
+                                      tokens=clean.tokens[tr.index], sinks=clean.sinks.get(tr.index, []), facts=facts,
+                                      tokenizer=loaded.tokenizer, key_scores=clean.key_scores.get(tr.index))
             for tr in traces}
     if not any(skip_reason(c, t, prep.dims["layers"]) is None
                for s in sets.values() for c in conditions for _, group in groups(c, s) for t in group):
         raise UserError("every target set resolved to no position in every trace; check the targets "
                         "(e.g. no secondary sink was detected)", field="targets")
     skipped = skipped_targets(conditions, sets, prep.dims["layers"])
-    if ranks.is_main:
-        for cid, reasons in skipped.items():
-            warn(f"{cid}: " + "; ".join(f"{n} target(s) skipped: {why}" for why, n in reasons.items()))
     empty_sets: dict[str, int] = {}
     for s in sets.values():
         for name, members in s.items():
             if not members:
                 empty_sets[name] = empty_sets.get(name, 0) + 1
     if ranks.is_main:
+        for cid, reasons in skipped.items():
+            warn(f"{cid}: " + "; ".join(f"{n} target(s) skipped: {why}" for why, n in reasons.items()))
         for name, count in empty_sets.items():
             warn(f"targets.{name} resolved to no position in {count} of {len(traces)} traces")
+    return RunTargets(sets, facts, skipped, empty_sets)
 
-    # Only now, with every check passed, does the run folder appear.
-    done = completed_traces(out) if resume else set()
-    if resume and ranks.is_main:
-        info(f"resuming {out}: clean pass {'reused from clean_sinks.jsonl' if reused_clean else 'rerun'}; "
-             f"skipping {len(done)} of {len(traces)} traces already done"
-             + (f" ({compact_ranges(done)})" if done else "") + f"; running {len(traces) - len(done)}")
+
+def _new_manifest(spec, prep: Prepared, loaded, config, conditions, clean: CleanPass, targets: RunTargets, *,
+                  done: set[int], resume: bool, reuse_prefix: bool, ranks, command: str, load_s: float) -> Manifest:
+    """The run's manifest (not yet saved): spec, model, versions, seed, conditions, what was skipped, timings."""
+    out = prep.out
     previous = Manifest.load(out / "manifest.json") if resume else {}
     manifest = Manifest(out / "manifest.json", command=command, kind="run", run_id=out.name, seed=spec.seed,
                         spec_name=spec.name, spec_hash=spec.spec_hash, spec=json.loads(spec.canonical_json()),
                         model=loaded.describe(), detection=config.__dict__, conditions=[c.to_dict() for c in conditions],
-                        traces_total=len(traces), reuse_prefix=reuse_prefix, world_size=ranks.world_size,
+                        traces_total=len(prep.traces), reuse_prefix=reuse_prefix, world_size=ranks.world_size,
                         memory_estimate={**prep.memory.parts, "total": prep.memory.total_bytes},
-                        resumes=previous.get("resumes", 0) + bool(resume), empty_target_sets=empty_sets,
-                        skipped_targets=skipped,
-                        run_facts={"modal_l_start": facts.modal_l_start,
-                                   "sink_token_ids": sorted(facts.sink_token_ids)})
+                        resumes=previous.get("resumes", 0) + bool(resume), empty_target_sets=targets.empty_sets,
+                        skipped_targets=targets.skipped,
+                        run_facts={"modal_l_start": targets.facts.modal_l_start,
+                                   "sink_token_ids": sorted(targets.facts.sink_token_ids)})
     manifest.data["traces_completed"] = sorted(done)
-    manifest.data["timings"].update(load_s=round(load_s, 3), clean_pass_s=round(clean_pass_s, 3),
+    manifest.data["timings"].update(load_s=round(load_s, 3), clean_pass_s=round(clean.seconds, 3),
                                     per_trace_s=previous.get("timings", {}).get("per_trace_s", {}))
-    # From here on the folder exists: every way out, Ctrl-C included, leaves its manifest saying how
-    # the run ended and in which phase (conditions, merging, statistics), never "running".
-    if ranks.is_main:
-        prepare_output_dir(out, overwrite=overwrite, resume=resume)
-    phase = ["writing the clean pass"]  # the phase in progress is phase[-1]
-    shard = manifest
-    try:
-        if ranks.is_main:
-            manifest.save()
-            write_text_atomic(out / "spec.yaml", spec.raw_text or json.dumps(spec.model_dump(), indent=2))
-            write_text_atomic(out / "clean_sinks.jsonl", "".join(json.dumps(s.to_dict()) + "\n" for s in all_sinks))
-        ranks.barrier()
-        # Progress: each rank keeps its own manifest; one process writes manifest.json directly.
-        shard = manifest if not ranks.active else Manifest(
-            out / f"manifest.rank-{ranks.rank}.json", command=command, kind="run-shard", run_id=out.name,
-            rank=ranks.rank, world_size=ranks.world_size, spec_hash=spec.spec_hash)
-        return _run_conditions(spec, out, loaded, traces, conditions, config, clean_sinks, all_sinks, sets, done,
-                               manifest, shard, ranks, progress, report, reuse_prefix, write_report, phase,
-                               analyze)
-    except BaseException as exc:
-        # a rank's own shard while the conditions run; the run's manifest before and after
-        record = shard if ranks.active and phase[-1] == "conditions" else manifest
-        if ranks.is_main or record is shard:
-            record.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", phase=phase[-1],
-                          error=f"{type(exc).__name__}: {exc}")
-        mark_interrupted(exc, out, phase[-1])
-        raise
+    return manifest
 
 
 def _run_conditions(spec, out, loaded, traces, conditions, config, clean_sinks, all_sinks, sets, done, manifest,
