@@ -252,3 +252,38 @@ def test_tautological_units_leave_both_arms():
         assert {t["condition"] for t in tautologies} == {zero["id"], placebo["id"]}
         supported += verdicts["H1"]["verdict"] == "supported"
     assert supported <= 1
+
+
+def partly_templated_table(rng, *, G=8, template=3, own=1, p=0.3):
+    """Every trace: ``template`` sinks in a shared system prompt (one measurement, the same in every trace) and
+    ``own`` sinks in its own text. The edit and the placebo each lose a sink with probability p: a null."""
+    shared = {arm: [0 if rng.random() < p else 4 for _ in range(template)] for arm in ("edit", "placebo")}
+    rows = []
+    for t in range(G):
+        for k in range(template):
+            rows.append(row(ZERO["id"], "zero", t, 3 + k, now=shared["edit"][k], unit=f"prompt:{k}"))
+            rows.append(row(PLACEBO["id"], "noise", t, 3 + k, now=shared["placebo"][k], unit=f"prompt:{k}"))
+        for k in range(own):
+            rows.append(row(ZERO["id"], "zero", t, 30 + k, now=0 if rng.random() < p else 4))
+            rows.append(row(PLACEBO["id"], "noise", t, 30 + k, now=0 if rng.random() < p else 4))
+    return pd.DataFrame(rows)
+
+
+def test_a_shared_template_counts_once_beside_each_traces_own_sinks():
+    """Partly templated traces (the AIME traces' shared system prompt plus sinks in each trace's own text): the
+    template's sinks are one measurement, not G that ride along with each trace's own sink. Counting them per
+    trace gave false support in about a third of the draws; counted once, at most alpha + 2 MC s.e."""
+    v = verdict_of(partly_templated_table(np.random.default_rng(0)), [ZERO, PLACEBO], [H1])
+    assert v["n_traces"] == 8 and v["n_independent"] == 9  # 8 traces' own sinks + the template, once
+    K = 60
+    supported = sum(verdict_of(partly_templated_table(np.random.default_rng(k)), [ZERO, PLACEBO], [H1], seed=k)
+                    ["verdict"] == "supported" for k in range(K))
+    assert supported / K <= mc_bound(K), supported
+
+
+def test_a_real_effect_on_partly_templated_traces_is_still_supported():
+    rng = np.random.default_rng(1)
+    t = partly_templated_table(rng, p=0.0)
+    t.loc[t["condition"] == ZERO["id"], "lifetime"] = 0  # the edit removes every sink, the placebo none
+    v = verdict_of(t, [ZERO, PLACEBO], [H1])
+    assert v["n_independent"] == 9 and v["verdict"] == "supported" and v["effect"] == pytest.approx(-1.0)

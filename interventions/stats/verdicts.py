@@ -229,24 +229,46 @@ def independent_differences(target: pd.DataFrame, comparison: pd.DataFrame | Non
     """Per independent unit: target-arm mean minus comparison-arm mean, and the counts behind it.
 
     ``target``/``comparison`` hold ``trace``, ``value`` and ``unit`` (what the value was measured on: the hash
-    of the tokens a target saw). Values are averaged per trace; against a comparison arm only traces present in
-    both count. With ``collapse`` (measures fixed by the prefix a target saw), traces whose target units are the
-    same set (a templated prompt repeated in every trace) are one measurement: their differences are averaged
-    into one unit, so G copies of one measurement never count as G.
+    of the tokens a target saw). Without ``collapse`` the unit is the trace: values are averaged per trace and,
+    against a comparison arm, only traces present in both count.
+
+    With ``collapse`` (measures fixed by the prefix a target saw), a measurement repeated in several traces
+    counts once. Each target (each ``unit``) belongs to a cluster: its own trace when no other trace saw the
+    same prefix, else the set of traces that share it (a templated system prompt: every trace). Each cluster's
+    value is the mean of its rows, a repeated measurement's copies weighing as one: a trace
+    with template sinks and a sink of its own gives one unit for its own sink, and the template sinks of all
+    traces together give one more, so G copies of one measurement never count as G (nor does a shared
+    measurement ride along with G independent ones).
     """
-    t = target.groupby("trace")["value"].mean().astype(float)
-    counts = {"n": int(len(target)), "n_traces": int(t.size), "n_comparison_units": 0,
+    counts = {"n": int(len(target)), "n_traces": int(target["trace"].nunique()) if len(target) else 0,
+              "n_comparison_units": int(len(comparison)) if comparison is not None else 0,
               "n_distinct_targets": int(target["unit"].nunique()) if "unit" in target.columns else int(len(target))}
+    collapse = collapse and "unit" in target.columns and (comparison is None or "unit" in comparison.columns)
+    if collapse:
+        arms = [target] + ([comparison] if comparison is not None else [])
+        seen = pd.concat([a[["trace", "unit"]] for a in arms]).astype({"unit": str})
+        traces_of = seen.groupby("unit")["trace"].agg(lambda t: tuple(sorted(set(t))))
+        cluster = {u: (f"trace {ts[0]}" if len(ts) == 1 else "shared by " + ",".join(map(str, ts)))
+                   for u, ts in traces_of.items()}
+
+        def means(arm: pd.DataFrame) -> pd.Series:
+            # each row weighs 1 / (copies of its measurement): a cluster of one trace gets that trace's plain mean
+            unit = arm["unit"].astype(str)
+            w = 1.0 / unit.map(traces_of.map(len)).to_numpy(float)
+            a = pd.DataFrame({"cluster": unit.map(cluster).to_numpy(), "wv": w * arm["value"].to_numpy(float), "w": w})
+            sums = a.groupby("cluster")[["wv", "w"]].sum()
+            return (sums["wv"] / sums["w"]).astype(float)
+    else:
+        def means(arm: pd.DataFrame) -> pd.Series:
+            return arm.groupby("trace")["value"].mean().astype(float)
+
+    t = means(target)
     if comparison is not None:
-        c = comparison.groupby("trace")["value"].mean().astype(float)
-        counts["n_comparison_units"] = int(len(comparison))
+        c = means(comparison)
         both = t.index.intersection(c.index)
         d = t.loc[both] - c.loc[both]
     else:
         d = t
-    if collapse and len(d) and "unit" in target.columns:
-        signature = target.groupby("trace")["unit"].agg(lambda u: "|".join(sorted(set(map(str, u)))))
-        d = d.groupby(signature.reindex(d.index).to_numpy()).mean()
     counts["n_independent"] = int(d.size)
     return d, counts
 
