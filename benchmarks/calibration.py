@@ -69,6 +69,7 @@ CASES = [  # (label, hypothesis, model or table:NAME, spec changes, truth)
     ("table H1 vs controls", "H1", "table:h1_controls", {}, "negative"),
     ("table H1 vs non-sink controls (noisy-h1 in a table)", "H1", "table:h1_nonsink_controls", {}, "negative"),
     ("table H1 vs placebo", "H1", "table:h1_placebo", {}, "negative"),
+    ("table H1 vs placebo, partly templated traces", "H1", "table:h1_partly_templated", {}, "negative"),
     ("table H3 vs placebo", "H3", "table:h3_placebo", {}, "negative"),
     ("table H4 vs controls", "H4", "table:h4_controls", {}, "negative"),
     ("H1 planted", "H1", "testbed:planted", {}, "positive"),

@@ -17,6 +17,10 @@ comparison units, so a verdict of "supported" is a false positive.
   the noise, the controls are non-sinks far below 0.95 given the same noise (they can never lose a sink).
   The claim is false (the edit is noise), but targets-minus-controls is negative: comparing clean sinks
   with non-sink controls is the defect of issue 18.
+* ``h1_partly_templated``: ``h1_placebo`` on traces that share a templated prompt: every trace has
+  ``per_trace`` sinks of its own and 3 sinks in the shared prompt, whose clean and edited cosines are one
+  draw for all traces (the same tokens give the same activations), in both arms. Counting the template
+  once per trace made its one chance offset look like G agreeing traces.
 * ``h4_controls``: H4 (attention mask; primary_beyond_renormalisation and kl) vs matched controls, both
   arms' per-trace outcomes from one distribution.
 """
@@ -42,7 +46,7 @@ BASE = {  # every column a run's effects table has; values for what the verdicts
     "masked_attention_mass": np.nan, "coefficient": np.nan, "direction": None, "heads": None, "head_mode": None,
     "source_trace": np.nan, "source_position": np.nan, "keep_first": np.nan, "window": np.nan, "non_finite": False,
 }
-NULLS = ("h1_controls", "h1_placebo", "h3_placebo", "h4_controls", "h1_nonsink_controls")
+NULLS = ("h1_controls", "h1_placebo", "h3_placebo", "h4_controls", "h1_nonsink_controls", "h1_partly_templated")
 
 
 def _cosines(rng, n: int, shift: float, *, spread: float = 0.01, noise: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
@@ -104,6 +108,22 @@ def null_tables(name: str, G: int, seed: int, *, per_trace: int = 3, trace_sd: f
             for r in ctrl:
                 r.update(clean_kind=None, clean_lifetime=0, clean_l_start=np.nan, clean_is_sink=False)
             rows += ctrl
+    elif name == "h1_partly_templated":
+        main = _cond("zero.mlp_output.l_start", "zero", "mlp_output", "l_start", None)
+        placebo = _cond("zero.mlp_output.L2.placebo", "zero", "mlp_output", 2, None)
+        placebo["params"]["placebo_of"] = main["id"]
+        conditions = [main, placebo]
+        template = {c["id"]: _cosines(rng, 3, rng.normal(0, trace_sd)) for c in conditions}
+        for g in range(G):
+            shift = rng.normal(0, trace_sd)
+            for c, layer in ((main, L_START), (placebo, 2)):
+                shared = _sink_rows(c, g, 1, *template[c["id"]], is_control=False, layer=layer)
+                own = _sink_rows(c, g, 100, *_cosines(rng, per_trace, shift), is_control=False, layer=layer)
+                for r in shared:
+                    r["prefix_hash"] = f"template:{r['position']}"
+                for r in own:
+                    r["prefix_hash"] = f"{g}:{r['position']}"
+                rows += shared + own
     elif name in ("h1_controls", "h1_placebo"):
         main = _cond("zero.mlp_output.l_start", "zero", "mlp_output", "l_start",
                      "ctrl" if name == "h1_controls" else None)
@@ -149,5 +169,6 @@ def null_tables(name: str, G: int, seed: int, *, per_trace: int = 3, trace_sd: f
     return _tables(pd.DataFrame(rows), conditions, name)
 
 
-NULL_HYPOTHESIS = {"h1_nonsink_controls": "H1", "h1_controls": "H1", "h1_placebo": "H1", "h3_placebo": "H3", "h4_controls": "H4"}
+NULL_HYPOTHESIS = {"h1_nonsink_controls": "H1", "h1_controls": "H1", "h1_placebo": "H1", "h3_placebo": "H3",
+                   "h4_controls": "H4", "h1_partly_templated": "H1"}
 """Which verdict key each table null is read at."""
