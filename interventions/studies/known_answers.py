@@ -19,9 +19,10 @@ NLL is scored on the tokens after both edited positions (the same tokens for eve
 use the compiled kinds (``zero`` on ``mlp_output``, ``attention_mask``); setting *channels* to a value
 has no kind, so (b) is a small forward hook on the block output (:func:`_set_channels`).
 
-The primary sink is found here by its massive activation (:func:`find_primary_sink`: the position whose
-hidden-state norm over the layer median is largest across layers; onset = the layer with the largest
-jump in its log norm). The detector's own primary-sink report (issue 9) should replace this function.
+The primary sink is the detector's (:func:`interventions.detection.rules.find_primary_sinks` and
+:func:`~interventions.detection.rules.choose_reference` on the plain hidden states' norms: the same rule,
+onset and reference as ``intervene detect``); :func:`find_primary_sink` adds only the massive channels
+that check (b) edits.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 from interventions.compile import Edit, compile_edits
+from interventions.detection.rules import DetectionConfig, choose_reference, find_primary_sinks
 from interventions.models.adapters import decoder_layers
 
 
@@ -41,7 +43,7 @@ class PrimarySink:
     position: int
     token: str
     onset_layer: int
-    """The layer whose output carries the largest jump in the sink's log-norm (Sun et al.: "appears abruptly")."""
+    """The detector's onset: the first layer of the massive run that persists to the end of the network."""
     peak_ratio: float
     """Largest hidden-state norm over the layer's median norm, over layers."""
     median_ratio: float
@@ -64,13 +66,16 @@ def _block_outputs(model, adapter, run):
 
 
 def find_primary_sink(hidden: torch.Tensor, embedded: torch.Tensor, tokens: list[str], *, max_channels: int = 8,
-                      channel_ratio: float = 100.0) -> PrimarySink:
-    """The primary sink of one trace from plain hidden states (``hidden``: [L, T, D], ``embedded``: [T, D])."""
+                      channel_ratio: float = 100.0, config: DetectionConfig = DetectionConfig()) -> PrimarySink:
+    """The detector's reference primary sink of one trace from plain hidden states (``hidden``: [L, T, D]), with
+    its massive channels at the onset layer. ``embedded`` ([T, D]) is not read (kept for callers)."""
     norms = hidden.norm(dim=-1)  # [L, T]
+    primaries = find_primary_sinks(norms.cpu().numpy(), config)
+    position = choose_reference(primaries, config)
+    if position is None:
+        raise ValueError("no primary sink in this trace (no massive activation persists to the end of the network)")
+    onset = next(p.onset for p in primaries if p.position == position)
     ratio = norms / norms.median(dim=1, keepdim=True).values
-    position = int(ratio.median(dim=0).values.argmax())
-    profile = torch.cat([embedded[position].norm()[None], norms[:, position]]).clamp_min(1e-6).log()
-    onset = int((profile[1:] - profile[:-1]).argmax())
     state = hidden[onset, position]
     floor = channel_ratio * hidden[onset].abs().median()
     order = state.abs().argsort(descending=True)[:max_channels]
