@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ._common import adjust
 from .verdicts import (ALPHA, VERDICT_RULE, exact_tol_for, family_component, family_report,
                        untestable_component)
 
@@ -276,15 +277,13 @@ def _mass_balance(target_rows, control_rows, target, comparison, notes):
 
 def _holm(verdicts: dict) -> None:
     """Holm over the run's families with a p (statsmodels ``multipletests``): ``p_holm`` and ``verdict_holm``."""
-    from statsmodels.stats.multitest import multipletests
-
     keyed = [(k, v) for k, v in verdicts.items() if v.get("family_p") is not None]
     if not keyed:
         for v in verdicts.values():
             v.setdefault("p_holm", None)
             v.setdefault("verdict_holm", v.get("verdict"))
         return
-    adjusted = multipletests([v["family_p"] for _, v in keyed], alpha=ALPHA, method="holm")[1]
+    adjusted = adjust([v["family_p"] for _, v in keyed], "holm")
     for (_, v), p in zip(keyed, adjusted):
         v["p_holm"] = float(p)
         alpha = v.get("alpha", ALPHA)
