@@ -18,6 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from interventions.stats._common import as_bool  # noqa: E402
+
 DPI = 120
 SITE_ORDER = ("block_output", "attention_output", "mlp_output")
 SITE_LABEL = {"block_output": "hidden state $h^l$ (block output)", "attention_output": "attention output $o^l$",
@@ -38,14 +40,6 @@ def styled(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
 
     return wrapper
-
-
-def as_bool(series: pd.Series) -> pd.Series:
-    if series.dtype == bool:
-        return series
-    if series.dtype == object or pd.api.types.is_string_dtype(series):
-        return series.astype(str).str.strip().str.lower().isin(["true", "1", "yes", "t"])
-    return series.fillna(0).astype(float) != 0
 
 
 def frame(tables: dict, name: str) -> pd.DataFrame:
@@ -87,16 +81,6 @@ def n_traces(tables: dict) -> int:
         return int(profile["trace"].nunique())
     sinks = frame(tables, "clean_sinks")
     return int(sinks["trace"].nunique()) if len(sinks) else 0
-
-
-def fmt(value, digits: int = 3) -> str:
-    if value is None:
-        return "n/a"
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    return "n/a" if not np.isfinite(v) else f"{v:.{digits}g}"
 
 
 def save(fig, out_dir: Path, name: str) -> Path:

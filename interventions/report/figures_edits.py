@@ -12,12 +12,13 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
+from interventions.stats._common import as_bool
+
 from .figure_style import (
     COLORS,
     NO_BAR,
     SITE_LABEL,
     SITE_ORDER,
-    as_bool,
     effects_of,
     errorbars,
     has_interval,
