@@ -104,6 +104,3 @@ def _merged(previous, edit):
     return AttentionEdit(masked_keys=keys, redirect_to=edit.redirect_to,
                          window=previous.window if previous else None,
                          keep_first=previous.keep_first if previous else 0)
-
-applied = AttentionMask.install
-"""The install step under its old name."""

@@ -80,7 +80,7 @@ class _Model(BaseModel):
 class ConditionSelector(_Model):
     """Conditions picked by what they are rather than by id."""
 
-    kind: str | None = Field(None, description="Intervention kind (zero, scale, mean_swap, attention_mask).")
+    kind: str | None = Field(None, description="Intervention kind: any registered kind (interventions/kinds/).")
     site: str | None = Field(None, description="Site (mlp_output, attention_output, block_output).")
     layer: int | str | None = Field(None, description="Layer spec as written (l_start, l_start-2, 5).")
     redirect: str | None = Field(None, description="attention_mask redirect (none, bos).")
