@@ -24,6 +24,7 @@ class AttentionMask(InterventionBase):
 
     LAYER_FIELDS: ClassVar[tuple[str, ...]] = ("layers",)
     COMPILES_TO: ClassVar[str] = "attention"
+    MASKS_TARGET_KEYS: ClassVar[bool] = True
     EFFECT_COLUMNS: ClassVar[dict[str, EffectColumn]] = {
         "redirect": EffectColumn("attention_mask: none | bos", ""),
         "masked": EffectColumn("attention_mask: this layer is one of the layers masked for this target", False),

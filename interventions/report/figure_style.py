@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from interventions.spec.conditions import kinds_with  # noqa: E402
 from interventions.stats._common import as_bool  # noqa: E402
 
 DPI = 120
@@ -55,11 +56,12 @@ def secondary_sinks(tables: dict) -> pd.DataFrame:
     return sinks[sinks["kind"] == "secondary"].copy()
 
 
-def effects_of(tables: dict, kind: str) -> pd.DataFrame:
+def effects_with(tables: dict, fact: str) -> pd.DataFrame:
+    """Rows of the effects table whose kind declares ``fact`` (:func:`~interventions.spec.conditions.kinds_with`)."""
     effects = frame(tables, "effects")
     if effects.empty or "kind" not in effects.columns:
         return pd.DataFrame()
-    out = effects[effects["kind"] == kind].copy()
+    out = effects[effects["kind"].isin(kinds_with(fact))].copy()
     if "is_control" in out.columns:
         out["is_control"] = as_bool(out["is_control"])
     return out

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from interventions.spec.conditions import kinds_with
+
 from .formatting import fmt_num as _num
 from .formatting import fmt_p as _p
 from .formatting import inference_cells, inference_text, md_cell, md_table
@@ -445,7 +447,7 @@ def render_report(run: Path, tables: dict, stats: dict) -> Path:
     lines += _dose(stats.get("dose_response"))
     effects = tables.get("effects")
     has_mask = effects is not None and len(effects) > 0 and "kind" in effects.columns and \
-        bool((effects["kind"] == "attention_mask").any())
+        bool(effects["kind"].isin(kinds_with("MASKS_TARGET_KEYS")).any())
     lines += _compensation(stats.get("compensation") or {}, has_mask)
     lines += _per_layer(stats)
     lines += _figures(figures)
