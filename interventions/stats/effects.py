@@ -24,7 +24,8 @@ from ._common import (
     trace_codes,
     warnings_to_notes,
 )  # noqa: F401
-from ._resampling import MIN_BOOT, bootstrap_weights, interval, jackknife_weights, sign_flip_interval, sign_flip_test
+from ._resampling import (MIN_BOOT, bootstrap_weights, interval, jackknife_weights, ratio_of_sums, sign_flip_interval,
+                          sign_flip_test)
 from .jsonable import to_jsonable
 
 EFFECT_KEYS = ["condition", "trace", "position", "is_control", "layer"]
@@ -175,8 +176,8 @@ def did_stat(s: dict):
     """Statistic function for the bootstrap: columns (target mean, control mean, difference)."""
 
     def stat(W: np.ndarray) -> np.ndarray:
-        et = (W @ s["S_t"]) / (W @ s["N_t"])
-        ec = (W @ s["S_c"]) / (W @ s["N_c"])
+        et = ratio_of_sums(W, s["S_t"], s["N_t"])
+        ec = ratio_of_sums(W, s["S_c"], s["N_c"])
         return np.column_stack([et, ec, et - ec])
 
     return stat
@@ -404,7 +405,7 @@ def _profile_with_valley(wide: pd.DataFrame, n_boot: int, rng: np.random.Generat
         return {"profile": [], "valley_layer": None, "estimable": False, "reason": "empty profile"}
 
     def stat(W: np.ndarray) -> np.ndarray:  # (replicates, layers) weighted mean per layer
-        return (W @ Xz) / (W @ present)
+        return ratio_of_sums(W, Xz, present)
 
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = stat(np.ones((1, G)))[0]

@@ -19,7 +19,7 @@ import pandas as pd
 from interventions.spec.conditions import KINDS, kinds_with
 
 from ._common import LEVEL, as_bool, trace_codes
-from ._resampling import MIN_BOOT, cluster_bootstrap
+from ._resampling import MIN_BOOT, cluster_bootstrap, ratio_of_sums
 from .jsonable import to_jsonable
 
 
@@ -73,7 +73,7 @@ def _mean_interval(v: np.ndarray, traces: pd.Series, *, rng: np.random.Generator
                 "degenerate_reason": f"every one of {G} traces has the same mean {means[0]:.6g}"}
 
     def stat(W: np.ndarray) -> np.ndarray:
-        return (W @ S) / (W @ N)
+        return ratio_of_sums(W, S, N)
 
     r = cluster_bootstrap(stat, G, n_boot=n_boot, rng=rng, level=level)[0]
     return {**base, "ci_low": r["ci_low"], "ci_high": r["ci_high"], "ci_method": f"trace bootstrap ({r['ci_method']})"}
