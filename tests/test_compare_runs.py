@@ -181,6 +181,8 @@ def test_refusals_are_one_line(runs):
     d.manifest = {**d.manifest, "spec": {**d.manifest["spec"], "measures": ["kl", "delta_nll"]}}
     with pytest.raises(UserError, match="did not measure sink_score"):
         compare_effects([c, d], measure="sink_score")
+    with pytest.raises(UserError, match="unknown correction 'fdr'.*fdr_bh is bh"):
+        compare_effects([a, b], measure="is_sink", correction="fdr")
     e, f = load_runs([runs["planted"], runs["llama"]])
     f.effects = f.effects.iloc[0:0]
     with pytest.raises(UserError, match="has no per-layer effects"):
@@ -209,6 +211,21 @@ def test_seeded_and_reproducible(runs):
     a = compare_effects([runs["planted"], runs["llama"]], measure="hidden_cos", seed=3)
     b = compare_effects([runs["planted"], runs["llama"]], measure="hidden_cos", seed=3)
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_fdr_bh_is_an_alias_of_bh(runs):
+    """Benjamini-Hochberg under its canonical name and statsmodels' spelling: the same p_adj, labelled bh.
+
+    Scale x2 against zero on one model: 8 layers after the edit, each with the smallest p six paired
+    traces allow (2 / 2**6); Holm multiplies it by 8, BH keeps it (all eight are equal)."""
+    def compare(correction):
+        return compare_effects([runs["planted"]], measure="hidden_cos", align="condition", correction=correction)
+
+    bh, alias, holm = compare("bh"), compare("fdr_bh"), compare("holm")
+    pd.testing.assert_frame_equal(bh, alias)
+    tested = bh["p"].notna()
+    assert (alias["correction"] == "bh").all() and tested.sum() == 8 and np.allclose(bh.loc[tested, "p"], 2 / 2**6)
+    assert np.allclose(bh.loc[tested, "p_adj"], 2 / 2**6) and np.allclose(holm.loc[tested, "p_adj"], 8 * 2 / 2**6)
 
 
 def test_planted_vs_negative_h1_differs_at_l_start_in_the_predicted_direction(runs, cache_dir):

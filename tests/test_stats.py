@@ -333,6 +333,11 @@ def test_per_layer_effects_columns_planted_effect_and_p_independent_of_bootstrap
     assert a["ci_method"].str.endswith("monte_carlo").all()
     bh = per_layer_effects(df, "x", correction="bh")
     assert (bh["p_adj"] <= e2["p_adj"] + 1e-12).all()
+    alias = per_layer_effects(df, "x", correction="fdr_bh")  # statsmodels' spelling: the same adjustment
+    assert (alias["correction"] == "bh").all()
+    pd.testing.assert_series_equal(alias["p_adj"], bh["p_adj"])
+    with pytest.raises(ValueError, match="unknown correction 'fdr'"):
+        per_layer_effects(df, "x", correction="fdr")
     assert bh["p_did_adj"].notna().all() and (bh["p_did_adj"] >= bh["p_did"] - 1e-12).all()
     assert roundtrips(to_jsonable(e))
 
@@ -669,3 +674,43 @@ def test_a_significant_effect_inside_the_margin_is_negligible_not_supported():
                  n_traces=8)["verdict"] == "supported"
     assert judge(0.001, 0.02, (0.005, 0.03), direction="increase", margin=0.01, n=50,
                  n_traces=8)["verdict"] == "supported"     # CI reaches past the margin: a real effect
+
+
+def test_one_adjustment_helper_maps_names_to_statsmodels_and_keeps_nan():
+    from statsmodels.stats.multitest import multipletests
+
+    from interventions.stats._common import adjust
+
+    p = np.array([0.01, np.nan, 0.04, 0.03, 0.2])
+    ok = np.isfinite(p)
+    for name, method in (("holm", "holm"), ("bh", "fdr_bh"), ("fdr_bh", "fdr_bh"), ("bonferroni", "bonferroni")):
+        out = adjust(p, name)
+        assert np.isnan(out[1]) and np.allclose(out[ok], multipletests(p[ok], method=method)[1])
+    assert np.allclose(adjust(p, "bh")[ok], [0.04, 0.16 / 3, 0.16 / 3, 0.2])  # by hand: min over j >= i of p_(j) m / j
+    assert np.array_equal(adjust(p, "none"), p, equal_nan=True)
+
+
+def test_bca_interval_of_several_samples_reduces_to_one_sample_and_uses_each_jackknife():
+    """``interval`` with a list of jackknife arrays (runs resampled independently) is the
+    multi-sample BCa: one sample in a list is the one-sample interval; a second sample's skew moves it."""
+    from interventions.stats._resampling import interval
+
+    rng = np.random.default_rng(3)
+    boot = rng.gamma(2.0, size=4000)
+    observed = float(np.median(boot))
+    jack_a = rng.normal(size=8)
+    assert interval(boot, observed, [jack_a]) == interval(boot, observed, jack_a)
+    one = interval(boot, observed, [jack_a, np.zeros(8)])
+    skewed = interval(boot, observed, [jack_a, rng.gamma(0.5, size=8)])
+    assert one[2] == skewed[2] == "bca" and one[:2] != skewed[:2]
+    # two samples by hand: a = sum U^3 / n^3 / (6 (sum U^2 / n^2)^1.5), U = (n - 1)(mean - jack)
+    from scipy import stats as st
+
+    jb = rng.gamma(0.5, size=6)
+    u = [(j.size - 1) * (j.mean() - j) for j in (jack_a, jb)]
+    a = sum(np.sum(x**3) / x.size**3 for x in u) / (6 * sum(np.sum(x**2) / x.size**2 for x in u) ** 1.5)
+    z0 = st.norm.ppf((np.sum(boot < observed) + 0.5 * np.sum(boot == observed)) / boot.size)
+    z = st.norm.ppf([0.025, 0.975])
+    expected = np.quantile(boot, st.norm.cdf(z0 + (z0 + z) / (1 - a * (z0 + z))))
+    assert np.allclose(interval(boot, observed, [jack_a, jb])[:2], expected)
+    assert interval(boot, observed, [jack_a, jb[:4]])[2] == "percentile"  # a run of 4 traces: too few for BCa

@@ -35,8 +35,9 @@ def compare_runs_command(
                                                               "first."),
     n_boot: int = typer.Option(2000, "--n-boot", help="Bootstrap draws (at least 2000)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and permutation generators."),
-    correction: str = typer.Option("holm", "--correction", help="holm, fdr_bh, bonferroni or none: across every "
-                                                                "row of the table."),
+    correction: str = typer.Option("holm", "--correction", help="holm, bh (Benjamini-Hochberg; fdr_bh is the "
+                                                                "same), bonferroni or none: across every row of "
+                                                                "the table."),
     out: Path = typer.Option(Path("results/compare-runs"), "--out", "-o", help="Folder for the tables and figures."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison (settings, rows, notes) as JSON on "
                                                         "stdout instead of a table."),

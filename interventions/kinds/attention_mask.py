@@ -24,6 +24,7 @@ class AttentionMask(InterventionBase):
 
     LAYER_FIELDS: ClassVar[tuple[str, ...]] = ("layers",)
     COMPILES_TO: ClassVar[str] = "attention"
+    MASKS_TARGET_KEYS: ClassVar[bool] = True
     EFFECT_COLUMNS: ClassVar[dict[str, EffectColumn]] = {
         "redirect": EffectColumn("attention_mask: none | bos", ""),
         "masked": EffectColumn("attention_mask: this layer is one of the layers masked for this target", False),
@@ -104,6 +105,3 @@ def _merged(previous, edit):
     return AttentionEdit(masked_keys=keys, redirect_to=edit.redirect_to,
                          window=previous.window if previous else None,
                          keep_first=previous.keep_first if previous else 0)
-
-applied = AttentionMask.install
-"""The install step under its old name."""

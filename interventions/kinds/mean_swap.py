@@ -31,6 +31,8 @@ class MeanSwap(InterventionBase):
     LAYER_FIELDS: ClassVar[tuple[str, ...]] = ("layers",)
     COMPILES_TO: ClassVar[str] = "site"
     TAUTOLOGICAL_AT_L_START: ClassVar[bool] = True
+    SWEEPS_LAYERS: ClassVar[bool] = True
+    NOISE_MATCHABLE: ClassVar[bool] = True
     kind: Literal["mean_swap"] = Field("mean_swap",
                                        description="Swap the site output for its mean, one layer at a time.")
     site: Site | list[Site] = Field(description="One site or a list of sites; each site is swept separately.")

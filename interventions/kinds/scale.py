@@ -19,6 +19,7 @@ class Scale(SiteIntervention):
 
     TAUTOLOGICAL_AT_L_START: ClassVar[bool] = True
     DOSE: ClassVar[str | None] = "factor"
+    NOISE_MATCHABLE: ClassVar[bool] = True
     EFFECT_COLUMNS: ClassVar[dict[str, EffectColumn]] = {
         "factor": EffectColumn("scale factor (NaN for other kinds)", float("nan"))}
 

@@ -16,6 +16,7 @@ class Zero(SiteIntervention):
     """Set a site's output to zero for the target tokens (one condition)."""
 
     TAUTOLOGICAL_AT_L_START: ClassVar[bool] = True
+    NOISE_MATCHABLE: ClassVar[bool] = True
 
     kind: Literal["zero"] = Field("zero", description="Zero the site output of the target tokens.")
 

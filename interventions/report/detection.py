@@ -9,13 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .formatting import fmt_num
-
-
-def _table(header: list[str], rows: list[list]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |" for row in rows]
-    return lines + [""]
+from .formatting import fmt_num, md_table
 
 
 def render_detection_report(folder: Path) -> Path:
@@ -43,14 +37,14 @@ def render_detection_report(folder: Path) -> Path:
             ["detection", ", ".join(f"{k} {v}" for k, v in (settings.get("detection") or {}).items()) or "?"],
             ["command", f"`{manifest.get('command', '?')}`"],
             ["created", manifest.get("created_utc", "?")]]
-    lines += _table(["", ""], rows)
+    lines += md_table(["", ""], rows)
     lines += ["## Secondary sink levels (l_start, lifetime)", ""]
-    lines += _table(["l_start", "lifetime", "count"], [[r.l_start, r.lifetime, r.count]
+    lines += md_table(["l_start", "lifetime", "count"], [[r.l_start, r.lifetime, r.count]
                                                         for r in result.levels.itertuples()]) \
         if len(result.levels) else ["No secondary sink was found.", ""]
     if len(result.tokens):
         lines += ["## Secondary sink tokens", ""]
-        lines += _table(["token", "id", "count", "share"],
+        lines += md_table(["token", "id", "count", "share"],
                         [[f"`{r.token!r}`", r.token_id, r.count, fmt_num(r.share)]
                          for r in result.tokens.head(20).itertuples()])
     lines += ["## Figures", ""]

@@ -18,6 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from interventions.spec.conditions import kinds_with  # noqa: E402
+from interventions.stats._common import as_bool  # noqa: E402
+
 DPI = 120
 SITE_ORDER = ("block_output", "attention_output", "mlp_output")
 SITE_LABEL = {"block_output": "hidden state $h^l$ (block output)", "attention_output": "attention output $o^l$",
@@ -40,14 +43,6 @@ def styled(fn: Callable) -> Callable:
     return wrapper
 
 
-def as_bool(series: pd.Series) -> pd.Series:
-    if series.dtype == bool:
-        return series
-    if series.dtype == object or pd.api.types.is_string_dtype(series):
-        return series.astype(str).str.strip().str.lower().isin(["true", "1", "yes", "t"])
-    return series.fillna(0).astype(float) != 0
-
-
 def frame(tables: dict, name: str) -> pd.DataFrame:
     value = tables.get(name)
     return value if isinstance(value, pd.DataFrame) else pd.DataFrame()
@@ -61,11 +56,12 @@ def secondary_sinks(tables: dict) -> pd.DataFrame:
     return sinks[sinks["kind"] == "secondary"].copy()
 
 
-def effects_of(tables: dict, kind: str) -> pd.DataFrame:
+def effects_with(tables: dict, fact: str) -> pd.DataFrame:
+    """Rows of the effects table whose kind declares ``fact`` (:func:`~interventions.spec.conditions.kinds_with`)."""
     effects = frame(tables, "effects")
     if effects.empty or "kind" not in effects.columns:
         return pd.DataFrame()
-    out = effects[effects["kind"] == kind].copy()
+    out = effects[effects["kind"].isin(kinds_with(fact))].copy()
     if "is_control" in out.columns:
         out["is_control"] = as_bool(out["is_control"])
     return out
@@ -87,16 +83,6 @@ def n_traces(tables: dict) -> int:
         return int(profile["trace"].nunique())
     sinks = frame(tables, "clean_sinks")
     return int(sinks["trace"].nunique()) if len(sinks) else 0
-
-
-def fmt(value, digits: int = 3) -> str:
-    if value is None:
-        return "n/a"
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    return "n/a" if not np.isfinite(v) else f"{v:.{digits}g}"
 
 
 def save(fig, out_dir: Path, name: str) -> Path:

@@ -27,7 +27,9 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from .figure_style import NO_SECONDARY, effects_of, frame, n_traces, save, secondary_sinks, summary_rows
+from interventions.spec.conditions import kinds_with
+
+from .figure_style import NO_SECONDARY, effects_with, frame, n_traces, save, secondary_sinks, summary_rows
 from .figures_clean import draw_levels, draw_norms, draw_scores
 from .figures_edits import draw_dose, draw_mask, draw_swap
 from .figures_fits import draw_norm_lifetime, draw_norm_score, norm_score_input
@@ -110,12 +112,17 @@ def caption(name: str, tables: dict, stats: dict) -> str:
                 f"(x1 = clean run of the same tokens): one line per token of each target set ({n_series} lines), "
                 f"matched control positions dashed; {bootstrap}.")
     if name == "fig_mask":
-        e = effects_of(tables, "attention_mask")
+        e = effects_with(tables, "MASKS_TARGET_KEYS")
         n_t = int(len(e.loc[~e["is_control"], ["trace", "position"]].drop_duplicates())) if len(e) else 0
         return (f"Left: primary sink score per layer in the clean run and with attention to the targets masked "
                 f"(mean over traces); right: mean next-token KL from the clean run for targets and controls per "
                 f"condition ({bootstrap}), {n_t} targets in {e['trace'].nunique() if len(e) else 0} traces.")
     return name
+
+
+def _kind_names(fact: str) -> str:
+    """The kinds that declare ``fact``, for a sentence: ``mean_swap``, ``zero or scale``."""
+    return " or ".join(kinds_with(fact)) or f"kind declaring {fact}"
 
 
 def absent_reason(name: str, tables: dict, stats: dict) -> str:
@@ -130,17 +137,17 @@ def absent_reason(name: str, tables: dict, stats: dict) -> str:
             return NO_SECONDARY
         return "every sink-layer row has a zero sink score or norm (log undefined)"
     if name == "fig_swap":
-        if effects_of(tables, "mean_swap").empty:
-            return "the run has no mean_swap condition"
+        if effects_with(tables, "SWEEPS_LAYERS").empty:
+            return f"the run has no {_kind_names('SWEEPS_LAYERS')} condition"
         if "summaries" not in stats:
             return "stats.json has no summaries (run `intervene stats RUN_DIR` to compute them)"
         return "no swapped target was a sink in the clean run (suppression needs a clean secondary sink)"
     if name == "fig_dose":
-        if effects_of(tables, "scale").empty:
-            return "the run has no scale condition"
+        if effects_with(tables, "DOSE").empty:
+            return f"the run has no {_kind_names('DOSE')} condition"
         return "stats.json has no summaries (run `intervene stats RUN_DIR` to compute them)"
     if name == "fig_mask":
-        return "the run has no attention_mask condition"
+        return f"the run has no {_kind_names('MASKS_TARGET_KEYS')} condition"
     return "no data"
 
 

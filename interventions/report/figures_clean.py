@@ -12,10 +12,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from interventions.stats._common import as_bool
+
 from .figure_style import (
     COLORS,
     NO_SECONDARY,
-    as_bool,
     frame,
     has_interval,
     int_layers,

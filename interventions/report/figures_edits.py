@@ -12,13 +12,15 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
+from interventions.spec.conditions import kinds_with
+from interventions.stats._common import as_bool
+
 from .figure_style import (
     COLORS,
     NO_BAR,
     SITE_LABEL,
     SITE_ORDER,
-    as_bool,
-    effects_of,
+    effects_with,
     errorbars,
     has_interval,
     int_layers,
@@ -54,7 +56,7 @@ def draw_swap(tables: dict, stats: dict):
         points(ax, x, g, color=color, marker=markers.get(site, "o"), size=26)
         errorbars(ax, x, g, color=color)
     _no_bar_note(ax, rates)
-    e = effects_of(tables, "mean_swap")
+    e = effects_with(tables, "SWEEPS_LAYERS")
     if len(e) and "clean_l_start" in e.columns:
         ls = e.loc[~e["is_control"] & (e["clean_lifetime"] > 0), "clean_l_start"]
         if ls.nunique() == 1:
@@ -152,13 +154,15 @@ def draw_dose(tables: dict, stats: dict):
 
 
 def _short(condition: str) -> str:
-    return condition.removeprefix("attention_mask.")
+    """A mask condition's id without its kind's name (every condition in the mask figure is of a masking kind)."""
+    kind = next((k for k in kinds_with("MASKS_TARGET_KEYS") if condition.startswith(f"{k}.")), "")
+    return condition.removeprefix(f"{kind}.") if kind else condition
 
 
 @styled
 def draw_mask(tables: dict, stats: dict):
     """Primary sink score per layer clean vs masked (mean over traces), and KL per condition."""
-    e = effects_of(tables, "attention_mask")
+    e = effects_with(tables, "MASKS_TARGET_KEYS")
     if e.empty:
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.9), gridspec_kw={"width_ratios": [1.4, 1]})

@@ -12,7 +12,9 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .figure_style import COLORS, as_bool, fmt, frame, secondary_sinks, styled
+from interventions.stats._common import as_bool
+
+from .figure_style import COLORS, frame, secondary_sinks, styled
 from .formatting import fmt_num, fmt_p, inference_text
 
 
@@ -135,7 +137,7 @@ def draw_norm_score(tables: dict, stats: dict):
         handles.append(matplotlib.lines.Line2D(
             [], [], color="black", lw=1.6, ls="--",
             label=f"common slope {inference_text(fit, estimate='slope')}\n(one intercept per layer; drawn through "
-                  f"the mean of all rows)\n$R^2$ {fmt(fit.get('r2'), 2)}, within layer {fmt(fit.get('r2_within'), 2)}"))
+                  f"the mean of all rows)\n$R^2$ {fmt_num(fit.get('r2'), 2)}, within layer {fmt_num(fit.get('r2_within'), 2)}"))
     else:
         handles.append(matplotlib.lines.Line2D([], [], ls="", label=f"no fit: {fit.get('reason', 'not estimable')}"))
     if fit.get("steepest_layer") is not None:

@@ -118,3 +118,15 @@ def inference_text(d: dict, **keys) -> str:
         return f"{value} ({ci})" if ci not in ("–",) else value
     p_text = "" if p == "–" else f", p {p}"
     return f"{value} {ci}{p_text}" if ci.startswith("[") else f"{value} (CI {ci}){p_text}"
+
+
+def md_cell(value) -> str:
+    """A markdown table cell: ``None`` is empty, ``|`` is escaped and a line break becomes a space."""
+    return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(header: list[str], rows: list[list]) -> list[str]:
+    """A markdown table as lines (header, rule, one line per row, then a blank line); cells through :func:`md_cell`."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
+    return lines + [""]

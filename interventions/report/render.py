@@ -11,9 +11,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from interventions.spec.conditions import kinds_with
+
 from .formatting import fmt_num as _num
 from .formatting import fmt_p as _p
-from .formatting import inference_cells, inference_text, lack_of_fit_text
+from .formatting import inference_cells, inference_text, lack_of_fit_text, md_cell, md_table
 from .tables import flat_verdict
 
 HYPOTHESES = {
@@ -60,17 +62,6 @@ HOW_TO_READ = [
 # --------------------------------------------------------------------------------------------
 # formatting
 # --------------------------------------------------------------------------------------------
-
-
-def _cell(text) -> str:
-    return "" if text is None else str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _table(header: list[str], rows: list[list]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
-    return lines + [""]
 
 
 def _compact_layers(layers) -> str:
@@ -131,7 +122,7 @@ def _provenance(manifest: dict, stats: dict) -> list[str]:
                                   f"{len(facts.get('sink_token_ids') or [])} sink token id(s)"])
     if model.get("folder_sha256"):
         rows.append(["model files sha256", f"`{model['folder_sha256']}`"])
-    return ["## Provenance", ""] + _table(["", ""], rows)
+    return ["## Provenance", ""] + md_table(["", ""], rows)
 
 
 def _verdicts(stats: dict) -> list[str]:
@@ -149,7 +140,7 @@ def _verdicts(stats: dict) -> list[str]:
         rows.append([f"**{key}** {text}", f"**{v.get('verdict', '?')}**",
                      v.get("test", "–"), *inference_cells(flat_verdict(v)), n_text,
                      v.get("reason", "")])
-    lines += _table(["hypothesis", "verdict", "test", "effect", "95% CI", "p", "n", "reason"], rows)
+    lines += md_table(["hypothesis", "verdict", "test", "effect", "95% CI", "p", "n", "reason"], rows)
     comp_rows = []
     for key, v in verdicts.items():
         comps = v.get("components") or []
@@ -160,7 +151,7 @@ def _verdicts(stats: dict) -> list[str]:
                               _num(c.get("margin")), c.get("reason", "")])
     if comp_rows:
         lines += ["Components of compound hypotheses (each must be supported):", ""]
-        lines += _table(["", "component", "verdict", "effect", "95% CI", "p", "n", "margin", "reason"], comp_rows)
+        lines += md_table(["", "component", "verdict", "effect", "95% CI", "p", "n", "margin", "reason"], comp_rows)
     rested = [f"- **{k}** rests on {', '.join(f'`{c}`' for c in v['conditions'])}; compared with "
               f"{v.get('compared_with')}" + (f" ({', '.join(f'`{c}`' for c in v['comparison_conditions'])})"
                                              if v.get("comparison_conditions") else "")
@@ -199,7 +190,7 @@ def _norm_score(ns: dict) -> list[str]:
     if ns.get("steepest_layer") is not None:
         rows.append([f"steepest layer ({ns['steepest_layer']})", _num(ns.get("steepest_slope")), "– (descriptive)",
                      "–", ns.get("steepest_note") or "descriptive: argmax of per-layer slopes, no CI or test"])
-    lines += _table(["estimate", "value", "95% CI", "p", "note"], rows)
+    lines += md_table(["estimate", "value", "95% CI", "p", "note"], rows)
     window = ns.get("window")
     design = (f"fixed window of attention layers l_start+1 .. l_start+{window} for every sink, "
               f"{ns.get('n_dead_rows') if ns.get('n_dead_rows') is not None else '?'} of the rows after the sink "
@@ -243,7 +234,7 @@ def _norm_lifetime(nl: dict) -> list[str]:
         if unc.get("estimable"):
             note += f"; uncensored only: slope {inference_text(unc, estimate='slope')}"
         rows.append(["Poisson slope (log lifetime per log norm)", *inference_cells(po, estimate="slope"), note])
-    lines += _table(["estimate", "value", "95% CI", "p", "note"], rows)
+    lines += md_table(["estimate", "value", "95% CI", "p", "note"], rows)
     if nl.get("plateaus_estimable"):
         iso = nl.get("isotonic") or {}
         plateaus = iso.get("plateaus") or []
@@ -295,7 +286,7 @@ def _dose(dose: dict | None) -> list[str]:
             if d.get("estimable"):
                 rows.append([group, measure, "targets - controls", *inference_cells(d, estimate="slope_difference"),
                              "slope difference"])
-    lines += _table(["group", "measure", "tokens", "slope per log factor", "95% CI", "p", "note"], rows)
+    lines += md_table(["group", "measure", "tokens", "slope per log factor", "95% CI", "p", "note"], rows)
     return lines
 
 
@@ -366,7 +357,7 @@ def _per_layer(stats: dict) -> list[str]:
         rows.append([cond, measure, found, _p(min(d["p_adj"])) if d["p_adj"] else "–",
                      _compact_layers(d["tested"]) or "none",
                      *(_compact_layers(d[k]) or "–" for k in ("pre_edit", "exact_zero", "degenerate"))])
-    lines += _table(["condition", "measure", "layers with p_adj < 0.05", "smallest p_adj", "layers tested",
+    lines += md_table(["condition", "measure", "layers with p_adj < 0.05", "smallest p_adj", "layers tested",
                      "before the edit (not tested)", "exact zero", "degenerate"], rows)
     n_traces = [r.get("n_traces") for r in records if r.get("n_traces")]
     n_tests = sum(1 for r in records if r.get("measure") == "sink_score" and r.get("p_adj") is not None)
@@ -421,7 +412,7 @@ def _notes(stats: dict) -> list[str]:
     if not unique:
         return []
     shown = unique[:30]
-    lines = ["## Notes from the statistics", ""] + [f"- {_cell(n)}" for n in shown]
+    lines = ["## Notes from the statistics", ""] + [f"- {md_cell(n)}" for n in shown]
     if len(unique) > len(shown):
         lines.append(f"- ... and {len(unique) - len(shown)} more in stats.json")
     return lines + [""]
@@ -459,7 +450,7 @@ def render_report(run: Path, tables: dict, stats: dict) -> Path:
     lines += _dose(stats.get("dose_response"))
     effects = tables.get("effects")
     has_mask = effects is not None and len(effects) > 0 and "kind" in effects.columns and \
-        bool((effects["kind"] == "attention_mask").any())
+        bool(effects["kind"].isin(kinds_with("MASKS_TARGET_KEYS")).any())
     lines += _compensation(stats.get("compensation") or {}, has_mask)
     lines += _per_layer(stats)
     lines += _figures(figures)

@@ -169,6 +169,21 @@ def register_kind(cls: type[InterventionBase]) -> type[InterventionBase]:
     return KINDS.register(name, cls)
 
 
+def kinds_with(fact: str) -> list[str]:
+    """Names of the registered kinds whose class declares ``fact`` (a class attribute of
+    :class:`InterventionBase` such as ``DOSE``, ``MASKS_TARGET_KEYS``, ``SWEEPS_LAYERS``) with a true value,
+    in registry order.
+
+    The statistics and the report select rows through this (``effects.kind.isin(kinds_with("DOSE"))``), never
+    by a kind's name, so a new kind that declares the fact is analysed like the others. A name that is no fact
+    of the base class is an error (a typo would otherwise select nothing).
+    """
+    if not hasattr(InterventionBase, fact) or not fact.isupper():
+        facts = sorted(n for n in vars(InterventionBase) if n.isupper())
+        raise AttributeError(f"kinds_with: {fact!r} is not a kind fact; use one of {', '.join(facts)}")
+    return [name for name, cls in KINDS.items() if getattr(cls, fact)]
+
+
 class InterventionBase(SpecModel):
     """Fields every intervention kind has; subclasses add theirs, expand into conditions and run them."""
 
@@ -185,6 +200,19 @@ class InterventionBase(SpecModel):
     TAUTOLOGICAL_AT_L_START: ClassVar[bool] = False
     """Whether editing a target's whole hidden state (``block_output``) at its own clean l_start removes its sink
     status by construction; such rows are left out of every verdict (and listed as tautological)."""
+    MASKS_TARGET_KEYS: ClassVar[bool] = False
+    """Whether the kind sets every query's attention to the target tokens (as keys) to 0 in its layers. Then a
+    target's own sink score there is 0 by construction (no verdict reads it; listed among the tautologies), only
+    targets that were secondary sinks in the clean run enter its verdicts, and its rows are the ones the primary-sink
+    compensation profile, the mask KL summary (``mask_kl``) and the mask figure read."""
+    SWEEPS_LAYERS: ClassVar[bool] = False
+    """Whether each of the kind's conditions edits one layer of a sweep, asking at which layer the edit stops a
+    future sink: the statistics summarise the share of clean sinks suppressed per site and edited layer
+    (``swap_rates``; in a verdict family also by offset before ``l_start``) and the report draws it as a timeline."""
+    NOISE_MATCHABLE: ClassVar[bool] = False
+    """Whether the ``noise`` kind can match the norm of the change this kind makes (``matched_to: {kind: <it>}``):
+    a hypothesis with ``placebo: {edit: noise}`` then gets a magnitude-matched noise condition beside each of the
+    kind's conditions it selects."""
 
     kind: str = Field(description="Which intervention; each kind class narrows this to its own name.")
     targets: list[str] = Field(min_length=1, description="Names of target sets (keys of `targets`) to intervene on.")

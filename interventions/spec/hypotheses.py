@@ -80,7 +80,7 @@ class _Model(BaseModel):
 class ConditionSelector(_Model):
     """Conditions picked by what they are rather than by id."""
 
-    kind: str | None = Field(None, description="Intervention kind (zero, scale, mean_swap, attention_mask).")
+    kind: str | None = Field(None, description="Intervention kind: any registered kind (interventions/kinds/).")
     site: str | None = Field(None, description="Site (mlp_output, attention_output, block_output).")
     layer: int | str | None = Field(None, description="Layer spec as written (l_start, l_start-2, 5).")
     redirect: str | None = Field(None, description="attention_mask redirect (none, bos).")
@@ -158,8 +158,8 @@ def default_hypotheses() -> list[Hypothesis]:
 def placebo_conditions(spec, conditions: list) -> list:
     """Placebo conditions the spec's hypotheses ask for (``placebo: edit/layers/sites``), in order.
 
-    ``edit: noise`` gives, for every selected condition of a kind whose change can be matched
-    (zero, scale, mean_swap), the condition ``<id>.noise.placebo``: kind ``noise`` at the same
+    ``edit: noise`` gives, for every selected condition of a kind whose change the noise kind can
+    match (``NOISE_MATCHABLE``), the condition ``<id>.noise.placebo``: kind ``noise`` at the same
     site, layer and targets, with the norm the real edit changes there. ``layers``/``sites`` copy
     a selected condition to another layer or site (id ``<kind>.<site>.<layer label>.placebo``;
     one serves every condition of a mean-swap sweep). Every placebo keeps its targets, drops its
@@ -176,11 +176,11 @@ def placebo_conditions(spec, conditions: list) -> list:
         for c in conditions:
             if not h.selects(c.to_dict()):
                 continue
-            if h.placebo.edit == "noise" and c.kind in ("zero", "scale", "mean_swap"):
+            if h.placebo.edit == "noise" and c.kind_class.NOISE_MATCHABLE:
                 cid = f"{c.id}.noise.placebo"
                 if cid not in seen:
                     seen.add(cid)
-                    matched = {"kind": c.kind, "factor": c.factor if c.kind == "scale" else None}
+                    matched = {"kind": c.kind, "factor": c.factor}  # only a dosed kind's conditions carry a factor
                     params = {**c.params, "norm": "matched", "matched_to": matched, "match": "orthogonal",
                               "orthogonal_to_sink": True, "seed": 0, "placebo_of": c.id}
                     out.append(replace(c, id=cid, kind="noise", controls=None, factor=None, redirect=None,

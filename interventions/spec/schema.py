@@ -72,8 +72,6 @@ DEVICE_RE = re.compile(r"^(cpu|cuda|auto|cuda:\d+)$")
 _SKIP_CROSS = "interventions.spec.skip_cross_checks"
 """Validation-context flag: the loader runs the cross-field checks itself (to collect them all)."""
 
-_fail = fail  # the name load.py and older code use
-
 VALIDATOR: list = []
 """The loader's ``validate_spec_data``, installed by ``spec/load.py`` when it is imported (the
 ``interventions.spec`` package imports it first), so :meth:`Spec.from_dict` reports problems
@@ -154,7 +152,7 @@ class Spec(SpecModel):
     @classmethod
     def _name(cls, v: str) -> str:
         if not NAME_RE.match(v) or set(v) == {"."}:
-            raise _fail(f"{show(v)} is not a safe folder name — use only letters, digits, _ . and - "
+            raise fail(f"{show(v)} is not a safe folder name — use only letters, digits, _ . and - "
                         "(results go to results/<name>/)")
         return v
 
@@ -162,23 +160,23 @@ class Spec(SpecModel):
     @classmethod
     def _model(cls, v: str) -> str:
         if not v.strip():
-            raise _fail("'' is empty — give a hub id, a local folder, a .gguf file or testbed:planted")
+            raise fail("'' is empty — give a hub id, a local folder, a .gguf file or testbed:planted")
         if v.startswith(TESTBED_PREFIX) and not v[len(TESTBED_PREFIX):]:
-            raise _fail(f"{show(v)} names no testbed model — use testbed:planted or testbed:planted-llama")
+            raise fail(f"{show(v)} names no testbed model — use testbed:planted or testbed:planted-llama")
         return v
 
     @field_validator("traces")
     @classmethod
     def _traces(cls, v):
         if isinstance(v, str) and not v.strip():
-            raise _fail("'' is empty — give a JSONL traces file or testbed")
+            raise fail("'' is empty — give a JSONL traces file or testbed")
         return v
 
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
         if not DEVICE_RE.match(v):
-            raise _fail(f"{show(v)} is not a known device — use cpu, cuda, cuda:N or auto"
+            raise fail(f"{show(v)} is not a known device — use cpu, cuda, cuda:N or auto"
                         f"{did_you_mean(v, ('cpu', 'cuda', 'auto'))}")
         return v
 
@@ -186,8 +184,8 @@ class Spec(SpecModel):
     @classmethod
     def _measures(cls, v: list[str]) -> list[str]:
         if not v:
-            raise _fail(f"[] is empty — give at least one of {', '.join(MEASURES)} (or leave measures out for the "
-                        "defaults)")
+            raise fail(f"[] is empty — give at least one of {', '.join(MEASURES)} (or leave measures out for the "
+                       "defaults)")
         return list(dict.fromkeys(v))
 
     @model_validator(mode="after")
@@ -196,7 +194,7 @@ class Spec(SpecModel):
             return self
         problems = reference_problems(self.model_dump()) + condition_problems(self)
         if problems:
-            raise _fail("; ".join(problems))
+            raise fail("; ".join(problems))
         return self
 
     # -- provenance (not part of the spec's value: equality and the hash ignore it) --

@@ -95,3 +95,52 @@ def snap_small(diff: np.ndarray, value: np.ndarray, clean: np.ndarray, *, rtol: 
     typical = float(np.median(finite)) if finite.size else 0.0
     scale = np.maximum(np.maximum(np.abs(value), np.abs(clean)), typical)
     return np.where(np.abs(diff) <= rtol * scale, 0.0, diff)
+
+
+# --------------------------------------------------------------------------------------------
+# multiple-testing adjustment (one name per method, one call to statsmodels)
+# --------------------------------------------------------------------------------------------
+
+CORRECTIONS = ("holm", "bh", "bonferroni", "none")
+"""Adjustments of a family of p-values: Holm's step-down, Benjamini-Hochberg (false discovery
+rate), Bonferroni, or none."""
+CORRECTION_ALIASES = {"fdr_bh": "bh"}
+"""Other accepted spellings: statsmodels' own name of Benjamini-Hochberg gives the same numbers as ``bh``."""
+_MULTIPLETESTS = {"holm": "holm", "bh": "fdr_bh", "bonferroni": "bonferroni"}
+"""Canonical name -> statsmodels ``multipletests`` method."""
+
+
+def canonical_correction(correction: str) -> str:
+    """The canonical name of an adjustment (``fdr_bh`` -> ``bh``); ``ValueError`` naming the choices if unknown."""
+    name = CORRECTION_ALIASES.get(correction, correction)
+    if name not in CORRECTIONS:
+        raise ValueError(f"unknown correction {correction!r}; use one of {', '.join(CORRECTIONS)} "
+                         f"({', '.join(f'{a} = {c}' for a, c in CORRECTION_ALIASES.items())})")
+    return name
+
+
+def adjust(p, correction: str) -> np.ndarray:
+    """Adjusted p-values via statsmodels ``multipletests`` (Holm, Benjamini-Hochberg, Bonferroni) or unchanged.
+
+    ``correction`` is one of :data:`CORRECTIONS` or an alias in :data:`CORRECTION_ALIASES`. NaN
+    p-values (untested rows) stay NaN and do not count towards the family.
+    """
+    import gc
+
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.asarray(p, dtype=float)
+    method = canonical_correction(correction)
+    out = p.copy()
+    ok = np.isfinite(p)
+    if method == "none" or not ok.any():
+        return out
+    # statsmodels' Holm branch calls gc.collect(), which costs about a second in a process that holds
+    # torch and pandas; freezing the objects that already exist makes that collection trivial, and
+    # unfreeze() puts them back right after (nothing is freed or kept that would not be otherwise).
+    gc.freeze()
+    try:
+        out[ok] = multipletests(p[ok], method=_MULTIPLETESTS[method])[1]
+    finally:
+        gc.unfreeze()
+    return out

@@ -34,14 +34,25 @@ def jackknife_weights(n_clusters: int) -> np.ndarray:
     return 1.0 - np.eye(n_clusters)
 
 
+def ratio_of_sums(W: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per-token mean of each replicate: ``(W @ sums) / (W @ counts)`` (NaN where a replicate holds no token)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (W @ sums) / (W @ counts)
+
+
 def interval(
-    boot: np.ndarray, observed: float, jack: np.ndarray | None, *, level: float = 0.95
+    boot: np.ndarray, observed: float, jack: np.ndarray | list[np.ndarray] | None, *, level: float = 0.95
 ) -> tuple[float, float, str]:
     """Bootstrap confidence interval: BCa where valid, else percentile.
 
-    BCa is valid when there are at least ``MIN_CLUSTERS_BCA`` jackknife values with nonzero
-    spread, the bias correction is finite (the observed value lies strictly inside the
-    bootstrap distribution) and the adjusted quantile levels are well defined.
+    ``jack`` holds the jackknife values: one array when one set of clusters is resampled, or a
+    list with one array per independently resampled sample (a difference between two runs whose
+    traces are drawn separately); the acceleration is then the multi-sample one (Efron &
+    Tibshirani 1993, ch. 14; the form ``scipy.stats.bootstrap`` uses).
+
+    BCa is valid when every sample has at least ``MIN_CLUSTERS_BCA`` finite jackknife values,
+    they have nonzero spread, the bias correction is finite (the observed value lies strictly
+    inside the bootstrap distribution) and the adjusted quantile levels are well defined.
 
     Returns:
         ``(low, high, method)`` with method ``"bca"``, ``"percentile"`` or ``"none"``
@@ -62,23 +73,27 @@ def interval(
 
 
 def _bca_levels(
-    boot: np.ndarray, observed: float, jack: np.ndarray | None, levels: np.ndarray
+    boot: np.ndarray, observed: float, jack: np.ndarray | list[np.ndarray] | None, levels: np.ndarray
 ) -> np.ndarray | None:
     """BCa-adjusted quantile levels (Efron 1987), or None where BCa is not valid."""
     if jack is None:
         return None
-    jack = np.asarray(jack, dtype=float)
-    if jack.size < MIN_CLUSTERS_BCA or not np.all(np.isfinite(jack)):
+    samples = [np.asarray(j, dtype=float) for j in jack] if isinstance(jack, (list, tuple)) else \
+        [np.asarray(jack, dtype=float)]
+    if any(j.size < MIN_CLUSTERS_BCA or not np.all(np.isfinite(j)) for j in samples):
         return None
     below = (np.sum(boot < observed) + 0.5 * np.sum(boot == observed)) / boot.size
     if not 0.0 < below < 1.0 or np.ptp(boot) == 0:
         return None
     z0 = stats.norm.ppf(below)
-    dev = jack.mean() - jack
-    denom = 6.0 * np.sum(dev**2) ** 1.5
+    # Sample j's influence values are (n_j - 1)(mean - jack_j) and enter as U / n_j; one sample's
+    # factor (n - 1) / n cancels in the ratio, so it is left out there (the one-sample formula).
+    scales = [1.0] if len(samples) == 1 else [(j.size - 1) / j.size for j in samples]
+    devs = [c * (j.mean() - j) for c, j in zip(scales, samples)]
+    denom = 6.0 * sum(np.sum(d**2) for d in devs) ** 1.5
     if denom <= 0:
         return None
-    accel = np.sum(dev**3) / denom
+    accel = sum(np.sum(d**3) for d in devs) / denom
     z = stats.norm.ppf(levels)
     shrink = 1.0 - accel * (z0 + z)
     if np.any(shrink <= 0):

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from interventions.errors import UserError
-from interventions.spec.conditions import KINDS
+from interventions.spec.conditions import KINDS, kinds_with
 from interventions.spec.measures import layer_columns
 from interventions.store import check_run_folder, read_parts, write_json_atomic
 
@@ -109,7 +109,7 @@ def compute_stats(tables: dict, *, seed: int = 0, n_boot: int = 500) -> dict:
     out["compensation"] = st.compensation(
         tables["clean_profile"], secondary[["trace", "position", "l_start", "lifetime"]] if len(secondary)
         else pd.DataFrame(columns=["trace", "position", "l_start", "lifetime"]),
-        effects[effects.kind == "attention_mask"] if len(effects) else None, seed=seed) \
+        effects[effects.kind.isin(kinds_with("MASKS_TARGET_KEYS"))] if len(effects) else None, seed=seed) \
         if len(tables["clean_profile"]) else {"estimable": False, "reason": "no clean profile"}
 
     targets = per_target(effects)

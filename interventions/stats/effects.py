@@ -9,23 +9,23 @@ traces. Exact zeros and degenerate estimates carry no interval and no p-value.
 
 from __future__ import annotations
 
-import gc
-
 import numpy as np
 import pandas as pd
-from statsmodels.stats.multitest import multipletests
 
 from ._common import (
     LEVEL,
     SNAP_RTOL,
+    adjust,
     as_bool,
+    canonical_correction,
     require_columns,
     snap_rtol_for,
     snap_small,
     trace_codes,
     warnings_to_notes,
 )  # noqa: F401
-from ._resampling import MIN_BOOT, bootstrap_weights, interval, jackknife_weights, sign_flip_interval, sign_flip_test
+from ._resampling import (MIN_BOOT, bootstrap_weights, interval, jackknife_weights, ratio_of_sums, sign_flip_interval,
+                          sign_flip_test)
 from .jsonable import to_jsonable
 
 EFFECT_KEYS = ["condition", "trace", "position", "is_control", "layer"]
@@ -33,8 +33,6 @@ EFFECT_COLUMNS = ["condition", "measure", "layer", "n_targets", "n_traces", "eff
                   "ci_method", "control_effect", "did", "p", "p_adj", "correction"]
 EXTRA_COLUMNS = ["n_controls", "control_ci_low", "control_ci_high", "did_ci_low", "did_ci_high", "p_did",
                  "p_did_adj", "p_method", "exact_zero", "degenerate", "degenerate_reason", "pre_edit", "in_family"]
-CORRECTIONS = ("holm", "bh", "bonferroni", "none")
-_MULTIPLETESTS = {"holm": "holm", "bh": "fdr_bh", "bonferroni": "bonferroni"}
 
 # --------------------------------------------------------------------------------------------
 # trace-level location test: exact zero, degenerate, or sign-flip p with an inverted interval
@@ -119,8 +117,8 @@ def per_layer_effects(
         measures: measure name(s).
         n_boot: ignored (kept for callers of the bootstrap version); intervals come from test inversion.
         seed: seed of the Monte-Carlo sign flips.
-        correction: ``"holm"``, ``"bh"`` (Benjamini-Hochberg), ``"bonferroni"`` or ``"none"``
-            (statsmodels ``multipletests``).
+        correction: ``"holm"``, ``"bh"`` (Benjamini-Hochberg; ``"fdr_bh"`` is the same), ``"bonferroni"``
+            or ``"none"`` (statsmodels ``multipletests``, through :func:`._common.adjust`).
         level: confidence level.
         n_flip: sign-flip resamples; exact enumeration when ``2**G <= n_flip``.
         snap_rtol: exact-null tolerance (``snap_rtol_for(dtype)`` gives the run's).
@@ -134,8 +132,7 @@ def per_layer_effects(
     """
     measures = [measures] if isinstance(measures, str) else list(measures)
     require_columns(df, EFFECT_KEYS + [c for m in measures for c in (m, f"clean_{m}")], what="per_layer_effects")
-    if correction not in CORRECTIONS:
-        raise ValueError(f"per_layer_effects: correction must be one of {CORRECTIONS}, got {correction!r}")
+    correction = canonical_correction(correction)
     first_edit = (df.groupby("condition")["intervened_layer"].min().to_dict()
                   if "intervened_layer" in df.columns else {})
     flip_rng = flip_generator(seed)
@@ -179,8 +176,8 @@ def did_stat(s: dict):
     """Statistic function for the bootstrap: columns (target mean, control mean, difference)."""
 
     def stat(W: np.ndarray) -> np.ndarray:
-        et = (W @ s["S_t"]) / (W @ s["N_t"])
-        ec = (W @ s["S_c"]) / (W @ s["N_c"])
+        et = ratio_of_sums(W, s["S_t"], s["N_t"])
+        ec = ratio_of_sums(W, s["S_c"], s["N_c"])
         return np.column_stack([et, ec, et - ec])
 
     return stat
@@ -233,6 +230,7 @@ def adjust_pvalues(effects: pd.DataFrame, correction: str = "holm") -> pd.DataFr
     and degenerate rows have no p and are outside it. Holm controls the family-wise error
     rate; BH the false discovery rate. ``p_did`` is adjusted the same way, as its own family.
     """
+    correction = canonical_correction(correction)
     out = effects.copy()
     out["correction"] = correction
     pre = as_bool(out["pre_edit"]) if "pre_edit" in out.columns else pd.Series(False, index=out.index)
@@ -248,23 +246,6 @@ def adjust_pvalues(effects: pd.DataFrame, correction: str = "holm") -> pd.DataFr
     if "in_family" in out.columns:
         out["in_family"] = out["p_adj"].notna()
     return out
-
-
-def adjust(p: np.ndarray, correction: str) -> np.ndarray:
-    """Adjusted p-values via statsmodels ``multipletests``: Holm, Benjamini-Hochberg, Bonferroni, or unchanged."""
-    p = np.asarray(p, dtype=float)
-    if correction not in CORRECTIONS:
-        raise ValueError(f"adjust: unknown correction {correction!r}; use one of {CORRECTIONS}")
-    if correction == "none" or p.size == 0:
-        return p.copy()
-    # statsmodels' Holm branch calls gc.collect(), which costs about a second in a process that holds
-    # torch and pandas; freezing the objects that already exist makes that collection trivial, and
-    # unfreeze() puts them back right after (nothing is freed or kept that would not be otherwise).
-    gc.freeze()
-    try:
-        return np.asarray(multipletests(p, method=_MULTIPLETESTS[correction])[1], dtype=float)
-    finally:
-        gc.unfreeze()
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,7 +405,7 @@ def _profile_with_valley(wide: pd.DataFrame, n_boot: int, rng: np.random.Generat
         return {"profile": [], "valley_layer": None, "estimable": False, "reason": "empty profile"}
 
     def stat(W: np.ndarray) -> np.ndarray:  # (replicates, layers) weighted mean per layer
-        return (W @ Xz) / (W @ present)
+        return ratio_of_sums(W, Xz, present)
 
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = stat(np.ones((1, G)))[0]

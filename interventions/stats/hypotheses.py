@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ._common import adjust
 from .verdicts import (ALPHA, VERDICT_RULE, exact_tol_for, family_component, family_report,
                        untestable_component)
 
@@ -55,11 +56,11 @@ def hypotheses_of(manifest: dict) -> list:
 def tautological_rows(d: pd.DataFrame) -> pd.Series:
     """Rows whose sink measures hold by construction: a kind that declares ``TAUTOLOGICAL_AT_L_START`` edited
     the whole hidden state (block_output) of the target at its own clean l_start."""
-    from interventions.spec.conditions import KINDS
+    from interventions.spec.conditions import kinds_with
 
     if d.empty:
         return pd.Series(False, index=d.index)
-    tautological_kinds = [name for name, cls in KINDS.items() if cls.TAUTOLOGICAL_AT_L_START]
+    tautological_kinds = kinds_with("TAUTOLOGICAL_AT_L_START")
     site = d["site"].fillna("") if "site" in d.columns else pd.Series("", index=d.index)
     return d["kind"].isin(tautological_kinds) & (site == "block_output") & (d["intervened_layer"] == d["clean_l_start"])
 
@@ -74,7 +75,7 @@ def hypothesis_verdicts(effects: pd.DataFrame, manifest: dict, *, seed: int = 0)
     tautological, and ``p_holm`` / ``verdict_holm``: the verdict after a Holm adjustment over every
     family of the run that has a p (valid under any dependence between families).
     """
-    from interventions.spec.conditions import KINDS
+    from interventions.spec.conditions import KINDS, kinds_with
     from interventions.spec.outcomes import OUTCOMES
 
     conditions = conditions_of(manifest, effects)
@@ -88,10 +89,11 @@ def hypothesis_verdicts(effects: pd.DataFrame, manifest: dict, *, seed: int = 0)
         "edits the whole hidden state (block_output) of the target at its own l_start, where its sink status "
         "is read: it removes the sink by construction; left out of every verdict")}
         for cid, g in (d[taut].groupby("condition") if len(d) else [])]
-    if len(d) and (d["kind"] == "attention_mask").any():
-        tautologies.append({"condition": "attention_mask (all)", "n_rows": 0, "reason": (
-            "a masked target's own sink score is 0 in the masked layers by construction; no verdict reads it "
-            "(H4 reads the primary sink beyond the renormalisation prediction, and the predictions)")})
+    for kind in kinds_with("MASKS_TARGET_KEYS"):
+        if len(d) and (d["kind"] == kind).any():
+            tautologies.append({"condition": f"{kind} (all)", "n_rows": 0, "reason": (
+                "a masked target's own sink score is 0 in the masked layers by construction; no verdict reads it "
+                "(H4 reads the primary sink beyond the renormalisation prediction, and the predictions)")})
     d = d[~taut] if len(d) else d
     tol = exact_tol_for((manifest.get("model") or {}).get("dtype"))
 
@@ -144,6 +146,7 @@ def _placebos_of(h, fconds: list[dict], conditions: list[dict]) -> list[str]:
 
 def _family_verdict(h, key: str, fconds: list[dict], conditions: list[dict], d: pd.DataFrame, *, seed: int,
                     tol: float, tautological: set, target_set: str | None = None) -> dict:
+    from interventions.spec.conditions import kinds_with
     from interventions.spec.outcomes import OUTCOMES
 
     ids = [c["id"] for c in fconds]
@@ -157,7 +160,7 @@ def _family_verdict(h, key: str, fconds: list[dict], conditions: list[dict], d: 
     if target_set is not None:
         target_rows = target_rows[target_rows["target_set"] == target_set]
         placebo_rows = placebo_rows[placebo_rows["target_set"] == target_set]
-    if kind == "attention_mask" and _not_secondary(target_rows):
+    if kind in kinds_with("MASKS_TARGET_KEYS") and _not_secondary(target_rows):
         notes.append(f"{_not_secondary(target_rows)} masked target(s) were not secondary sinks in the clean run; "
                      "H4 is about secondary sinks, so their rows were left out")
         target_rows = target_rows[target_rows["clean_kind"] == "secondary"]
@@ -193,7 +196,7 @@ def _family_verdict(h, key: str, fconds: list[dict], conditions: list[dict], d: 
                          "n_comparison_units": int(len(comparison)) if comparison is not None else 0,
                          "by_condition": {str(k): float(v) for k, v in target.groupby("condition")["value"].mean()
                                           .items()} if len(target) else {}}
-    if kind == "mean_swap" and len(target_rows):
+    if kind in kinds_with("SWEEPS_LAYERS") and len(target_rows):
         pre = target_rows[target_rows["intervened_layer"] < target_rows["clean_l_start"]]
         by_off = pre.assign(offset=pre["clean_l_start"] - pre["intervened_layer"]).groupby("offset")["suppressed"]
         details["rate_by_offset_before_l_start"] = {int(k): float(v) for k, v in by_off.mean().items()}
@@ -276,15 +279,13 @@ def _mass_balance(target_rows, control_rows, target, comparison, notes):
 
 def _holm(verdicts: dict) -> None:
     """Holm over the run's families with a p (statsmodels ``multipletests``): ``p_holm`` and ``verdict_holm``."""
-    from statsmodels.stats.multitest import multipletests
-
     keyed = [(k, v) for k, v in verdicts.items() if v.get("family_p") is not None]
     if not keyed:
         for v in verdicts.values():
             v.setdefault("p_holm", None)
             v.setdefault("verdict_holm", v.get("verdict"))
         return
-    adjusted = multipletests([v["family_p"] for _, v in keyed], alpha=ALPHA, method="holm")[1]
+    adjusted = adjust([v["family_p"] for _, v in keyed], "holm")
     for (_, v), p in zip(keyed, adjusted):
         v["p_holm"] = float(p)
         alpha = v.get("alpha", ALPHA)

@@ -16,8 +16,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from interventions.spec.conditions import KINDS, kinds_with
+
 from ._common import LEVEL, as_bool, trace_codes
-from ._resampling import MIN_BOOT, cluster_bootstrap
+from ._resampling import MIN_BOOT, cluster_bootstrap, ratio_of_sums
 from .jsonable import to_jsonable
 
 
@@ -71,7 +73,7 @@ def _mean_interval(v: np.ndarray, traces: pd.Series, *, rng: np.random.Generator
                 "degenerate_reason": f"every one of {G} traces has the same mean {means[0]:.6g}"}
 
     def stat(W: np.ndarray) -> np.ndarray:
-        return (W @ S) / (W @ N)
+        return ratio_of_sums(W, S, N)
 
     r = cluster_bootstrap(stat, G, n_boot=n_boot, rng=rng, level=level)[0]
     return {**base, "ci_low": r["ci_low"], "ci_high": r["ci_high"], "ci_method": f"trace bootstrap ({r['ci_method']})"}
@@ -84,11 +86,11 @@ def _mean_interval(v: np.ndarray, traces: pd.Series, *, rng: np.random.Generator
 UNIT_KEYS = ["condition", "is_control", "trace", "position"]
 
 
-def _per_target(effects: pd.DataFrame, kind: str) -> pd.DataFrame:
-    """One row per (condition, group, trace, position) of one kind; booleans cleaned."""
+def _per_target(effects: pd.DataFrame, fact: str) -> pd.DataFrame:
+    """One row per (condition, group, trace, position) of the kinds that declare ``fact``; booleans cleaned."""
     if effects.empty or "kind" not in effects.columns:
         return pd.DataFrame()
-    e = effects[effects["kind"] == kind]
+    e = effects[effects["kind"].isin(kinds_with(fact))]
     if e.empty:
         return e
     e = e.drop_duplicates(UNIT_KEYS).copy()
@@ -104,9 +106,11 @@ def dose_levels(effects: pd.DataFrame, *, n_boot: int = MIN_BOOT, seed: int = 0,
     one control set (matched random positions, pooled). Factor 1 is the clean run of the same
     tokens. Rows: ``series, target_set, token, is_control, factor, measure`` + :func:`trace_means`.
     """
-    e = _per_target(effects, "scale")
+    e = _per_target(effects, "DOSE")
     if e.empty:
         return []
+    # each dosed kind's own dose column (its DOSE) is the curve's x; the rows call it factor
+    e = pd.concat([g.assign(factor=g[KINDS[kind].DOSE]) for kind, g in e.groupby("kind", sort=False)])
     e = e.assign(series=np.where(e["is_control"], e["target_set"].astype(str) + " (controls)",
                                  e["token"].map(repr) + " (" + e["target_set"].astype(str) + ")"),
                  token=np.where(e["is_control"], None, e["token"]))
@@ -130,7 +134,7 @@ def dose_levels(effects: pd.DataFrame, *, n_boot: int = MIN_BOOT, seed: int = 0,
 
 def swap_rates(effects: pd.DataFrame, *, n_boot: int = MIN_BOOT, seed: int = 0, level: float = LEVEL) -> list[dict]:
     """Share of swapped targets that were clean sinks and are suppressed, per site and swap layer."""
-    e = _per_target(effects, "mean_swap")
+    e = _per_target(effects, "SWEEPS_LAYERS")
     if e.empty:
         return []
     e = e[~e["is_control"] & (e["clean_lifetime"] > 0)]
@@ -139,8 +143,9 @@ def swap_rates(effects: pd.DataFrame, *, n_boot: int = MIN_BOOT, seed: int = 0, 
 
 
 def mask_kl(effects: pd.DataFrame, *, n_boot: int = MIN_BOOT, seed: int = 0, level: float = LEVEL) -> list[dict]:
-    """Mean next-token KL(clean || masked) per attention-mask condition, targets and controls apart."""
-    e = _per_target(effects, "attention_mask")
+    """Mean next-token KL(clean || masked) per condition of a kind that masks the targets (``MASKS_TARGET_KEYS``),
+    targets and controls apart."""
+    e = _per_target(effects, "MASKS_TARGET_KEYS")
     if e.empty:
         return []
     return trace_means(e, "kl", ["condition", "is_control"], n_boot=n_boot, seed=seed, level=level)

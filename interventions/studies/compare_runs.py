@@ -20,15 +20,18 @@ independently, unless the two runs share traces and model (the same trace texts 
 same weights, e.g. two seeds or two conditions of one model): then one resample of traces is
 applied to both runs (paired), which removes the between-trace variation they share.
 
-Why the bootstrap is written here: no library does a two-sample *cluster* bootstrap of a ratio
-estimator (targets nested in traces, traces resampled, independently or jointly per run), and
-the per-layer statistics in :mod:`interventions.stats` are tuned for one run, so this module
-keeps its own ~40 lines: multinomial trace weights from a seeded ``numpy`` generator, at least
-``N_BOOT_MIN`` draws, BCa intervals with the multi-sample jackknife acceleration (Efron &
-Tibshirani 1993, ch. 14; the form ``scipy.stats.bootstrap`` uses), percentile when BCa is not
-defined. P-values are exact or Monte-Carlo permutation tests from ``scipy.stats.permutation_test``
-(paired: swap the two runs' values within each trace; independent: reassign whole traces
-between runs), adjusted with ``statsmodels``' ``multipletests``.
+The resampling is :mod:`interventions.stats`' own: multinomial trace weights
+(``bootstrap_weights``) from a seeded ``numpy`` generator, at least ``N_BOOT_MIN`` draws, the
+ratio estimator on every replicate (``ratio_of_sums``) and BCa intervals (``interval``; with
+one jackknife sample per independently resampled run, the multi-sample acceleration of Efron &
+Tibshirani 1993, ch. 14), percentile when BCa is not defined (fewer than
+``MIN_CLUSTERS_BCA`` traces in a run, or the observed value outside the replicates). What is
+specific here is the two-sample design: a paired comparison applies one set of weights to both
+runs; an independent one draws each run's traces separately. P-values are exact or Monte-Carlo
+permutation tests from ``scipy.stats.permutation_test`` (paired: swap the two runs' values
+within each trace; independent: reassign whole traces between runs), adjusted with the stats
+layer's ``adjust`` (``statsmodels``' ``multipletests``; ``bh`` is Benjamini-Hochberg, and
+statsmodels' spelling ``fdr_bh`` is accepted as the same).
 
 Exact zeros: where two paired runs have identical target rows, the difference is reported as
 exactly 0 with no CI or p (it is not an estimate with noise); a run whose changes at a layer are
@@ -46,12 +49,14 @@ import pandas as pd
 from scipy import special, stats
 
 from interventions.errors import UserError
+from interventions.stats._common import CORRECTION_ALIASES, CORRECTIONS, adjust, canonical_correction
+from interventions.stats._resampling import (bootstrap_weights, interval, jackknife_weights,
+                                             ratio_of_sums)
 from interventions.spec.measures import layer_columns, measure_of
 
 ALIGNMENTS = ("layer", "depth", "l_start", "condition")
 AXIS_NAME = {"layer": "layer", "depth": "relative depth", "l_start": "layers since l_start", "condition": "layer"}
 GROUPS = ("targets", "controls")
-CORRECTIONS = ("holm", "fdr_bh", "bonferroni", "none")
 N_BOOT_MIN = 2000
 N_PERM = 9999
 LEVEL = 0.95
@@ -158,8 +163,9 @@ def _check(runs: list[Run], measure: str, align: str, group: str, correction: st
         raise UserError(f"unknown alignment {align!r}; use one of {', '.join(ALIGNMENTS)}", field="align")
     if group not in GROUPS:
         raise UserError(f"unknown group {group!r}; use targets or controls", field="group")
-    if correction not in CORRECTIONS:
-        raise UserError(f"unknown correction {correction!r}; use one of {', '.join(CORRECTIONS)}", field="correction")
+    if CORRECTION_ALIASES.get(correction, correction) not in CORRECTIONS:
+        raise UserError(f"unknown correction {correction!r}; use one of {', '.join(CORRECTIONS)} ("
+                        + ", ".join(f"{a} is {c}" for a, c in CORRECTION_ALIASES.items()) + ")", field="correction")
     if n_boot < N_BOOT_MIN:
         raise UserError(f"n_boot {n_boot} is too few for a 95% interval of a difference; use at least {N_BOOT_MIN}",
                         field="n_boot")
@@ -249,50 +255,6 @@ def _trace_sums(units: pd.DataFrame, traces: np.ndarray) -> tuple[np.ndarray, np
 # --------------------------------------------------------------------------------------------
 
 
-def _weights(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """Multinomial bootstrap weights: how often each trace is drawn in each replicate (n_boot x n)."""
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
-
-
-def _ratio(W: np.ndarray, S: np.ndarray, N: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (W @ S) / (W @ N)
-
-
-def _jackknife(S: np.ndarray, N: np.ndarray, other=None) -> np.ndarray:
-    """Leave-one-trace-out estimates (of the difference when ``other`` = (S, N) of the other sample)."""
-    W = 1.0 - np.eye(S.size)
-    est = _ratio(W, S, N)
-    return est if other is None else est - other
-
-
-def _interval(boot: np.ndarray, estimate: float, jack: list[np.ndarray], level: float) -> tuple[float, float, str]:
-    """BCa interval from bootstrap replicates and per-sample jackknife values; percentile if BCa is undefined.
-
-    Acceleration for several independent samples: a = sum_j sum_i U_ji^3 / n_j^3 /
-    (6 (sum_j sum_i U_ji^2 / n_j^2)^1.5), with U_ji = (n_j - 1)(mean_i theta_ji - theta_ji).
-    """
-    boot = boot[np.isfinite(boot)]
-    alpha = (1 - level) / 2
-    pct = tuple(float(v) for v in np.quantile(boot, [alpha, 1 - alpha]))
-    prop = (np.sum(boot < estimate) + 0.5 * np.sum(boot == estimate)) / boot.size
-    if not 0 < prop < 1 or any(j.size < 2 or not np.isfinite(j).all() for j in jack):
-        return (*pct, "percentile")
-    z0 = special.ndtri(prop)
-    num = den = 0.0
-    for j in jack:
-        u = (j.size - 1) * (j.mean() - j)
-        num += np.sum(u ** 3) / j.size ** 3
-        den += np.sum(u ** 2) / j.size ** 2
-    a = num / (6 * den ** 1.5) if den > 0 else 0.0
-    z = special.ndtri(np.array([alpha, 1 - alpha]))
-    adj = special.ndtr(z0 + (z0 + z) / (1 - a * (z0 + z)))
-    if not np.isfinite(adj).all():
-        return (*pct, "percentile")
-    low, high = np.quantile(boot, adj)
-    return float(low), float(high), "bca"
-
-
 def _effect_ci(S: np.ndarray, N: np.ndarray, *, n_boot: int, rng: np.random.Generator, level: float) -> dict:
     """One run's effect at one aligned layer with its trace-bootstrap CI (no CI on an exact zero or one trace)."""
     keep = N > 0
@@ -302,10 +264,10 @@ def _effect_ci(S: np.ndarray, N: np.ndarray, *, n_boot: int, rng: np.random.Gene
            "ci_high": np.nan}
     if S.size < 2:
         return {**out, "ci_method": "none (one trace)"}
-    boot = _ratio(_weights(S.size, n_boot, rng), S, N)
+    boot = ratio_of_sums(bootstrap_weights(S.size, n_boot, rng), S, N)
     if np.ptp(boot) == 0:
         return {**out, "ci_method": "exact zero" if estimate == 0 else "none (no variation)"}
-    low, high, method = _interval(boot, estimate, [_jackknife(S, N)], level)
+    low, high, method = interval(boot, estimate, ratio_of_sums(jackknife_weights(S.size), S, N), level=level)
     return {**out, "ci_low": low, "ci_high": high, "ci_method": method}
 
 
@@ -318,15 +280,17 @@ def _difference(a: tuple, b: tuple, *, paired: bool, n_boot: int, rng: np.random
     """
     (Sa, Na), (Sb, Nb) = a, b
     estimate = float(Sa.sum() / Na.sum() - Sb.sum() / Nb.sum())
-    if paired:
-        W = _weights(Sa.size, n_boot, rng)
-        boot = _ratio(W, Sa, Na) - _ratio(W, Sb, Nb)
-        jack = [_ratio(1.0 - np.eye(Sa.size), Sa, Na) - _ratio(1.0 - np.eye(Sa.size), Sb, Nb)]
-    else:
+    if paired:  # one draw of traces for both runs
+        W, J = bootstrap_weights(Sa.size, n_boot, rng), jackknife_weights(Sa.size)
+        boot = ratio_of_sums(W, Sa, Na) - ratio_of_sums(W, Sb, Nb)
+        jack = ratio_of_sums(J, Sa, Na) - ratio_of_sums(J, Sb, Nb)
+    else:  # each run's traces drawn on their own: one jackknife sample per run
         ka, kb = Na > 0, Nb > 0
         Sa, Na, Sb, Nb = Sa[ka], Na[ka], Sb[kb], Nb[kb]
-        boot = _ratio(_weights(Sa.size, n_boot, rng), Sa, Na) - _ratio(_weights(Sb.size, n_boot, rng), Sb, Nb)
-        jack = [_jackknife(Sa, Na, Sb.sum() / Nb.sum()), Sa.sum() / Na.sum() - _jackknife(Sb, Nb)]
+        boot = (ratio_of_sums(bootstrap_weights(Sa.size, n_boot, rng), Sa, Na)
+                - ratio_of_sums(bootstrap_weights(Sb.size, n_boot, rng), Sb, Nb))
+        jack = [ratio_of_sums(jackknife_weights(Sa.size), Sa, Na) - Sb.sum() / Nb.sum(),
+                Sa.sum() / Na.sum() - ratio_of_sums(jackknife_weights(Sb.size), Sb, Nb)]
     finite = boot[np.isfinite(boot)]
     if finite.size == 0 or np.ptp(finite) == 0:
         # Every resample gives the same difference: no interval to report. An exact zero gets no p
@@ -338,7 +302,7 @@ def _difference(a: tuple, b: tuple, *, paired: bool, n_boot: int, rng: np.random
         p, p_method = _permutation_p((Sa, Na), (Sb, Nb), paired=paired, rng=rng, n_perm=n_perm)
         return {"diff": estimate, "diff_ci_low": np.nan, "diff_ci_high": np.nan, "ci_method": "none (no variation)",
                 "p": p, "p_method": p_method, "note": "every resample gives this difference: no CI"}
-    low, high, method = _interval(boot, estimate, jack, level)
+    low, high, method = interval(boot, estimate, jack, level=level)
     p, p_method = _permutation_p((Sa, Na), (Sb, Nb), paired=paired, rng=rng, n_perm=n_perm)
     return {"diff": estimate, "diff_ci_low": low, "diff_ci_high": high, "ci_method": method, "p": p,
             "p_method": p_method, "note": ""}
@@ -479,7 +443,8 @@ def compare_runs(
         raise UserError(f"aligning on {AXIS_NAME[align]} leaves no layer in common ({spans}); try another --align",
                         field="align")
     table = pd.DataFrame(rows)
-    table["p_adj"], table["correction"] = _adjust(table["p"].to_numpy(float), correction), correction
+    correction = canonical_correction(correction)
+    table["p_adj"], table["correction"] = adjust(table["p"].to_numpy(float), correction), correction
     table = table[COLUMNS]
     settings = {"measure": measure, "align": align, "axis": AXIS_NAME[align], "group": group,
                 "bins": bins if align == "depth" else None, "pairs": pairs, "n_boot": n_boot, "n_perm": n_perm,
@@ -509,8 +474,9 @@ def compare_effects(runs, *, measure: str, align: str = "layer", conditions: lis
         **options: ``group`` (``targets``/``controls``), ``bins``, ``l_starts``, ``pairs``
             (``reference``: every run against the first; ``all``: every pair), ``paired``
             (None: pair by trace when two runs share traces and model), ``labels``, ``n_boot``
-            (>= 2000), ``n_perm``, ``seed``, ``level``, ``correction`` (``holm``, ``fdr_bh``,
-            ``bonferroni``, ``none``; across every row of the table).
+            (>= 2000), ``n_perm``, ``seed``, ``level``, ``correction`` (``holm``, ``bh``
+            (Benjamini-Hochberg; ``fdr_bh`` is accepted as the same), ``bonferroni``, ``none``; across
+            every row of the table).
 
     Returns:
         One row per aligned layer ``x`` x condition x (``run`` vs ``ref_run``): each side's
@@ -583,16 +549,6 @@ def _identical(a: pd.DataFrame, b: pd.DataFrame) -> bool:
     """The same targets with bit-identical changes."""
     return len(a) == len(b) and a[["trace", "position"]].equals(b[["trace", "position"]]) and \
         np.array_equal(a["diff"].to_numpy(), b["diff"].to_numpy())
-
-
-def _adjust(p: np.ndarray, correction: str) -> np.ndarray:
-    from statsmodels.stats.multitest import multipletests
-
-    out = np.full(p.shape, np.nan)
-    ok = np.isfinite(p)
-    if ok.any():
-        out[ok] = p[ok] if correction == "none" else multipletests(p[ok], method=correction)[1]
-    return out
 
 
 def side_labels(run: str, condition: str, ref_run: str, ref_condition: str) -> tuple[str, str]:

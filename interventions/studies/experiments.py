@@ -5,7 +5,7 @@
     name: ablation
     claim: H1 / Finding 2.1 - secondary sinks are written by the MLP of layer l_start
     paper: what the paper reports, in a sentence or two
-    kind: runs                 # detect | origin | runs
+    kind: runs                 # one of KINDS: detect | origin | runs | known_answers | streaming | reproduce
     specs: [../../specs/mlp_zero.yaml]     # runs only; or {path: ..., overrides: {...}}
     planted:                   # settings of the planted-model run (the default mode)
       limit: 8
@@ -48,6 +48,9 @@ What each kind measures (the names checks refer to):
   ``layers``, ``primary_sink_layer``, ``n_secondary``, ``modal_l_start``, ``levels``, ``tokens``,
   ``origin.*``, ``verdicts.<key>``, ``hypotheses.<key>.*``, ``compensation.*``, ``swap.<site>.<layer>``,
   ``units.*``, ``functional_cost.<H>.*``).
+* ``known_answers`` and ``streaming`` (real models only, :data:`REAL_ONLY_KINDS`): ``models.<config
+  name>.summary.*`` (see :func:`interventions.studies.known_answers.run_known_answers_experiment` and
+  :func:`interventions.studies.streaming_eval.run_streaming_experiment`).
 
 Output: ``<results>/experiments/<name>/<run id>/experiment.json`` (expected vs measured, every
 check with its measured value) next to the folders of what ran (``detect/``, ``origin/``,
