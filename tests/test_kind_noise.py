@@ -48,7 +48,7 @@ def test_bad_noise_specs_are_one_line():
 
 
 @pytest.fixture(scope="module")
-def noise_run():
+def noise_run(tmp_path_factory):
     from interventions.pipeline import run_spec
 
     return run_spec(spec([
@@ -56,7 +56,7 @@ def noise_run():
          "matched_to": {"kind": "zero"}, "match": "full"},
         {"kind": "noise", "site": "mlp_output", "layer": "l_start", "targets": ["sinks"], "norm": "matched",
          "matched_to": {"kind": "zero"}},
-    ], limit=6), progress=False)
+    ], limit=6), results_root=tmp_path_factory.mktemp("noise"), progress=False)
 
 
 def test_matched_noise_has_the_norm_of_what_zeroing_removes(noise_run):
@@ -103,3 +103,24 @@ def test_noise_is_deterministic_in_seed_trace_position_and_layer():
     c = noise_vector(C, state, 5, 2)
     assert torch.equal(a, b) and not torch.allclose(a, c)
     assert abs(float(a.norm()) - 3.0) < 1e-5 and abs(float(a[0])) < 1e-6     # orthogonal to the sink direction
+
+
+def test_noise_gets_a_figure_without_the_report_knowing_the_kind(noise_run):
+    """The generic per-layer effects figure draws every condition of any kind: the full-norm noise loses the
+    planted sinks after the edit (is_sink effect -1), the orthogonal one keeps them (a layer flickers at most)."""
+    import matplotlib.pyplot as plt
+
+    from interventions.pipeline import analyze_run
+    from interventions.report.figures_layers import draw_layer_effects, layer_effect_rows
+
+    stats, report = analyze_run(noise_run.out, progress=False)
+    rows = layer_effect_rows(stats)
+    sink = rows[rows.measure == "is_sink"]
+    full = sink[sink.condition.str.contains("matched-zero-full")]
+    orth = sink[~sink.condition.str.contains("matched-zero-full")]
+    assert full.estimate.min() == pytest.approx(-1.0) and orth.estimate.min() > -0.5  # measured -1 and 0 to +0.17
+    fig = draw_layer_effects({}, stats)
+    labels = {line.get_label() for ax in fig.axes for line in ax.get_lines()}
+    assert set(noise_run.effects.condition) <= labels
+    plt.close(fig)
+    assert "fig_layer_effects.png" in report.read_text()

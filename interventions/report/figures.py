@@ -33,6 +33,7 @@ from .figure_style import NO_SECONDARY, effects_with, frame, n_traces, save, sec
 from .figures_clean import draw_levels, draw_norms, draw_scores
 from .figures_edits import draw_dose, draw_mask, draw_swap
 from .figures_fits import draw_norm_lifetime, draw_norm_score, norm_score_input
+from .figures_layers import caption_layer_effects, draw_layer_effects
 from .formatting import inference_text
 
 DRAW: dict[str, Callable] = {
@@ -44,6 +45,7 @@ DRAW: dict[str, Callable] = {
     "fig_swap": draw_swap,
     "fig_dose": draw_dose,
     "fig_mask": draw_mask,
+    "fig_layer_effects": draw_layer_effects,
 }
 """Figure name -> ``draw(tables, stats) -> Figure | None``."""
 
@@ -117,6 +119,8 @@ def caption(name: str, tables: dict, stats: dict) -> str:
         return (f"Left: primary sink score per layer in the clean run and with attention to the targets masked "
                 f"(mean over traces); right: mean next-token KL from the clean run for targets and controls per "
                 f"condition ({bootstrap}), {n_t} targets in {e['trace'].nunique() if len(e) else 0} traces.")
+    if name == "fig_layer_effects":
+        return caption_layer_effects(stats)
     return name
 
 
@@ -148,6 +152,8 @@ def absent_reason(name: str, tables: dict, stats: dict) -> str:
         return "stats.json has no summaries (run `intervene stats RUN_DIR` to compute them)"
     if name == "fig_mask":
         return f"the run has no {_kind_names('MASKS_TARGET_KEYS')} condition"
+    if name == "fig_layer_effects":
+        return "stats.json has no per-layer effects (no effects rows)"
     return "no data"
 
 
