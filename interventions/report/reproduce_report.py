@@ -205,12 +205,28 @@ def verdict_rows(results: dict) -> list[dict]:
 
 def write_report(out: Path, settings: dict, results: dict, seconds: float) -> tuple[Path, dict]:
     """Write ``report.md``, ``reproduce.json`` and ``figures/`` from the phase records."""
-    from ..store import to_jsonable, write_json_atomic, write_text_atomic
+    from ..store import write_json_atomic, write_text_atomic
 
-    figs = out / "figures"
     d = results.get("detect")
     o = results.get("origin") or {}
     h2, h3, h4 = results.get("H2") or {}, results.get("H3") or {}, results.get("H4") or {}
+    drawn = _draw_figures(out / "figures", d, o, h3, h4)
+    L = _header(settings, results, seconds)
+    if not d:
+        L.append("Detection has not run: nothing else can be reported.\n")
+    else:
+        L += _section3(settings, d, drawn) + _section4(o, h3, drawn) + _section5(h2, h4, drawn)
+    causal, vrows = _causal_checks(results, d)
+    L += causal
+    report = out / "report.md"
+    write_text_atomic(report, "\n".join(L) + "\n")
+    record = _record(settings, seconds, drawn, d, o, h2, h3, h4, results, vrows)
+    write_json_atomic(out / "reproduce.json", record)
+    return report, record
+
+
+def _draw_figures(figs: Path, d, o: dict, h3: dict, h4: dict) -> dict:
+    """The paper's figures this study draws (file names by figure key; None where there is nothing to draw)."""
     drawn = {}
     if d:
         drawn["fig2"] = fig2_levels(d, figs / "fig2_levels.png")
@@ -221,6 +237,10 @@ def write_report(out: Path, settings: dict, results: dict, seconds: float) -> tu
     drawn["fig7_left"] = fig7_left(h4, figs / "fig7_left_valley.png") if h4 and not h4.get("skipped") else None
     drawn["fig8"] = fig8_swap(h3, figs / "fig8_swap_timeline.png") if h3 and not h3.get("skipped") else None
 
+    return drawn
+
+
+def _header(settings: dict, results: dict, seconds: float) -> list[str]:
     L: list[str] = []
     name = Path(settings["model"]).name
     L.append(f"# The paper on {name}\n")
@@ -230,88 +250,109 @@ def write_report(out: Path, settings: dict, results: dict, seconds: float) -> tu
              f"min in all ({seconds / 60:.1f} min this invocation): "
              + ", ".join(f"{k} {v.get('seconds', 0):.0f} s" for k, v in results.items() if isinstance(v, dict))
              + ".\n")
-    if not d:
-        L.append("Detection has not run: nothing else can be reported.\n")
+    return L
+
+
+def _section3(settings: dict, d: dict, drawn: dict) -> list[str]:
+    """Detection: Table 2's row, Table 1, the levels (Fig. 2), the independent units, Figs. 2-3."""
+    L: list[str] = []
+    L.append("## Sec. 3: detection\n")
+    L.append("**Table 2 row** (primary sink layer: the most common layer where the primary sink appears):\n")
+    L.append("| model | chat template | layers | primary sink layer | top-3 l_start (share) | secondary sinks |")
+    L.append("| --- | --- | --- | --- | --- | --- |")
+    L.append(table2_row(settings, d))
+    L.append("")
+    if not d["n_secondary"]:
+        L.append(f"**No secondary sinks** on these {d['n_traces']} traces: Table 1, Figs. 2-5, 7 (secondary "
+                 "part), 8 and H1-H4 need them and are skipped (one line each below).\n")
     else:
-        L.append("## Sec. 3: detection\n")
-        L.append("**Table 2 row** (primary sink layer: the most common layer where the primary sink appears):\n")
-        L.append("| model | chat template | layers | primary sink layer | top-3 l_start (share) | secondary sinks |")
-        L.append("| --- | --- | --- | --- | --- | --- |")
-        L.append(table2_row(settings, d))
+        L.append("**Table 1** (secondary sink tokens):\n")
+        L.append("| token | id | count | share |")
+        L.append("| --- | --- | --- | --- |")
+        for t in d["token_table"][:12]:
+            L.append(f"| `{t['token']!r}` | {t['token_id']} | {t['count']} | {t['share']:.1%} |")
         L.append("")
-        if not d["n_secondary"]:
-            L.append(f"**No secondary sinks** on these {d['n_traces']} traces: Table 1, Figs. 2-5, 7 (secondary "
-                     "part), 8 and H1-H4 need them and are skipped (one line each below).\n")
-        else:
-            L.append("**Table 1** (secondary sink tokens):\n")
-            L.append("| token | id | count | share |")
-            L.append("| --- | --- | --- | --- |")
-            for t in d["token_table"][:12]:
-                L.append(f"| `{t['token']!r}` | {t['token_id']} | {t['count']} | {t['share']:.1%} |")
-            L.append("")
-            L.append("**Levels (Fig. 2)**: " + ", ".join(f"({r['l_start']}, {r['lifetime']}) x{r['count']}"
-                                                        for r in d["level_counts"]) + "\n")
-            ua, uo = d["units_all_sinks"], d["units_own_text_sinks"]
-            L.append(f"**Independent units.** The traces share their first {d['shared_prefix_tokens']} tokens. "
-                     f"All {ua['n_positions']} sinks have {ua['n_independent']} distinct prefixes over "
-                     f"{ua['n_traces']} traces ({ua['effective_units']} effective trace units); "
-                     f"{d['n_own_text_sinks']} lie in the traces' own text ({uo['n_independent']} distinct prefixes, "
-                     f"{uo['n_traces']} traces).\n")
-        for key, fname in (("fig2", "Fig. 2: levels"), ("fig3", "Fig. 3: sinks by token index")):
+        L.append("**Levels (Fig. 2)**: " + ", ".join(f"({r['l_start']}, {r['lifetime']}) x{r['count']}"
+                                                    for r in d["level_counts"]) + "\n")
+        ua, uo = d["units_all_sinks"], d["units_own_text_sinks"]
+        L.append(f"**Independent units.** The traces share their first {d['shared_prefix_tokens']} tokens. "
+                 f"All {ua['n_positions']} sinks have {ua['n_independent']} distinct prefixes over "
+                 f"{ua['n_traces']} traces ({ua['effective_units']} effective trace units); "
+                 f"{d['n_own_text_sinks']} lie in the traces' own text ({uo['n_independent']} distinct prefixes, "
+                 f"{uo['n_traces']} traces).\n")
+    for key, fname in (("fig2", "Fig. 2: levels"), ("fig3", "Fig. 3: sinks by token index")):
+        if drawn.get(key):
+            L.append(f"![{fname}](figures/{drawn[key]})\n")
+
+    return L
+
+
+def _section4(o: dict, h3: dict, drawn: dict) -> list[str]:
+    """Where secondary sinks come from: the MLP origin (Figs. 4-5) and the swap timeline (Fig. 8)."""
+    L: list[str] = []
+    L.append("## Sec. 4: where secondary sinks come from\n")
+    if o.get("skipped") or not o:
+        L.append(f"Origin (Figs. 4-5): {o.get('skipped', 'phase not run')}.\n")
+    else:
+        n = o["numbers"]
+        L.append(f"At layer {n['layer']} ({n['n_future_sinks']} future sinks): median cosine to the primary sink "
+                 f"of the MLP input {_f(n['median_mlp_in_cos'])}, of its output {_f(n['median_mlp_out_cos'])} "
+                 f"(min {_f(n['min_mlp_out_cos'])}); hidden state before {_f(n['median_hidden_cos_before'])}, "
+                 f"after {_f(n['median_hidden_cos'])}. PCs fed through the MLP (alpha {_f(n['alpha'])}) that come "
+                 f"out as a sink-sized vector along the sink direction: {n['pcs_mapping_to_sink'] or 'none'} "
+                 f"(norm floor {_f(n['norm_floor'])}). Origin verdict: **{n['verdict']}** "
+                 f"({o['verdict'].get('reason', '')}).\n")
+        for key, fname in (("fig4", "Fig. 4 right"), ("fig5", "Fig. 5")):
             if drawn.get(key):
                 L.append(f"![{fname}](figures/{drawn[key]})\n")
+    L.append("**Swap timeline (Fig. 8)**, share of future sinks suppressed by swap layer: "
+             + ("H3 not run: " + h3.get("skipped", "phase not run") if not h3 or h3.get("skipped") else
+                "; ".join(f"{site} " + ", ".join(f"L{r['intervened_layer']} {_f(r['estimate'], 2)}"
+                                                 for r in h3.get("swap_rates") or [] if r["site"] == site)
+                          for site in SITE_ORDER if any(r["site"] == site for r in h3.get("swap_rates") or [])))
+             + "\n")
+    if drawn.get("fig8"):
+        L.append(f"![Fig. 8](figures/{drawn['fig8']})\n")
 
-        L.append("## Sec. 4: where secondary sinks come from\n")
-        if o.get("skipped") or not o:
-            L.append(f"Origin (Figs. 4-5): {o.get('skipped', 'phase not run')}.\n")
-        else:
-            n = o["numbers"]
-            L.append(f"At layer {n['layer']} ({n['n_future_sinks']} future sinks): median cosine to the primary sink "
-                     f"of the MLP input {_f(n['median_mlp_in_cos'])}, of its output {_f(n['median_mlp_out_cos'])} "
-                     f"(min {_f(n['min_mlp_out_cos'])}); hidden state before {_f(n['median_hidden_cos_before'])}, "
-                     f"after {_f(n['median_hidden_cos'])}. PCs fed through the MLP (alpha {_f(n['alpha'])}) that come "
-                     f"out as a sink-sized vector along the sink direction: {n['pcs_mapping_to_sink'] or 'none'} "
-                     f"(norm floor {_f(n['norm_floor'])}). Origin verdict: **{n['verdict']}** "
-                     f"({o['verdict'].get('reason', '')}).\n")
-            for key, fname in (("fig4", "Fig. 4 right"), ("fig5", "Fig. 5")):
-                if drawn.get(key):
-                    L.append(f"![{fname}](figures/{drawn[key]})\n")
-        L.append("**Swap timeline (Fig. 8)**, share of future sinks suppressed by swap layer: "
-                 + ("H3 not run: " + h3.get("skipped", "phase not run") if not h3 or h3.get("skipped") else
-                    "; ".join(f"{site} " + ", ".join(f"L{r['intervened_layer']} {_f(r['estimate'], 2)}"
-                                                     for r in h3.get("swap_rates") or [] if r["site"] == site)
-                              for site in SITE_ORDER if any(r["site"] == site for r in h3.get("swap_rates") or [])))
-                 + "\n")
-        if drawn.get("fig8"):
-            L.append(f"![Fig. 8](figures/{drawn['fig8']})\n")
+    return L
 
-        L.append("## Sec. 5: primary and secondary sinks\n")
-        if h4 and not h4.get("skipped"):
-            c = h4.get("compensation") or {}
-            L.append(f"Primary sink score valley at layer {c.get('valley_layer')} (bootstrap CI {c.get('valley_ci')}); "
-                     f"secondary l_start range {c.get('l_start_range')}; valley in that range: "
-                     f"{c.get('valley_in_l_start_range')} ({_f(c.get('valley_in_range_fraction'))} of draws).\n")
-            if drawn.get("fig7_left"):
-                L.append(f"![Fig. 7 left](figures/{drawn['fig7_left']})\n")
-        else:
-            L.append(f"Fig. 7 left: {h4.get('skipped', 'the H4 phase has not run') if h4 else 'the H4 phase has not run'}.\n")
-        if h2 and not h2.get("skipped"):
-            ns, nl = h2.get("norm_score") or {}, h2.get("norm_lifetime") or {}
-            L.append("Norm -> score (Fig. 7 mid): " + (
-                f"slope {_f(ns.get('slope'))} [{_f(ns.get('ci_low'))}, {_f(ns.get('ci_high'))}], p {_f(ns.get('p'))} "
-                f"({ns.get('model')}, {ns.get('se_type')})" if ns.get("estimable") else
-                f"not estimable ({ns.get('reason')})") + ".  ")
-            sp = nl.get("spearman") or {}
-            best = (nl.get("comparison") or {}).get("best")
-            levels = (nl.get("isotonic") or {}).get("levels")
-            L.append("Norm -> lifetime (Fig. 7 right): " + (
-                f"Spearman {_f(sp.get('rho'))} (p_perm {_f(sp.get('p_perm'))}); best fit by BIC {best}"
-                + (f" (isotonic plateaus at {levels} layers)" if best == "isotonic" and levels else "")
-                if nl.get("estimable") else f"not estimable ({nl.get('reason')})") + ". The run's own figures: "
-                f"`runs/{h2['spec']}/report.md`.\n")
-        else:
-            L.append(f"Norm laws (Fig. 7 mid/right): {h2.get('skipped', 'the H2 phase has not run') if h2 else 'the H2 phase has not run'}.\n")
 
+def _section5(h2: dict, h4: dict, drawn: dict) -> list[str]:
+    """Primary and secondary sinks: the valley (Fig. 7 left) and the norm laws (Fig. 7 mid/right)."""
+    L: list[str] = []
+    L.append("## Sec. 5: primary and secondary sinks\n")
+    if h4 and not h4.get("skipped"):
+        c = h4.get("compensation") or {}
+        L.append(f"Primary sink score valley at layer {c.get('valley_layer')} (bootstrap CI {c.get('valley_ci')}); "
+                 f"secondary l_start range {c.get('l_start_range')}; valley in that range: "
+                 f"{c.get('valley_in_l_start_range')} ({_f(c.get('valley_in_range_fraction'))} of draws).\n")
+        if drawn.get("fig7_left"):
+            L.append(f"![Fig. 7 left](figures/{drawn['fig7_left']})\n")
+    else:
+        L.append(f"Fig. 7 left: {h4.get('skipped', 'the H4 phase has not run') if h4 else 'the H4 phase has not run'}.\n")
+    if h2 and not h2.get("skipped"):
+        ns, nl = h2.get("norm_score") or {}, h2.get("norm_lifetime") or {}
+        L.append("Norm -> score (Fig. 7 mid): " + (
+            f"slope {_f(ns.get('slope'))} [{_f(ns.get('ci_low'))}, {_f(ns.get('ci_high'))}], p {_f(ns.get('p'))} "
+            f"({ns.get('model')}, {ns.get('se_type')})" if ns.get("estimable") else
+            f"not estimable ({ns.get('reason')})") + ".  ")
+        sp = nl.get("spearman") or {}
+        best = (nl.get("comparison") or {}).get("best")
+        levels = (nl.get("isotonic") or {}).get("levels")
+        L.append("Norm -> lifetime (Fig. 7 right): " + (
+            f"Spearman {_f(sp.get('rho'))} (p_perm {_f(sp.get('p_perm'))}); best fit by BIC {best}"
+            + (f" (isotonic plateaus at {levels} layers)" if best == "isotonic" and levels else "")
+            if nl.get("estimable") else f"not estimable ({nl.get('reason')})") + ". The run's own figures: "
+            f"`runs/{h2['spec']}/report.md`.\n")
+    else:
+        L.append(f"Norm laws (Fig. 7 mid/right): {h2.get('skipped', 'the H2 phase has not run') if h2 else 'the H2 phase has not run'}.\n")
+
+    return L
+
+
+def _causal_checks(results: dict, d) -> tuple[list[str], list[dict]]:
+    """The verdict table, the independent-unit notes, the functional cost and each verdict's reason."""
+    L: list[str] = []
     L.append("## The four causal checks\n")
     L.append("Verdict records as the verdict path gives them (`runs/<spec>/stats.json`); units: target positions, "
              "distinct prefixes among them (positions with the same preceding tokens are one measurement), traces "
@@ -362,9 +403,14 @@ def write_report(out: Path, settings: dict, results: dict, seconds: float) -> tu
         if "key" in r and r.get("reason"):
             L.append(f"* {r['key']}: {r['reason']}")
     L.append("")
-    report = out / "report.md"
-    write_text_atomic(report, "\n".join(L) + "\n")
-    record = to_jsonable({"settings": settings, "seconds": seconds, "figures": drawn,
+    return L, vrows
+
+
+def _record(settings, seconds, drawn, d, o, h2, h3, h4, results, vrows) -> dict:
+    """Every number the report shows (``reproduce.json``)."""
+    from ..store import to_jsonable
+
+    return to_jsonable({"settings": settings, "seconds": seconds, "figures": drawn,
                           "table2": None if not d else {k: d[k] for k in ("layers", "primary_sink_layer",
                                                                           "top3_l_start", "n_secondary",
                                                                           "n_primary", "shared_prefix_tokens",
@@ -380,8 +426,6 @@ def write_report(out: Path, settings: dict, results: dict, seconds: float) -> tu
                           "swap_rates": h3.get("swap_rates") if h3 else None,
                           "norm_score": h2.get("norm_score") if h2 else None,
                           "norm_lifetime": h2.get("norm_lifetime") if h2 else None})
-    write_json_atomic(out / "reproduce.json", record)
-    return report, record
 
 
 def load_record(out: str | Path) -> dict:

@@ -53,7 +53,7 @@ from interventions.store import (
     write_text_atomic,
 )
 
-from .tables import EFFECT_COLUMNS, clean_profile_rows, read_parts, sink_layer_rows, summarize
+from .tables import EFFECT_COLUMNS, read_parts, summarize  # noqa: F401 - EFFECT_COLUMNS re-exported
 from .trace import run_trace
 
 

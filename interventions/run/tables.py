@@ -6,12 +6,16 @@ Pure functions (observations and rows in, frames out); :mod:`interventions.run.j
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from interventions.spec.measures import MEASURES
 from interventions.store import read_parts  # noqa: F401 - re-exported (interventions.run.job.read_parts)
+
+if TYPE_CHECKING:
+    from interventions.detection.rules import Sink
 
 BASE_COLUMNS = {
     "condition": "condition id, e.g. scale.mlp_output.l_start.x5",

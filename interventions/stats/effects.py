@@ -19,7 +19,6 @@ from ._common import (
     as_bool,
     canonical_correction,
     require_columns,
-    snap_rtol_for,
     snap_small,
     trace_codes,
     warnings_to_notes,

@@ -413,8 +413,6 @@ def print_compare(result: CompareResult, *, max_rows: int = 40) -> None:
     With more than 20 traces only traces holding a sink on either side are listed (at most ``max_rows``).
     """
     from interventions.report.tables import out, show_table
-    from rich.table import Table
-    from interventions.progress import console
 
     t = result.totals
     rows = result.per_trace

@@ -63,7 +63,7 @@ import pandas as pd
 import yaml
 
 from interventions.errors import UserError
-from interventions.progress import console, info, warn
+from interventions.progress import info
 
 CAUSAL_PHASES = ("H1", "H2", "H3", "H4")
 PHASES = ("detect", "origin", *CAUSAL_PHASES, "report")
@@ -505,72 +505,28 @@ def reproduce(model: str, traces: str | Path | None = None, out: str | Path = "r
     """
     import torch
 
-    from interventions.models.load import check_device
-    from interventions.store import to_jsonable, write_json_atomic
-
     settings = _settings(str(model), None if traces is None else str(traces), chat_template, max_traces, max_tokens,
                          dtype, device, seed)
-    unknown = [p for p in phases if p not in PHASES]
-    if unknown:
-        raise UserError(f"unknown phase {unknown[0]!r}; phases are {', '.join(PHASES)}", field="phases")
-    check_device(device, dtype)
     out = Path(out)
-    phase_dir = out / "phases"
-    saved = out / "settings.json"
-    if out.exists() and any(out.iterdir()):
-        if not resume:
-            raise UserError(f"{out} is not empty; give --resume to continue it, or a new --out", field="--out")
-        if saved.exists() and json.loads(saved.read_text()) != settings:
-            raise UserError(f"{out} was made with other settings ({saved}); give a new --out", field="--resume")
-    out.mkdir(parents=True, exist_ok=True)
-    phase_dir.mkdir(exist_ok=True)
-    write_json_atomic(saved, settings)
+    store = _open_study(out, settings, phases, resume=resume, device=device, dtype=dtype)
     settings = {**settings, "command": command}
-
-    def done(name: str) -> dict | None:
-        f = phase_dir / f"{name}.json"
-        return json.loads(f.read_text()) if resume and f.exists() else None
-
-    def save(name: str, record: dict, seconds: float) -> dict:
-        record = to_jsonable({**record, "seconds": round(seconds, 2)})
-        write_json_atomic(phase_dir / f"{name}.json", record)
-        return record
-
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
     t_all = time.perf_counter()
     results: dict[str, dict] = {}
     try:
-        loaded = None
-        todo = [p for p in phases if p != "report" and done(p) is None]
-        if todo:
-            t0 = time.perf_counter()
-            loaded = _load(settings)
-            toks = _tokenized(loaded, settings)
-            load_s = time.perf_counter() - t0
-            specs = causal_specs(settings["model"], settings["traces"], chat_template=chat_template,
-                                 max_traces=max_traces, max_tokens=settings["max_tokens"], dtype=dtype, device=device,
-                                 seed=seed)
-            t_fwd = _time_forward(loaded, toks)
-            per_phase = _n_forwards(specs, len(toks))
-            est = {p: per_phase[p] * t_fwd + (load_s if p in CAUSAL_PHASES else 0) for p in todo}
-            total = sum(est.values())
-            if progress:
-                info(f"{settings['model']} ({loaded.adapter.model_type}, {loaded.dims['layers']} layers): {len(toks)} traces of up to "
-                     f"{max(t.length for t in toks)} tokens; one clean forward {t_fwd:.2f} s, load {load_s:.1f} s")
-                info(f"estimate (upper bound, prefix reuse makes it shorter): {total / 60:.1f} min for "
-                     + ", ".join(f"{p} {est[p] / 60:.1f}" for p in todo) + " min")
+        todo = [p for p in phases if p != "report" and store.done(p) is None]
+        loaded, toks = _load_and_estimate(settings, todo, progress) if todo else (None, None)
         for name in [p for p in phases if p != "report"]:
-            prev = done(name)
+            prev = store.done(name)
             if prev is not None:
                 if progress:
-                    info(f"phase {name}: reused ({phase_dir / (name + '.json')})")
+                    info(f"phase {name}: reused ({store.path(name)})")
                 results[name] = prev
                 continue
             if name != "detect" and "detect" not in results:
-                results["detect"] = done("detect") or json.loads((phase_dir / "detect.json").read_text()) \
-                    if (phase_dir / "detect.json").exists() else None
+                results["detect"] = store.finished("detect")
                 if results["detect"] is None:
                     raise UserError(f"phase {name} needs the detect phase; run it first", field="phases")
             if name in CAUSAL_PHASES and loaded is not None:
@@ -579,23 +535,9 @@ def reproduce(model: str, traces: str | Path | None = None, out: str | Path = "r
             if progress:
                 info(f"phase {name}: running")
             t0 = time.perf_counter()
-            if name == "detect":
-                record = _phase_detect(loaded, toks, out, settings, progress)
-            elif name == "origin":
-                record = _phase_origin(loaded, toks, out, results["detect"], progress)
-            else:
-                d = results["detect"]
-                own = d["shared_prefix_tokens"] > 1 and 0 < d["n_own_text_sinks"] < d["n_secondary"]
-                data = causal_specs(settings["model"], settings["traces"], chat_template=chat_template,
-                                    max_traces=max_traces, max_tokens=settings["max_tokens"], dtype=dtype,
-                                    device=device, seed=seed,
-                                    min_position=d["shared_prefix_tokens"] if own else None)[name]
-                record = _phase_causal(name, data, out, d, resume, progress, command, run_reports)
-                if own:
-                    record["target_note"] = (f"targets: the {d['n_own_text_sinks']} sinks past the "
-                                             f"{d['shared_prefix_tokens']}-token prefix every trace shares "
-                                             f"(of {d['n_secondary']}); the templated ones repeat one measurement")
-            results[name] = save(name, record, time.perf_counter() - t0)
+            record = _run_phase(name, loaded, toks, out, settings, results, resume=resume, progress=progress,
+                                command=command, run_reports=run_reports)
+            results[name] = store.save(name, record, time.perf_counter() - t0)
             if progress:
                 info(f"phase {name}: done in {results[name]['seconds']:.1f} s")
         if loaded is not None:
@@ -603,13 +545,102 @@ def reproduce(model: str, traces: str | Path | None = None, out: str | Path = "r
     finally:
         torch.set_num_threads(before)
     for name in PHASES[:-1]:
-        if name not in results and (phase_dir / f"{name}.json").exists():
-            results[name] = json.loads((phase_dir / f"{name}.json").read_text())
+        if name not in results and store.finished(name) is not None:
+            results[name] = store.finished(name)
     seconds = time.perf_counter() - t_all
     from interventions.report.reproduce_report import write_report
 
     report, record = write_report(out, settings, results, seconds)
     return ReproduceResult(out=out, report=report, phases=results, seconds=seconds, record=record)
+
+
+@dataclass
+class _PhaseStore:
+    """The study folder's finished phases (``phases/<name>.json``), read back on ``--resume``."""
+
+    folder: Path
+    resume: bool
+
+    def path(self, name: str) -> Path:
+        return self.folder / f"{name}.json"
+
+    def finished(self, name: str) -> dict | None:
+        """The phase's record if it finished in this folder (whether or not this call resumes)."""
+        f = self.path(name)
+        return json.loads(f.read_text()) if f.exists() else None
+
+    def done(self, name: str) -> dict | None:
+        """The phase's record when resuming and it finished, else None (it runs again)."""
+        return self.finished(name) if self.resume else None
+
+    def save(self, name: str, record: dict, seconds: float) -> dict:
+        from interventions.store import to_jsonable, write_json_atomic
+
+        record = to_jsonable({**record, "seconds": round(seconds, 2)})
+        write_json_atomic(self.path(name), record)
+        return record
+
+
+def _open_study(out: Path, settings: dict, phases, *, resume: bool, device: str, dtype: str) -> _PhaseStore:
+    """Checks that need no model (phases, device, the folder and its settings), then the folder itself."""
+    from interventions.models.load import check_device
+    from interventions.store import write_json_atomic
+
+    unknown = [p for p in phases if p not in PHASES]
+    if unknown:
+        raise UserError(f"unknown phase {unknown[0]!r}; phases are {', '.join(PHASES)}", field="phases")
+    check_device(device, dtype)
+    saved = out / "settings.json"
+    if out.exists() and any(out.iterdir()):
+        if not resume:
+            raise UserError(f"{out} is not empty; give --resume to continue it, or a new --out", field="--out")
+        if saved.exists() and json.loads(saved.read_text()) != settings:
+            raise UserError(f"{out} was made with other settings ({saved}); give a new --out", field="--resume")
+    (out / "phases").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(saved, settings)
+    return _PhaseStore(out / "phases", resume)
+
+
+def _load_and_estimate(settings: dict, todo: list[str], progress: bool):
+    """The model and tokenized traces, and a time estimate of the phases to run from one timed clean forward."""
+    t0 = time.perf_counter()
+    loaded = _load(settings)
+    toks = _tokenized(loaded, settings)
+    load_s = time.perf_counter() - t0
+    specs = causal_specs(settings["model"], settings["traces"], chat_template=settings["chat_template"],
+                         max_traces=settings["max_traces"], max_tokens=settings["max_tokens"],
+                         dtype=settings["dtype"], device=settings["device"], seed=settings["seed"])
+    t_fwd = _time_forward(loaded, toks)
+    per_phase = _n_forwards(specs, len(toks))
+    est = {p: per_phase[p] * t_fwd + (load_s if p in CAUSAL_PHASES else 0) for p in todo}
+    if progress:
+        info(f"{settings['model']} ({loaded.adapter.model_type}, {loaded.dims['layers']} layers): {len(toks)} traces "
+             f"of up to {max(t.length for t in toks)} tokens; one clean forward {t_fwd:.2f} s, load {load_s:.1f} s")
+        info(f"estimate (upper bound, prefix reuse makes it shorter): {sum(est.values()) / 60:.1f} min for "
+             + ", ".join(f"{p} {est[p] / 60:.1f}" for p in todo) + " min")
+    return loaded, toks
+
+
+def _run_phase(name: str, loaded, toks, out: Path, settings: dict, results: dict, *, resume: bool, progress: bool,
+               command: str, run_reports: bool) -> dict:
+    """One phase's record: detection, the MLP origin, or one causal check's run."""
+    if name == "detect":
+        return _phase_detect(loaded, toks, out, settings, progress)
+    if name == "origin":
+        return _phase_origin(loaded, toks, out, results["detect"], progress)
+    d = results["detect"]
+    # when some sinks lie past the prefix every trace shares, the causal checks target only those
+    own = d["shared_prefix_tokens"] > 1 and 0 < d["n_own_text_sinks"] < d["n_secondary"]
+    data = causal_specs(settings["model"], settings["traces"], chat_template=settings["chat_template"],
+                        max_traces=settings["max_traces"], max_tokens=settings["max_tokens"], dtype=settings["dtype"],
+                        device=settings["device"], seed=settings["seed"],
+                        min_position=d["shared_prefix_tokens"] if own else None)[name]
+    record = _phase_causal(name, data, out, d, resume, progress, command, run_reports)
+    if own:
+        record["target_note"] = (f"targets: the {d['n_own_text_sinks']} sinks past the "
+                                 f"{d['shared_prefix_tokens']}-token prefix every trace shares "
+                                 f"(of {d['n_secondary']}); the templated ones repeat one measurement")
+    return record
 
 
 # --------------------------------------------------------------------------------------------
