@@ -75,7 +75,7 @@ def mass_matched(matched: list[Target], pool: np.ndarray, key_scores: np.ndarray
     ``size=1``: each target in position order takes the free position of closest log mass. ``size="auto"``: each
     target gets a set; the targets take turns, the one whose set holds the smallest share of its mass first, and
     add the free candidate whose log mass is closest to the mass still missing, among those keeping the set's sum
-    within ``MASS_CALIPER[1]`` x the target's; a target stops when its set reaches its mass or nothing fits (see
+    below ``MASS_CALIPER[1]`` x the target's; a target stops when its set reaches its mass or nothing fits (see
     :class:`~interventions.spec.target_sets.MatchedControls`). Taking turns keeps one target from using up the
     tokens its neighbours need. Returns (control position, its target) pairs.
     """
@@ -111,7 +111,7 @@ def mass_matched(matched: list[Target], pool: np.ndarray, key_scores: np.ndarray
     open_ = set(range(len(matched)))
     while open_:
         i = min(open_, key=lambda j: (total[j] / max(want[j], 1e-12), matched[j].position))
-        fits = [p for p in near[i] if p in free and total[i] + mass[i][p] <= MASS_CALIPER[1] * want[i]]
+        fits = [p for p in near[i] if p in free and total[i] + mass[i][p] < MASS_CALIPER[1] * want[i]]
         if total[i] >= want[i] or not fits:
             open_.discard(i)
             continue

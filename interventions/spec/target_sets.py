@@ -108,8 +108,8 @@ class Positions(TargetBase):
 
 
 MASS_CALIPER = (0.5, 2.0)
-"""Range of (controls' clean attention mass) / (targets' clean attention mass) within which controls count as
-matched on the mass their masking removes. ``matched_controls`` (``by: attention_mass``, ``size: auto``) builds
+"""Range of (controls' clean attention mass) / (targets' clean attention mass) strictly inside which controls count
+as matched on the mass their masking removes (a set removing exactly half the mass is outside). ``matched_controls`` (``by: attention_mass``, ``size: auto``) builds
 each target's control set to land inside it; H4's verdict keeps only the traces whose controls' masks remove a
 mass inside it (:func:`interventions.stats.hypotheses._mass_balance`)."""
 
@@ -127,7 +127,7 @@ class MatchedControls(TargetBase):
       secondary sink draws 6-60x the attention of any ordinary token, so one token removes far less mass;
     * ``size: auto`` (the default): a *set*. Greedily, the candidate whose log mass is closest to the mass
       still missing (the target's minus the set's so far) joins the set, among those that keep the set's sum
-      at most ``MASS_CALIPER[1]`` (2x) the target's; it stops once the sum reaches the target's mass or no
+      below ``MASS_CALIPER[1]`` (2x) the target's; it stops once the sum reaches the target's mass or no
       candidate fits. The set is masked together in the control forward (each member's ``control_of`` in the
       effects rows is its target's position), so the control arm removes about the mass the target arm does;
       a set that stays below ``MASS_CALIPER[0]`` (0.5x: too few ordinary tokens nearby) leaves its trace

@@ -257,8 +257,8 @@ def _masks_mass(rows: pd.DataFrame) -> bool:
 
 
 def _mass_balance(target_rows, control_rows, target, comparison, notes, *, measure: str = "kl"):
-    """Units of one (condition, trace) kept only where the controls' masks remove a clean attention mass within
-    :data:`MASS_CALIPER` (0.5-2x) of the targets' (``masked_attention_mass``, mean over the masked layers).
+    """Units of one (condition, trace) kept only where the controls' masks remove a clean attention mass strictly
+    inside :data:`MASS_CALIPER` (0.5-2x) of the targets' (``masked_attention_mass``, mean over the masked layers).
 
     A mask that removes less attention moves the forward less, whatever the masked tokens are: against controls
     that remove half the mass, a KL that only follows the mass reads as an effect of the sinks. Units are traces
@@ -275,7 +275,7 @@ def _mass_balance(target_rows, control_rows, target, comparison, notes, *, measu
 
     t, c = per_trace(target_rows), per_trace(control_rows)
     ratio = (c.reindex(t.index) / t.replace(0, np.nan)).dropna()
-    keep = ratio[(ratio >= MASS_CALIPER[0]) & (ratio <= MASS_CALIPER[1])].index
+    keep = ratio[(ratio > MASS_CALIPER[0]) & (ratio < MASS_CALIPER[1])].index
     balance = {"targets": float(t.mean()) if len(t) else None, "controls": float(c.mean()) if len(c) else None,
                "controls_over_targets": float(ratio.median()) if len(ratio) else None,
                "caliper": list(MASS_CALIPER), "traces_matched": int(len(keep)),
