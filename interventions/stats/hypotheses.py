@@ -246,9 +246,9 @@ def _not_secondary(target_rows: pd.DataFrame) -> int:
                .drop_duplicates().shape[0])
 
 
-MASS_CONTROL_FIX = ("match each sink with a set of ordinary tokens (matched_controls by: attention_mass, size: auto), "
-                    "widen its caliper (more tokens within reach), or give traces with more ordinary tokens around "
-                    "each sink")
+MASS_CONTROL_FIX = ("the traces' ordinary tokens near the sinks draw too little attention to match them: mask fewer "
+                    "sinks per trace (a secondary_sinks filter: tokens, level), match with sets of ordinary tokens "
+                    "(matched_controls by: attention_mass, size: auto) within a wider caliper, or give longer traces")
 
 
 def _masks_mass(rows: pd.DataFrame) -> bool:
