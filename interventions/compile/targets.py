@@ -112,7 +112,7 @@ def mass_matched(matched: list[Target], pool: np.ndarray, key_scores: np.ndarray
     while open_:
         i = min(open_, key=lambda j: (total[j] / max(want[j], 1e-12), matched[j].position))
         fits = [p for p in near[i] if p in free and total[i] + mass[i][p] < MASS_CALIPER[1] * want[i]]
-        if total[i] >= want[i] or not fits:
+        if total[i] >= want[i] * (1 - 1e-9) or not fits:      # reached (to float rounding) or nothing fits
             open_.discard(i)
             continue
         best = min(fits, key=lambda p: log_gap(i, p, want[i] - total[i]))
