@@ -17,8 +17,7 @@ import numpy as np
 from interventions.detection.rules import Sink
 from interventions.errors import UserError
 from interventions.spec.fields import resolve_layers
-from interventions.spec.target_sets import MASS_CALIPER
-from interventions.spec.target_sets import token_ids_for  # noqa: F401 - also used here; defined beside the selectors
+from interventions.spec.target_sets import MASS_CALIPER, token_ids_for  # token_ids_for: defined beside the selectors
 
 
 @dataclass

@@ -278,11 +278,15 @@ def _mass_balance(target_rows, control_rows, target, comparison, notes, *, measu
     keep = ratio[(ratio > MASS_CALIPER[0]) & (ratio < MASS_CALIPER[1])].index
     balance = {"targets": float(t.mean()) if len(t) else None, "controls": float(c.mean()) if len(c) else None,
                "controls_over_targets": float(ratio.median()) if len(ratio) else None,
-               "caliper": list(MASS_CALIPER), "traces_matched": int(len(keep)),
-               "traces_dropped": int(len(t) - len(keep))}
+               "caliper": list(MASS_CALIPER),
+               # traces, not (condition, trace) pairs: the units of a family's measures are traces
+               "traces_matched": int(keep.get_level_values("trace").nunique()),
+               "traces_dropped": int(t.index.get_level_values("trace").nunique()
+                                     - keep.get_level_values("trace").nunique())}
     if balance["traces_dropped"]:
         ratio_text = f"{balance['controls_over_targets']:.2g}" if balance["controls_over_targets"] is not None else "?"
-        notes.append(f"{measure}: {balance['traces_dropped']} of {len(t)} traces dropped: their controls' masks "
+        n_traces = t.index.get_level_values("trace").nunique()
+        notes.append(f"{measure}: {balance['traces_dropped']} of {n_traces} traces dropped: their controls' masks "
                      f"remove a clean attention mass outside {MASS_CALIPER[0]}-{MASS_CALIPER[1]}x the targets' "
                      f"(median ratio {ratio_text}; no control at all counts as outside)")
 
