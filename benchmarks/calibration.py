@@ -61,6 +61,17 @@ ALPHA = 0.05
 SPECS = {"H1": "mlp_zero.yaml", "H2": "norm_scale.yaml", "H3": "mean_swap.yaml", "H4": "attn_mask.yaml"}
 SEEDABLE = ("testbed:noisy-h1", "testbed:noisy-h2", "testbed:noisy-h3", "testbed:noisy-h4")
 """Testbeds built per weight seed (``@seedK``); the others have one set of weights."""
+
+
+def _h4_targets(tokens: list[str]) -> dict:
+    """H4's target sets on the sinks ``tokens`` only: all five sinks of a 57-token testbed trace draw more attention
+    than its ordinary tokens can match (mass-matched control sets at 0.07-0.45x: not testable); positive-h4's " @"
+    and the planted model's " ^" are matched (tests/test_positive_h4.py)."""
+    return {"targets": {"sinks": {"select": "secondary_sinks", "tokens": tokens},
+                        "ctrl": {"select": "matched_controls", "match": "sinks", "by": "attention_mass",
+                                 "size": "auto"}}}
+
+
 CASES = [  # (label, hypothesis, model or table:NAME, spec changes, truth)
     ("H1 noisy-h1", "H1", "testbed:noisy-h1", {}, "negative"),
     ("H2 noisy-h2", "H2", "testbed:noisy-h2", {}, "negative"),
@@ -80,8 +91,8 @@ CASES = [  # (label, hypothesis, model or table:NAME, spec changes, truth)
     ("H2 negative-h2", "H2", "testbed:negative-h2", {}, "negative"),
     ("H3 planted", "H3", "testbed:planted", {}, "positive"),
     ("H3 negative-h3", "H3", "testbed:negative-h3", {}, "negative"),
-    ("H4 positive-h4", "H4", "testbed:positive-h4", {}, "positive"),
-    ("H4 planted (H4 false, exact null)", "H4", "testbed:planted", {}, "negative"),
+    ("H4 positive-h4", "H4", "testbed:positive-h4", _h4_targets([" @"]), "positive"),
+    ("H4 planted (H4 false, exact null)", "H4", "testbed:planted", _h4_targets([" ^"]), "negative"),
 ]
 QUICK = ("H1 noisy", "H2 noisy", "H3 noisy", "H4 noisy", "table")
 

@@ -209,6 +209,7 @@ def test_calibration_smoke(cache_dir, tmp_path):
     rows = calibration.main(["--draws", "2", "--traces", "6", "--full-stats", "--cases", "table H1", "table H3",
                              "--out", str(out)])
     assert {r["case"] for r in rows} == {"table H1 vs controls", "table H1 vs placebo", "table H3 vs placebo",
-                                         "table H1 vs non-sink controls (noisy-h1 in a table)"}
+                                         "table H1 vs non-sink controls (noisy-h1 in a table)",
+                                         "table H1 vs placebo, partly templated traces"}
     assert all(r["K"] == 2 and r["G"] == 6 and 0 <= r["supported"] <= 1 and "within_bound" in r for r in rows)
     assert out.is_file()

@@ -3,7 +3,8 @@
 A layer-5 head reads the secondary sinks' TAG into a feature X; X lowers later attention to the
 primary sink and shifts the LM head (interventions/testbed/positive.py). Masking attention to the
 secondary sinks in their lifetime layers removes X, so the primary sink score rises beyond what
-softmax renormalisation predicts and predictions move; masking matched random tokens does neither.
+softmax renormalisation predicts and predictions move; masking sets of ordinary tokens that remove as much
+attention (mass-matched control sets) does neither.
 The same checks on ``testbed:planted`` (H4's negative) come out null.
 """
 
@@ -40,13 +41,27 @@ def truth(positive):
     return json.loads((Path(positive.source.path) / "truth.json").read_text())
 
 
+MASKED = {"positive-h4": [" @"], "planted": [" @"], "planted-small": [" ^"]}
+"""The secondary sinks each run masks. Its controls are sets of ordinary tokens matched on the attention mass
+their masking removes (matched_controls by: attention_mass, size: auto), and H4's verdict keeps only traces whose
+control sets remove 0.5-2x the sinks' mass. Masking every secondary sink of a 57-token trace (five) removes more
+attention than the trace's ordinary tokens can match when each serves one sink (control sets reach 0.28-0.45x on
+positive-h4: not testable); one " @" per trace is matched in 7 of 8 traces on positive-h4 (median 0.76x). On the
+planted model ordinary tokens draw less attention (its BOS is not weakened by X): " @" is matched in 1 of 8 traces
+(0.2x, not testable), its small " ^" sinks in 8 of 8 (1.0x)."""
+
+
 @pytest.fixture(scope="module")
 def runs(cache_dir, tmp_path_factory):
-    """specs/attn_mask.yaml (limit 8) on the positive testbed and on the planted model (its negative)."""
+    """specs/attn_mask.yaml (limit 8, the sinks of :data:`MASKED`) on the positive testbed and on the planted model
+    (its negative)."""
     out = {}
-    for name in ("positive-h4", "planted"):
+    for name, tokens in MASKED.items():
         data = yaml.safe_load((REPO / "specs" / "attn_mask.yaml").read_text())
-        data.update(model=f"testbed:{name}", limit=8, report=False)
+        data.update(model=f"testbed:{name.split('-small')[0]}", limit=8, report=False)
+        data["targets"]["sinks"]["tokens"] = tokens
+        if name == "planted-small":
+            data["interventions"] = data["interventions"][:1]       # redirect: none only
         result = run_spec(Spec.from_dict(data), results_root=tmp_path_factory.mktemp(name), progress=False)
         stats = analyze_run(result.out, progress=False, report=False)[0]
         out[name] = (result.effects, stats)
@@ -95,9 +110,12 @@ def test_masking_secondary_sinks_moves_primary_beyond_renormalisation_and_predic
     # Layer 5 (the reader) is the first masked layer: its inputs are clean, so the edited score is the
     # prediction exactly. From layer 6 on X is missing and BOS gets more than renormalisation gives.
     assert abs(target[5]) < 1e-5
-    assert (target[6:12] > 0.03).all(), target
-    assert (control.abs() < 0.005).all(), control
-    assert target_kl > 0.1 and control_kl < 0.01                     # measured 0.17 vs 2e-7 nats
+    assert (target[6:12] > 0.03).all(), target                       # measured 0.037 .. 0.039
+    assert (control.abs() < 0.005).all(), control                     # measured -0.0004 .. 0
+    # masking the " @" sinks (X loses their share; all five sinks of a trace: 0.17 nats); their control sets
+    # mask about 27 ordinary tokens each (one draws 2-6% of a " @"), which carry no TAG: X and the predictions
+    # barely move
+    assert target_kl > 0.03 and control_kl < 0.001                   # measured 0.047 vs 1e-5 nats
     planted = runs["planted"][0]
     p_target, p_kl = _layer_means(planted, False)
     assert p_target.abs().max() < 1e-5 and p_kl < 1e-6               # H4's negative: only arithmetic
@@ -144,19 +162,31 @@ def test_primary_change_in_masked_layers_is_beyond_renormalisation(cache_dir, na
 
 
 def test_h4_verdict_supported_on_positive_not_on_planted(runs):
-    def components(name):
-        h4 = runs[name][1]["verdicts"]["H4/sink_lifetime/none"]
-        return h4, {c["name"]: c for c in h4["components"]}
+    def components(name, key="H4/sink_lifetime/none"):
+        h4 = runs[name][1]["verdicts"][key]
+        return h4, {c["name"]: c for c in h4["components"]}, h4["details"]["masked_attention_mass"]
 
-    h4, comps = components("positive-h4")
+    h4, comps, mass = components("positive-h4")
+    print("positive-h4", mass, {k: (c["verdict"], c["effect"]) for k, c in comps.items()})
+    assert mass["traces_matched"] >= 6 and 0.5 < mass["controls_over_targets"] < 2, mass   # measured 7 / 8, 0.76
     beyond, kl = comps["primary_beyond_renormalisation"], comps["kl"]
-    assert beyond["verdict"] == "supported" and beyond["effect"] > 0.03, beyond
-    assert kl["verdict"] == "supported" and kl["effect"] > 0.1, kl                      # measured 0.17
+    assert beyond["verdict"] == "supported" and beyond["effect"] > 0.02, beyond          # measured 0.029
+    assert kl["verdict"] == "supported" and kl["effect"] > 0.03, kl                      # measured 0.043
+    assert kl["n_independent"] == mass["traces_matched"]
     assert set(comps) == {"primary_beyond_renormalisation", "kl"}
     assert h4["verdict"] == "supported"
-    p_h4, p_comps = components("planted")
-    assert p_h4["verdict"] == "not supported"
-    assert all(c["verdict"] != "supported" for c in p_comps.values())
+    # " @" on the planted model: ordinary tokens cannot match the sinks' mass, so H4 cannot be tested there
+    p_h4, p_comps, p_mass = components("planted")
+    print("planted", p_mass, {k: c["reason"] for k, c in p_comps.items()})
+    assert p_mass["traces_matched"] < 6 and p_mass["controls_over_targets"] < 0.5, p_mass      # 1 / 8, 0.20
+    assert p_h4["verdict"] == "not testable"
+    assert all(c["verdict"] == "not testable" and "matched on attention mass" in c["reason"] for c in p_comps.values())
+    # its " ^" sinks are matched: there the masks change nothing beyond arithmetic (H4 false)
+    s_h4, s_comps, s_mass = components("planted-small", "H4")
+    print("planted-small", s_mass, {k: (c["verdict"], c["effect"]) for k, c in s_comps.items()})
+    assert s_mass["traces_matched"] == 8 and s_mass["traces_dropped"] == 0, s_mass
+    assert s_h4["verdict"] == "not supported"
+    assert all(c["verdict"] == "not supported" and c["exact_null"] for c in s_comps.values()), s_comps
 
 
 def test_x_is_written_only_after_a_secondary_sink(positive, truth):

@@ -78,8 +78,9 @@ def test_first_masked_layer_of_the_edited_run_equals_the_prediction(planted, tra
 
 @pytest.mark.slow
 def test_mass_matched_controls_carry_more_mass_than_random_ones(tmp_path, cache_dir):
-    """by: attention_mass picks non-sink controls within the caliper with more clean attention mass
-    than a random draw (the best available match), and never a sink."""
+    """by: attention_mass, size: 1 picks one non-sink control per target within the caliper with more clean
+    attention mass than a random draw (the best single match); size: auto a set per target (``control_of``) that
+    removes more; never a sink."""
     from interventions.pipeline import run_spec
     from interventions.spec import Spec
 
@@ -87,21 +88,59 @@ def test_mass_matched_controls_carry_more_mass_than_random_ones(tmp_path, cache_
     data.update(limit=6, report=False)
     data["interventions"] = data["interventions"][:1]
     masses = {}
-    for by in ("attention_mass", "random"):
-        data["targets"]["ctrl"] = {"select": "matched_controls", "match": "sinks", "by": by, "caliper": 16}
-        out = run_spec(Spec.from_dict(data), results_root=tmp_path / by, progress=False).out
+    for by, size in (("attention_mass", 1), ("random", "auto"), ("attention_mass", "auto")):
+        data["targets"]["ctrl"] = {"select": "matched_controls", "match": "sinks", "by": by, "caliper": 16,
+                                   "size": size}
+        out = run_spec(Spec.from_dict(data), results_root=tmp_path / f"{by}-{size}", progress=False).out
         import pandas as pd
 
         e = pd.read_parquet(out / "effects.parquet")
         ctrl = e[e["is_control"]]
         assert (ctrl["clean_kind"] == "none").all()
         tgt = e[~e["is_control"]]
-        pairs = sorted(set(zip(tgt["trace"], tgt["position"]))), sorted(set(zip(ctrl["trace"], ctrl["position"])))
-        assert len(pairs[0]) == len(pairs[1])
-        masses[by] = ctrl.dropna(subset=["masked_attention_mass"]).drop_duplicates(
+        assert (tgt["control_of"] == -1).all()
+        targets, controls = set(zip(tgt["trace"], tgt["position"])), set(zip(ctrl["trace"], ctrl["position"]))
+        assert set(zip(ctrl["trace"], ctrl["control_of"])) == targets       # every control names its target
+        assert len(ctrl.drop_duplicates(["trace", "position", "control_of"])) == len(controls)   # in one set only
+        if size == 1 or by == "random":
+            assert len(controls) == len(targets)
+        else:
+            assert len(controls) > 3 * len(targets)
+        masses[by, size] = ctrl.dropna(subset=["masked_attention_mass"]).drop_duplicates(
             ["trace", "layer"])["masked_attention_mass"].mean()
         target_mass = tgt.dropna(subset=["masked_attention_mass"]).drop_duplicates(
             ["trace", "layer"])["masked_attention_mass"].mean()
-    assert masses["attention_mass"] > 1.2 * masses["random"], masses
-    assert masses["attention_mass"] < target_mass          # a sink draws more than any ordinary token
+    print(masses, target_mass)
+    assert masses["attention_mass", 1] > 1.2 * masses["random", "auto"], masses
+    assert masses["attention_mass", 1] < target_mass          # a sink draws more than any ordinary token
+    assert masses["attention_mass", "auto"] > 3 * masses["attention_mass", 1], masses
     assert np.isfinite(target_mass)
+
+
+def _column_sums_as_key_scores(masses: list[float], n_layers: int = 3) -> np.ndarray:
+    """[L, T] sink scores whose column sums (score x queries that see the key) are ``masses`` in every layer."""
+    T = len(masses)
+    return np.tile(np.asarray(masses, float) / (T - np.arange(T)), (n_layers, 1))
+
+
+def test_mass_matched_sets_reach_the_targets_mass_and_targets_take_turns():
+    from interventions.compile.targets import Target, mass_matched
+
+    masses = [5.0] + [0.1] * 39
+    masses[10] = 1.0
+    sink = Target(position=10, token_id=0, token="s", target_set="sinks", l_start=0, ref_lifetime=2)
+    pool = np.array([p for p in range(1, 40) if p != 10])
+    ks = _column_sums_as_key_scores(masses)
+    one = mass_matched([sink], pool, ks, caliper=32, n_layers=3, size=1)
+    assert len(one) == 1
+    sets = mass_matched([sink], pool, ks, caliper=32, n_layers=3, size="auto")
+    total = sum(masses[p] for p, _ in sets)
+    assert len(sets) == 10 and 1.0 <= total + 1e-9 < 2.0, (len(sets), total)   # stops once it reaches the mass
+    # two sinks and 12 ordinary tokens of 0.1: each sink's set gets 6 (0.6x), not the first one 10 and the other 2
+    masses = [5.0, 1.0, 1.0] + [0.1] * 12
+    a = Target(position=1, token_id=0, token="a", target_set="sinks", l_start=0, ref_lifetime=2)
+    b = Target(position=2, token_id=0, token="b", target_set="sinks", l_start=0, ref_lifetime=2)
+    pairs = mass_matched([a, b], np.arange(3, 15), _column_sums_as_key_scores(masses), caliper=32, n_layers=3,
+                         size="auto")
+    assert sorted(sum(1 for _, m in pairs if m is t) for t in (a, b)) == [6, 6]
+    assert len({p for p, _ in pairs}) == 12                                       # without replacement

@@ -287,3 +287,68 @@ def test_a_real_effect_on_partly_templated_traces_is_still_supported():
     t.loc[t["condition"] == ZERO["id"], "lifetime"] = 0  # the edit removes every sink, the placebo none
     v = verdict_of(t, [ZERO, PLACEBO], [H1])
     assert v["n_independent"] == 9 and v["verdict"] == "supported" and v["effect"] == pytest.approx(-1.0)
+
+
+MASK = condition("attention_mask.sink_lifetime.redirect-none", "attention_mask", site=None, layer="sink_lifetime",
+                 controls="ctrl", redirect="none")
+H4_KL = {"id": "H4", "conditions": {"kind": "attention_mask"}, "measure": "kl", "compare": "controls"}
+
+
+def h4_mass_table(rng, *, G=8, ratio=1.0, sink_kl=0.0, jitter=0.0):
+    """One secondary sink per trace (position 20, removing mass m) and its control set (positions 5 and 8, masked
+    together, ``control_of`` 20, removing ``ratio`` x m, times a lognormal ``jitter``). KL follows the removed
+    mass alone (KL = 0.1 m x noise, the same law in both arms) plus ``sink_kl`` in the target arm."""
+    rows = []
+    for t in range(G):
+        m = rng.lognormal(-2, 0.5)
+        c = m * ratio * (rng.lognormal(0, jitter) if jitter else 1.0)
+        for layer in range(4, 8):
+            rows.append(row(MASK["id"], "attention_mask", t, 20, layer=layer, masked_attention_mass=m,
+                            control_of=-1, kl=0.1 * m * rng.lognormal(0, 0.2) + sink_kl))
+            kl_c = 0.1 * c * rng.lognormal(0, 0.2)
+            for p in (5, 8):
+                rows.append(row(MASK["id"], "attention_mask", t, p, control=True, was=0, now=0, target_set="ctrl",
+                                layer=layer, masked_attention_mass=c, control_of=20, kl=kl_c))
+    return pd.DataFrame(rows)
+
+
+def test_h4_kl_against_controls_that_remove_half_the_mass_is_never_supported():
+    """Issue 18's fooling case: the controls' masks remove 0.5x the targets' attention mass and KL follows the mass
+    alone, nothing about sinks. Kept, every draw said "supported" (less mass removed -> less KL); outside the mass
+    caliper, the traces are dropped and counted, and too few remain to test."""
+    verdicts = []
+    for k in range(40):
+        v = verdict_of(h4_mass_table(np.random.default_rng(k), ratio=0.5), [MASK], [H4_KL], key="H4", seed=k)
+        verdicts.append(v["verdict"])
+    assert verdicts == ["not testable"] * 40, verdicts
+    v = verdict_of(h4_mass_table(np.random.default_rng(0), ratio=0.5), [MASK], [H4_KL], key="H4")
+    balance = v["details"]["masked_attention_mass"]
+    assert balance["traces_matched"] == 0 and balance["traces_dropped"] == 8
+    assert balance["controls_over_targets"] == pytest.approx(0.5)
+    assert v["components"][0]["reason"].startswith("not testable: only 0 trace(s) matched on attention mass "
+                                                   "(fewer than 6")
+
+
+def test_h4_kl_drops_unmatched_traces_and_keeps_the_rest():
+    """Half the traces' controls remove a third of the mass: those are dropped (and counted), the rest decide."""
+    rng = np.random.default_rng(3)
+    t = h4_mass_table(rng, G=16, sink_kl=0.05)
+    short = t["is_control"] & (t["trace"] % 2 == 1)
+    t.loc[short, "masked_attention_mass"] /= 3
+    v = verdict_of(t, [MASK], [H4_KL], key="H4")
+    balance = v["details"]["masked_attention_mass"]
+    assert (balance["traces_matched"], balance["traces_dropped"]) == (8, 8)
+    assert v["n_independent"] == 8 and v["verdict"] == "supported"
+    assert any(n.startswith("kl: 8 of 16 traces dropped") for n in v["notes"])
+
+
+def test_h4_kl_with_matched_mass_and_a_real_sink_effect_is_supported_and_without_it_is_not():
+    supported = verdict_of(h4_mass_table(np.random.default_rng(1), ratio=1.0, jitter=0.2, sink_kl=0.05),
+                           [MASK], [H4_KL], key="H4")
+    assert supported["details"]["masked_attention_mass"]["traces_matched"] == 8
+    assert supported["n_independent"] == 8 and supported["n"] == 8
+    assert supported["details"]["kl"]["n_comparison_units"] == 8          # a control set is one unit per target
+    assert supported["verdict"] == "supported" and supported["effect"] == pytest.approx(0.05, abs=0.01)
+    null = [verdict_of(h4_mass_table(np.random.default_rng(k), ratio=1.0, jitter=0.2), [MASK], [H4_KL], key="H4",
+                       seed=k)["verdict"] for k in range(40)]
+    assert null.count("supported") / 40 <= mc_bound(40), null

@@ -17,7 +17,7 @@ import numpy as np
 from interventions.detection.rules import Sink
 from interventions.errors import UserError
 from interventions.spec.fields import resolve_layers
-from interventions.spec.target_sets import token_ids_for  # noqa: F401 - also used here; defined beside the selectors
+from interventions.spec.target_sets import MASS_CALIPER, token_ids_for  # token_ids_for: defined beside the selectors
 
 
 @dataclass
@@ -37,6 +37,8 @@ class Target:
     """Lifetime ``sink_lifetime`` resolves to: its own, or for a matched control its paired target's."""
     clean_kind: str = "none"
     """``primary``, ``secondary`` or ``none`` in the clean run."""
+    control_of: int | None = None
+    """For a matched control: the position of the target it is matched to (a mass-matched set shares it)."""
 
 
 @dataclass
@@ -65,25 +67,57 @@ def attention_mass(key_scores: np.ndarray, position: int, layers: list[int]) -> 
 
 
 def mass_matched(matched: list[Target], pool: np.ndarray, key_scores: np.ndarray, caliper: int,
-                 n_layers: int) -> list[tuple[int, Target]]:
-    """Pair each target (in position order) with the unused pool position of closest log attention mass
-    within ``caliper`` tokens (the nearest positions when none is that close)."""
-    free = [int(p) for p in pool]
-    pairs = []
+                 n_layers: int, size: str | int = 1) -> list[tuple[int, Target]]:
+    """Match the targets with pool positions within ``caliper`` tokens of each (the nearest positions when none is
+    that close) on clean attention mass over each target's lifetime layers, without replacement.
+
+    ``size=1``: each target in position order takes the free position of closest log mass. ``size="auto"``: each
+    target gets a set; the targets take turns, the one whose set holds the smallest share of its mass first, and
+    add the free candidate whose log mass is closest to the mass still missing, among those keeping the set's sum
+    below ``MASS_CALIPER[1]`` x the target's; a target stops when its set reaches its mass or nothing fits (see
+    :class:`~interventions.spec.target_sets.MatchedControls`). Taking turns keeps one target from using up the
+    tokens its neighbours need. Returns (control position, its target) pairs.
+    """
+    free = {int(p) for p in pool}
+    if not free or not matched:
+        return []
+    order = sorted(free)
+    near, mass = [], []
     for m in matched:
-        if not free:
-            break
         layers = (resolve_layers("sink_lifetime", l_start=m.l_start, lifetime=m.ref_lifetime)
                   if m.l_start is not None and m.ref_lifetime else list(range(1, n_layers)))
-        want = np.log(max(attention_mass(key_scores, m.position, layers), 1e-12))
-        near = [p for p in free if abs(p - m.position) <= caliper]
-        if not near:
-            closest = min(abs(p - m.position) for p in free)
-            near = [p for p in free if abs(p - m.position) == closest]
-        best = min(near, key=lambda p: (abs(np.log(max(attention_mass(key_scores, p, layers), 1e-12)) - want),
-                                        abs(p - m.position), p))
-        free.remove(best)
-        pairs.append((best, m))
+        close = [p for p in order if abs(p - m.position) <= caliper]
+        if not close:
+            closest = min(abs(p - m.position) for p in order)
+            close = [p for p in order if abs(p - m.position) == closest]
+        near.append(close)
+        mass.append({p: attention_mass(key_scores, p, layers) for p in close + [m.position]})
+
+    def log_gap(i: int, p: int, goal: float) -> tuple:
+        return (abs(np.log(max(mass[i][p], 1e-12)) - np.log(max(goal, 1e-12))), abs(p - matched[i].position), p)
+
+    pairs = []
+    if size == 1:
+        for i, m in enumerate(matched):
+            options = [p for p in near[i] if p in free]
+            if options:
+                best = min(options, key=lambda p: log_gap(i, p, mass[i][m.position]))
+                free.discard(best)
+                pairs.append((best, m))
+        return pairs
+    want = [mass[i][m.position] for i, m in enumerate(matched)]
+    total = [0.0] * len(matched)
+    open_ = set(range(len(matched)))
+    while open_:
+        i = min(open_, key=lambda j: (total[j] / max(want[j], 1e-12), matched[j].position))
+        fits = [p for p in near[i] if p in free and total[i] + mass[i][p] < MASS_CALIPER[1] * want[i]]
+        if total[i] >= want[i] * (1 - 1e-9) or not fits:      # reached (to float rounding) or nothing fits
+            open_.discard(i)
+            continue
+        best = min(fits, key=lambda p: log_gap(i, p, want[i] - total[i]))
+        free.discard(best)
+        total[i] += mass[i][best]
+        pairs.append((best, matched[i]))
     return pairs
 
 
@@ -98,14 +132,15 @@ def resolve_targets(target_specs: dict, *, trace: int, token_ids: np.ndarray, to
     T = len(token_ids)
 
     def make(pos: int, name: str, *, control: bool = False, l_start: int | None = None,
-             lifetime: int | None = None) -> Target:
+             lifetime: int | None = None, control_of: int | None = None) -> Target:
         sink = by_pos.get(pos)
         own = sink is not None and sink.kind == "secondary"
         return Target(position=pos, token_id=int(token_ids[pos]), token=tokens[pos], target_set=name,
                       is_control=control, l_start=sink.l_start if own else (l_start if l_start is not None
                                                                             else facts.modal_l_start),
                       lifetime=sink.lifetime if own else None,
-                      ref_lifetime=sink.lifetime if own else lifetime, clean_kind=sink.kind if sink else "none")
+                      ref_lifetime=sink.lifetime if own else lifetime, clean_kind=sink.kind if sink else "none",
+                      control_of=control_of)
 
     resolved: dict[str, list[Target]] = {}
     deferred = []
@@ -147,7 +182,8 @@ def resolve_targets(target_specs: dict, *, trace: int, token_ids: np.ndarray, to
             if key_scores is None:
                 raise UserError("matched_controls by attention_mass needs the clean run's attention scores",
                                 field=f"targets.{name}.by")
-            pairs = mass_matched(matched, pool, key_scores, spec.caliper, key_scores.shape[0])
+            pairs = mass_matched(matched, pool, key_scores, spec.caliper, key_scores.shape[0],
+                                 size=getattr(spec, "size", 1))
         else:
             rng = np.random.default_rng([spec.seed, trace])
             n = min(len(matched), len(pool))
@@ -156,6 +192,6 @@ def resolve_targets(target_specs: dict, *, trace: int, token_ids: np.ndarray, to
             pairs = list(zip(sorted(chosen.tolist()), matched))
         # Control i borrows its target's l_start and lifetime: `layer: l_start` and `layers:
         # sink_lifetime` then edit the same layers.
-        resolved[name] = sorted((make(int(p), name, control=True, l_start=m.l_start, lifetime=m.ref_lifetime)
-                                 for p, m in pairs), key=lambda t: t.position)
+        resolved[name] = sorted((make(int(p), name, control=True, l_start=m.l_start, lifetime=m.ref_lifetime,
+                                      control_of=m.position) for p, m in pairs), key=lambda t: t.position)
     return resolved

@@ -35,7 +35,11 @@ class AttentionMask(InterventionBase):
         "masked_attention_mass": EffectColumn(
             "attention_mask: clean attention on the keys this forward masks in this layer, per query (mean over "
             "heads and queries); NaN in layers it does not mask. Targets and controls side by side show how well "
-            "the controls are matched", float("nan")),
+            "the controls are matched (H4's verdict keeps only traces where controls / targets is within "
+            "MASS_CALIPER, 0.5-2x)", float("nan")),
+        "control_of": EffectColumn(
+            "attention_mask: for a control row, the position of the target it is matched to (a mass-matched set "
+            "of controls shares it and is one unit); -1 for a target row", -1),
     }
 
     kind: Literal["attention_mask"] = Field("attention_mask", description="Mask attention to the target tokens.")
@@ -88,7 +92,8 @@ class AttentionMask(InterventionBase):
         predicted = (state or {}).get("predicted", {}).get((condition.id, target.is_control), {}).get(layer, {})
         return {"redirect": condition.redirect or "", "masked": layer in edited_layers,
                 "renorm_primary_sink_score": predicted.get("score", float("nan")),
-                "masked_attention_mass": predicted.get("removed", float("nan"))}
+                "masked_attention_mass": predicted.get("removed", float("nan")),
+                "control_of": target.control_of if target.is_control and target.control_of is not None else -1}
 
     @classmethod
     def install(cls, loaded, edits):

@@ -107,17 +107,31 @@ class Positions(TargetBase):
     positions: list[int] = Field(min_length=1, description="Positions; negative ones count from the end (-1 = last).")
 
 
+MASS_CALIPER = (0.5, 2.0)
+"""Range of (controls' clean attention mass) / (targets' clean attention mass) strictly inside which controls count
+as matched on the mass their masking removes (a set removing exactly half the mass is outside). ``matched_controls`` (``by: attention_mass``, ``size: auto``) builds
+each target's control set to land inside it; H4's verdict keeps only the traces whose controls' masks remove a
+mass inside it (:func:`interventions.stats.hypotheses._mass_balance`)."""
+
+
 @register_target
 class MatchedControls(TargetBase):
-    """Non-sink positions, one per member of the target set ``match`` in each trace.
+    """Non-sink positions matched to the members of the target set ``match`` in each trace.
 
-    ``by: random`` draws them at random. ``by: attention_mass`` pairs each target with the non-sink
-    position whose clean attention mass (column sum of its attention, mean over heads, over the
-    attention layers that read the target while it is a sink) is closest on a log scale, among
-    positions within ``caliper`` tokens of it (nearest-neighbour matching with a caliper, without
-    replacement): the control an attention mask needs, since masking removes mass in proportion
-    to it. A secondary sink usually draws more attention than any ordinary token, so the match is
-    the best available, not exact; ``masked_attention_mass`` in the effects rows shows the balance.
+    ``by: random`` draws one per target at random. ``by: attention_mass`` matches each target (in position
+    order, without replacement) on its clean attention mass (column sum of its attention, mean over heads,
+    over the attention layers that read the target while it is a sink) among the non-sink, non-target
+    positions within ``caliper`` tokens of it (the nearest ones when none is that close):
+
+    * ``size: 1``: the one position of closest log mass (nearest-neighbour matching with a caliper). A
+      secondary sink draws 6-60x the attention of any ordinary token, so one token removes far less mass;
+    * ``size: auto`` (the default): a *set*. Greedily, the candidate whose log mass is closest to the mass
+      still missing (the target's minus the set's so far) joins the set, among those that keep the set's sum
+      below ``MASS_CALIPER[1]`` (2x) the target's; it stops once the sum reaches the target's mass or no
+      candidate fits. The set is masked together in the control forward (each member's ``control_of`` in the
+      effects rows is its target's position), so the control arm removes about the mass the target arm does;
+      a set that stays below ``MASS_CALIPER[0]`` (0.5x: too few ordinary tokens nearby) leaves its trace
+      unmatched, and H4's verdict drops it (and counts it).
     """
 
     select: Literal["matched_controls"] = Field(
@@ -129,6 +143,9 @@ class MatchedControls(TargetBase):
         "random", description="random, or attention_mass (closest clean attention mass within the caliper).")
     caliper: int = Field(32, ge=1, description="by: attention_mass: farthest distance in tokens from the target; "
                                                "without a candidate that close, the nearest ones are used.")
+    size: Literal["auto", 1] = Field(
+        "auto", description="by: attention_mass: auto (a set of non-sinks per target whose summed mass is "
+                            "0.5-2x the target's) or 1 (the single closest in mass); by: random draws one.")
 
 
 TargetSet = registered_union(TARGETS, "select", TargetBase)

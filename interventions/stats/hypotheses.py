@@ -20,8 +20,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from interventions.spec.target_sets import MASS_CALIPER
+
 from ._common import adjust
-from .verdicts import (ALPHA, VERDICT_RULE, exact_tol_for, family_component, family_report,
+from .verdicts import (ALPHA, VERDICT_RULE, exact_tol_for, family_component, family_report, min_traces_for,
                        untestable_component)
 
 ARM_HINTS = {
@@ -181,10 +183,15 @@ def _family_verdict(h, key: str, fconds: list[dict], conditions: list[dict], d: 
             components.append(untestable_component(name, why, direction=direction, margin=margin))
             details[name] = {"n_units": int(len(target))}
             continue
-        if name == "kl" and arm == "controls":
-            target, comparison, dropped = _mass_balance(arms_rows["target"], arms_rows["controls"], target,
-                                                        comparison, notes)
-            details["masked_attention_mass"] = dropped
+        if arm == "controls" and _masks_mass(arms_rows["target"]):
+            target, comparison, balance = _mass_balance(arms_rows["target"], arms_rows["controls"], target,
+                                                        comparison, notes, measure=name)
+            details["masked_attention_mass"] = balance
+            too_few = _too_few_matched(balance, min_traces_for(h.alpha))
+            if too_few:
+                components.append(untestable_component(name, too_few, direction=direction, margin=margin))
+                details[name] = {"n_units": int(len(target)), "compared_with": arm}
+                continue
         test = f"{m.meaning}; per-unit mean" + (f" minus the {arm} arm" if arm != "clean" else " vs the clean run") + \
             " (sign flip over independent units, CI by test inversion)"
         comp = family_component(name, test, target, comparison, direction=direction, alpha=h.alpha, margin=margin,
@@ -242,39 +249,68 @@ def _not_secondary(target_rows: pd.DataFrame) -> int:
                .drop_duplicates().shape[0])
 
 
-MASS_CALIPER = (0.5, 2.0)
-"""The range of control/target clean attention mass (removed by the masks) within which a trace counts as
-mass-matched. Reported, not enforced: an ordinary token draws 1.5-15% of a secondary sink's attention on every
-model measured (the planted model, positive-h4, SmolLM2, Qwen2.5-Coder), so dropping unmatched traces left no
-trace anywhere and H4 could not be tested even where it is true by construction; the record counts the traces
-outside it and a note says so."""
+MASS_CONTROL_FIX = ("the traces' ordinary tokens near the sinks draw too little attention to match them: mask fewer "
+                    "sinks per trace (a secondary_sinks filter: tokens, level), match with sets of ordinary tokens "
+                    "(matched_controls by: attention_mass, size: auto) within a wider caliper, or give longer traces")
 
 
-def _mass_balance(target_rows, control_rows, target, comparison, notes):
-    """KL units with the controls' masked attention mass against the targets' per trace (:data:`MASS_CALIPER`):
-    returns (target, comparison, counts), the units unchanged."""
-    if "masked_attention_mass" not in target_rows.columns or comparison is None:
+def _masks_mass(rows: pd.DataFrame) -> bool:
+    """Whether these rows record the clean attention mass their masks remove (a kind that masks keys)."""
+    return "masked_attention_mass" in rows.columns and bool(rows["masked_attention_mass"].notna().any())
+
+
+def _mass_balance(target_rows, control_rows, target, comparison, notes, *, measure: str = "kl"):
+    """Units of one (condition, trace) kept only where the controls' masks remove a clean attention mass strictly
+    inside :data:`MASS_CALIPER` (0.5-2x) of the targets' (``masked_attention_mass``, mean over the masked layers).
+
+    A mask that removes less attention moves the forward less, whatever the masked tokens are: against controls
+    that remove half the mass, a KL that only follows the mass reads as an effect of the sinks. Units are traces
+    (one forward masks all of a trace's targets, another all of its controls), so a trace whose controls are
+    outside the caliper (or missing) leaves both arms. Returns (target, comparison, balance): the kept units and
+    ``{targets, controls, controls_over_targets (median), caliper, traces_matched, traces_dropped}``.
+    """
+    if comparison is None:
         return target, comparison, {}
 
     def per_trace(rows):
         r = rows.dropna(subset=["masked_attention_mass"]).drop_duplicates(["condition", "trace", "layer"])
-        return r.groupby("trace")["masked_attention_mass"].mean()
+        return r.groupby(["condition", "trace"])["masked_attention_mass"].mean()
 
     t, c = per_trace(target_rows), per_trace(control_rows)
-    both = t.index.intersection(c.index)
-    ratio = (c.loc[both] / t.loc[both].replace(0, np.nan)).dropna()
-    keep = ratio[(ratio >= MASS_CALIPER[0]) & (ratio <= MASS_CALIPER[1])].index
-    counts = {"targets": float(t.mean()) if len(t) else None, "controls": float(c.mean()) if len(c) else None,
-              "controls_over_targets": float(ratio.median()) if len(ratio) else None,
-              "caliper": list(MASS_CALIPER), "traces_matched": int(len(keep)),
-              "traces_dropped": int(len(t) - len(keep))}
-    if counts["traces_dropped"]:
-        ratio_text = f"{counts['controls_over_targets']:.2g}" if counts["controls_over_targets"] is not None else "?"
-        notes.append(f"kl: in {counts['traces_dropped']} of {len(t)} traces the controls' masks remove a clean "
-                     f"attention mass outside {MASS_CALIPER[0]}-{MASS_CALIPER[1]}x the targets' (median ratio "
-                     f"{ratio_text}): the best match ordinary tokens allow; the renormalisation prediction, not the "
-                     "controls, accounts for the arithmetic of removing it")
-    return target, comparison, counts
+    ratio = (c.reindex(t.index) / t.replace(0, np.nan)).dropna()
+    keep = ratio[(ratio > MASS_CALIPER[0]) & (ratio < MASS_CALIPER[1])].index
+    balance = {"targets": float(t.mean()) if len(t) else None, "controls": float(c.mean()) if len(c) else None,
+               "controls_over_targets": float(ratio.median()) if len(ratio) else None,
+               "caliper": list(MASS_CALIPER),
+               # traces, not (condition, trace) pairs: the units of a family's measures are traces
+               "traces_matched": int(keep.get_level_values("trace").nunique()),
+               "traces_dropped": int(t.index.get_level_values("trace").nunique()
+                                     - keep.get_level_values("trace").nunique())}
+    if balance["traces_dropped"]:
+        ratio_text = f"{balance['controls_over_targets']:.2g}" if balance["controls_over_targets"] is not None else "?"
+        n_traces = t.index.get_level_values("trace").nunique()
+        notes.append(f"{measure}: {balance['traces_dropped']} of {n_traces} traces dropped: their controls' masks "
+                     f"remove a clean attention mass outside {MASS_CALIPER[0]}-{MASS_CALIPER[1]}x the targets' "
+                     f"(median ratio {ratio_text}; no control at all counts as outside)")
+
+    def kept(units):
+        if units is None or units.empty:
+            return units
+        on = pd.MultiIndex.from_frame(units[["condition", "trace"]])
+        return units[on.isin(keep)]
+
+    return kept(target), kept(comparison), balance
+
+
+def _too_few_matched(balance: dict, min_units: int) -> str:
+    """Why a component compared with mass-checked controls is not testable (too few matched traces), or ""."""
+    if not balance or balance["traces_matched"] >= min_units:
+        return ""
+    ratio = balance["controls_over_targets"]
+    return (f"not testable: only {balance['traces_matched']} trace(s) matched on attention mass (fewer than "
+            f"{min_units}, the fewest independent units for a decisive verdict): the controls' masks remove "
+            f"{'?' if ratio is None else f'{ratio:.2g}'}x the targets' clean attention mass (median), outside "
+            f"{MASS_CALIPER[0]}-{MASS_CALIPER[1]}x in {balance['traces_dropped']} trace(s); {MASS_CONTROL_FIX}")
 
 
 def _holm(verdicts: dict) -> None:

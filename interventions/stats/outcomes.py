@@ -205,10 +205,20 @@ def primary_score_after_mask(rows: pd.DataFrame, arm: str) -> pd.DataFrame:
 
 
 def kl(rows: pd.DataFrame, arm: str) -> pd.DataFrame:
-    """Per target unit: mean KL(clean || edited) of the next-token predictions from the target on."""
+    """Per target unit: mean KL(clean || edited) of the next-token predictions from the target on.
+
+    A mass-matched control *set* (rows sharing ``control_of``, masked together) is one unit, at its target's
+    position: the KL from its first member on (where the set's masks start to act), the row of that member.
+    """
     if rows.empty:
         return _empty()
-    u = _per_unit(rows.dropna(subset=["kl"]), KEYS, value=("kl", "mean"))
+    rows = rows.dropna(subset=["kl"])
+    if arm == "controls" and "control_of" in rows.columns and (rows["control_of"].fillna(-1) >= 0).any():
+        sets = rows["control_of"].fillna(-1) >= 0
+        first = rows[sets].groupby(["condition", "trace", "control_of"])["position"].transform("min")
+        in_set = rows[sets][rows[sets]["position"] == first]
+        rows = pd.concat([rows[~sets], in_set.assign(position=in_set["control_of"].astype(int))])
+    u = _per_unit(rows, KEYS, value=("kl", "mean"))
     return u[COLUMNS]
 
 

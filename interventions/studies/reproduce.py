@@ -383,7 +383,7 @@ def _verdict_fields(v: dict) -> dict:
     out = {k: v[k] for k in keep if k in v}
     out["components"] = [{k: c.get(k) for k in ("name", "verdict", "effect", "ci", "p", "n", "n_traces",
                                                   "n_independent", "effective_units", "target_mean",
-                                                  "comparison_mean") if k in c} for c in v.get("components", [])]
+                                                  "comparison_mean", "reason") if k in c} for c in v.get("components", [])]
     return out
 
 
