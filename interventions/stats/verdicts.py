@@ -123,9 +123,11 @@ def combine(components: list[dict]) -> dict:
     if verdicts and all(v == "supported" for v in verdicts):
         return {"verdict": "supported", "reason": "all components supported"}
     for v in ("not supported", "not testable", "inconclusive"):
-        names = [c["name"] for c in components if c["verdict"] == v]
-        if names:
-            return {"verdict": v, "reason": f"{v}: {', '.join(names)}"}
+        hits = [c for c in components if c["verdict"] == v]
+        if hits:
+            # each component's own reason, so the record says why without opening the components
+            why = "; ".join(f"{c['name']}: {(c.get('reason') or v).removeprefix(v + ': ')}" for c in hits)
+            return {"verdict": v, "reason": f"{v}: {why}"}
     return {"verdict": "inconclusive", "reason": "no component"}
 
 
