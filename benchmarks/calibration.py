@@ -76,7 +76,7 @@ CASES = [  # (label, hypothesis, model or table:NAME, spec changes, truth)
     ("H1 noisy-h1", "H1", "testbed:noisy-h1", {}, "negative"),
     ("H2 noisy-h2", "H2", "testbed:noisy-h2", {}, "negative"),
     ("H3 noisy-h3", "H3", "testbed:noisy-h3", {}, "negative"),
-    ("H4 noisy-h4", "H4", "testbed:noisy-h4", {}, "negative"),
+    ("H4 noisy-h4", "H4", "testbed:noisy-h4", _h4_targets([" ^"]), "negative"),
     ("table H1 vs controls", "H1", "table:h1_controls", {}, "negative"),
     ("table H1 vs non-sink controls (noisy-h1 in a table)", "H1", "table:h1_nonsink_controls", {}, "negative"),
     ("table H1 vs placebo", "H1", "table:h1_placebo", {}, "negative"),

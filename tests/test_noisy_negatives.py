@@ -177,6 +177,8 @@ def test_noisy_negative_is_never_supported(cache_dir, tmp_path, spec_file, hyp):
     stats, _ = _run(spec_file, tmp_path)
     verdicts = {k: v["verdict"] for k, v in stats["verdicts"].items() if k.split("/")[0] == hyp}
     assert verdicts and all(v in ("not supported", "inconclusive", "not testable") for v in verdicts.values()), verdicts
+    if hyp == "H4":  # the " ^" sinks are matched on attention mass: the negative exercises the test, not a refusal
+        assert all(v != "not testable" for v in verdicts.values()), verdicts
 
 
 def test_near_threshold_sinks_against_non_sink_controls_are_not_supported():
