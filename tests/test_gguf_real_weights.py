@@ -229,8 +229,7 @@ def test_find_primary_sink_by_massive_activation():
     hidden[2:, 2, 7] = 500.0      # massive from layer 2 (in most layers, as a primary sink is) at position 2
     hidden[2:, 2, 11] = -200.0
     hidden[1:, 5, 7] = 15.0       # a mild bump elsewhere (~3x the median norm): not the sink
-    embedded = torch.randn(T, D, generator=g)
-    sink = find_primary_sink(hidden, embedded, [f"t{i}" for i in range(T)])
+    sink = find_primary_sink(hidden, [f"t{i}" for i in range(T)])
     assert (sink.position, sink.onset_layer, sink.token) == (2, 2, "t2")
     assert sink.channels == [7, 11] and sink.values == [500.0, -200.0]
     assert ordinary_position(hidden, 2) == 6  # position 5 is above 2x the median in some layer

@@ -46,17 +46,19 @@ def _positions(clean, edited):
     return {"kl": kl, "delta_nll": delta}
 
 
-KL = register_measure(Measure(
-    name="kl", meaning="KL(clean || intervened) of the next-token distributions",
-    target_columns={"kl": "mean KL(clean || intervened) of next-token distributions at positions >= target"},
-    position_columns={"kl": "KL(clean || intervened) of the next-token distribution at this position"},
-    target_values=lambda view: {"kl": mean_after(view.positions.get("kl"), view.position)},
-    position_values=_positions, needs=("logits",),
-))
-DELTA_NLL = register_measure(Measure(
-    name="delta_nll", meaning="change in NLL of the trace's own next tokens",
-    target_columns={"delta_nll": "mean change in NLL of the actual next tokens at positions >= target"},
-    position_columns={"delta_nll": "change in NLL of the actual next token (intervened minus clean)"},
-    target_values=lambda view: {"delta_nll": mean_after(view.positions.get("delta_nll"), view.position)},
-    position_values=_positions, needs=("logits",),
-))
+def _divergence(name: str, meaning: str, per_target: str, per_position: str) -> Measure:
+    """``kl`` or ``delta_nll``: the per-position array of :func:`next_token_divergence`, and its mean from the
+    target on."""
+    return register_measure(Measure(
+        name=name, meaning=meaning, target_columns={name: per_target}, position_columns={name: per_position},
+        target_values=lambda view: {name: mean_after(view.positions.get(name), view.position)},
+        position_values=_positions, needs=("logits",),
+    ))
+
+
+KL = _divergence("kl", "KL(clean || intervened) of the next-token distributions",
+                 "mean KL(clean || intervened) of next-token distributions at positions >= target",
+                 "KL(clean || intervened) of the next-token distribution at this position")
+DELTA_NLL = _divergence("delta_nll", "change in NLL of the trace's own next tokens",
+                        "mean change in NLL of the actual next tokens at positions >= target",
+                        "change in NLL of the actual next token (intervened minus clean)")

@@ -240,6 +240,11 @@ def _draw_figures(figs: Path, d, o: dict, h3: dict, h4: dict) -> dict:
     return drawn
 
 
+def _figure_links(drawn: dict, *figures: tuple[str, str]) -> list[str]:
+    """Markdown image lines for the ``(key, title)`` figures that were drawn."""
+    return [f"![{title}](figures/{drawn[key]})\n" for key, title in figures if drawn.get(key)]
+
+
 def _header(settings: dict, results: dict, seconds: float) -> list[str]:
     L: list[str] = []
     name = Path(settings["model"]).name
@@ -280,9 +285,7 @@ def _section3(settings: dict, d: dict, drawn: dict) -> list[str]:
                  f"{ua['n_traces']} traces ({ua['effective_units']} effective trace units); "
                  f"{d['n_own_text_sinks']} lie in the traces' own text ({uo['n_independent']} distinct prefixes, "
                  f"{uo['n_traces']} traces).\n")
-    for key, fname in (("fig2", "Fig. 2: levels"), ("fig3", "Fig. 3: sinks by token index")):
-        if drawn.get(key):
-            L.append(f"![{fname}](figures/{drawn[key]})\n")
+    L += _figure_links(drawn, ("fig2", "Fig. 2: levels"), ("fig3", "Fig. 3: sinks by token index"))
 
     return L
 
@@ -302,17 +305,14 @@ def _section4(o: dict, h3: dict, drawn: dict) -> list[str]:
                  f"out as a sink-sized vector along the sink direction: {n['pcs_mapping_to_sink'] or 'none'} "
                  f"(norm floor {_f(n['norm_floor'])}). Origin verdict: **{n['verdict']}** "
                  f"({o['verdict'].get('reason', '')}).\n")
-        for key, fname in (("fig4", "Fig. 4 right"), ("fig5", "Fig. 5")):
-            if drawn.get(key):
-                L.append(f"![{fname}](figures/{drawn[key]})\n")
+        L += _figure_links(drawn, ("fig4", "Fig. 4 right"), ("fig5", "Fig. 5"))
     L.append("**Swap timeline (Fig. 8)**, share of future sinks suppressed by swap layer: "
              + ("H3 not run: " + h3.get("skipped", "phase not run") if not h3 or h3.get("skipped") else
                 "; ".join(f"{site} " + ", ".join(f"L{r['intervened_layer']} {_f(r['estimate'], 2)}"
                                                  for r in h3.get("swap_rates") or [] if r["site"] == site)
                           for site in SITE_ORDER if any(r["site"] == site for r in h3.get("swap_rates") or [])))
              + "\n")
-    if drawn.get("fig8"):
-        L.append(f"![Fig. 8](figures/{drawn['fig8']})\n")
+    L += _figure_links(drawn, ("fig8", "Fig. 8"))
 
     return L
 
@@ -326,8 +326,7 @@ def _section5(h2: dict, h4: dict, drawn: dict) -> list[str]:
         L.append(f"Primary sink score valley at layer {c.get('valley_layer')} (bootstrap CI {c.get('valley_ci')}); "
                  f"secondary l_start range {c.get('l_start_range')}; valley in that range: "
                  f"{c.get('valley_in_l_start_range')} ({_f(c.get('valley_in_range_fraction'))} of draws).\n")
-        if drawn.get("fig7_left"):
-            L.append(f"![Fig. 7 left](figures/{drawn['fig7_left']})\n")
+        L += _figure_links(drawn, ("fig7_left", "Fig. 7 left"))
     else:
         L.append(f"Fig. 7 left: {h4.get('skipped', 'the H4 phase has not run') if h4 else 'the H4 phase has not run'}.\n")
     if h2 and not h2.get("skipped"):

@@ -65,10 +65,10 @@ def _block_outputs(model, adapter, run):
     return torch.stack(kept), out
 
 
-def find_primary_sink(hidden: torch.Tensor, embedded: torch.Tensor, tokens: list[str], *, max_channels: int = 8,
+def find_primary_sink(hidden: torch.Tensor, tokens: list[str], *, max_channels: int = 8,
                       channel_ratio: float = 100.0, config: DetectionConfig = DetectionConfig()) -> PrimarySink:
     """The detector's reference primary sink of one trace from plain hidden states (``hidden``: [L, T, D]), with
-    its massive channels at the onset layer. ``embedded`` ([T, D]) is not read (kept for callers)."""
+    its massive channels at the onset layer."""
     norms = hidden.norm(dim=-1)  # [L, T]
     primaries = find_primary_sinks(norms.cpu().numpy(), config)
     position = choose_reference(primaries, config)
@@ -129,10 +129,9 @@ def run_known_answers(loaded, traces, *, progress: bool = True) -> dict:
     for ids_list in track(traces, description="clean forwards", enabled=progress):
         ids = torch.as_tensor(ids_list, device=device)[None]
         with torch.inference_mode():
-            embedded = model.get_input_embeddings()(ids)[0].float()
             hidden, out = _block_outputs(model, adapter, lambda: model(input_ids=ids, use_cache=False))
         tokens = loaded.tokenizer.convert_ids_to_tokens(ids_list)
-        sink = find_primary_sink(hidden, embedded, tokens)
+        sink = find_primary_sink(hidden, tokens)
         control = ordinary_position(hidden, sink.position)
         clean.append({"ids": ids, "hidden_norm": hidden.norm(dim=-1), "logits": out.logits, "sink": sink,
                       "control": control, "sink_states": hidden[:, sink.position]})  # [L, D]
