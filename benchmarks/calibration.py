@@ -4,6 +4,7 @@
     python benchmarks/calibration.py --draws 20 --traces 8 --workers 16
     python benchmarks/calibration.py --quick                # K = 20, G = 8: noisy negatives and table nulls
     python benchmarks/calibration.py --cases H4 table       # only cases whose label starts with these
+    python benchmarks/calibration.py --cases "H3 noisy" --draws 200 --traces 8 --log h3.jsonl   # resumable
     python benchmarks/calibration.py --mode pool --draws 50 --pool 12   # the older resampling mode
 
 Every verdict comes out of the run's own path: a case with a model runs ``run_spec`` and then
@@ -81,8 +82,10 @@ CASES = [  # (label, hypothesis, model or table:NAME, spec changes, truth)
     ("table H1 vs non-sink controls (noisy-h1 in a table)", "H1", "table:h1_nonsink_controls", {}, "negative"),
     ("table H1 vs placebo", "H1", "table:h1_placebo", {}, "negative"),
     ("table H1 vs placebo, partly templated traces", "H1", "table:h1_partly_templated", {}, "negative"),
+    ("table H2 vs placebo", "H2", "table:h2_placebo", {}, "negative"),
     ("table H3 vs placebo", "H3", "table:h3_placebo", {}, "negative"),
     ("table H4 vs controls", "H4", "table:h4_controls", {}, "negative"),
+    ("table H4 mass-driven, controls short in half the traces", "H4", "table:h4_mass_driven", {}, "negative"),
     ("H1 planted", "H1", "testbed:planted", {}, "positive"),
     ("H1 negative-h1 (exact null)", "H1", "testbed:negative-h1", {}, "negative"),
     ("H1 placebo-only (zero MLP at L2, exact null)", "H1", "testbed:planted", {"interventions": [
@@ -152,16 +155,38 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
+def read_log(log: Path | None) -> dict[tuple, tuple]:
+    """The draws a ``--log`` file already holds, by (case label, G, draw): a long calibration is resumable, and
+    an interrupted one keeps what it measured."""
+    done: dict[tuple, tuple] = {}
+    if log is None or not log.exists():
+        return done
+    for line in log.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:   # a line cut by an interruption: that draw runs again
+            continue
+        if rec.get("error") is None:
+            done[(rec["case"], rec["G"], rec["draw"])] = (rec["case"], rec["G"], rec["draw"], rec["verdicts"], None)
+    return done
+
+
 def fresh_counts(cases: list[tuple], Gs: list[int], K: int, workers: int, root: Path, *,
-                 full_stats: bool = False) -> tuple[dict, list[str]]:
-    """Verdict counts per (case label, G, verdict key) over K fresh draws."""
+                 full_stats: bool = False, log: Path | None = None) -> tuple[dict, list[str]]:
+    """Verdict counts per (case label, G, verdict key) over K fresh draws; with ``log``, every draw is appended
+    to that JSONL file as it finishes and draws already there are not run again."""
+    done = read_log(log)
     tasks = [(label, h, model, changes, G, k, str(root), full_stats) for label, h, model, changes, _ in cases
-             for G in Gs for k in range(K)]
+             for G in Gs for k in range(K) if (label, G, k) not in done]
     counts: dict[tuple, dict] = {}
     errors: list[str] = []
+    logged = log.open("a") if log is not None else None
 
-    def add(res):
+    def add(res, fresh: bool = True):
         label, G, draw, verdicts, err = res
+        if logged is not None and fresh:
+            logged.write(json.dumps({"case": label, "G": G, "draw": draw, "verdicts": verdicts, "error": err}) + "\n")
+            logged.flush()
         if err:
             errors.append(f"{label} G={G} draw {draw}: {err}")
             print(errors[-1], file=sys.stderr, flush=True)
@@ -171,16 +196,24 @@ def fresh_counts(cases: list[tuple], Gs: list[int], K: int, workers: int, root: 
                                                      "not testable": 0, "not tested": 0})
             c[rec["verdict"]] += 1
 
-    if workers <= 1:
-        _init_worker()
-        for t in tasks:
-            add(_draw_task(t))
-    else:
-        import multiprocessing as mp
+    wanted = {(label, G) for label, *_ in cases for G in Gs}
+    for key, res in done.items():
+        if (key[0], key[1]) in wanted and key[2] < K:
+            add(res, fresh=False)
+    try:
+        if workers <= 1:
+            _init_worker()
+            for t in tasks:
+                add(_draw_task(t))
+        else:
+            import multiprocessing as mp
 
-        with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
-            for res in pool.imap_unordered(_draw_task, tasks):
-                add(res)
+            with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
+                for res in pool.imap_unordered(_draw_task, tasks):
+                    add(res)
+    finally:
+        if logged is not None:
+            logged.close()
     return counts, errors
 
 
@@ -246,6 +279,24 @@ def print_table(rows: list[dict]) -> None:
               f"| {r['not_supported']:.3f} | {r['inconclusive']:.3f} |")
 
 
+def summarise_log(log: Path, out: str | None = None) -> list[dict]:
+    """The calibration table of the draws a ``--log`` file holds (K per case and G: the draws it has)."""
+    counts: dict[tuple, dict] = {}
+    for (label, G, _draw), (*_, verdicts, _err) in read_log(log).items():
+        for key, rec in verdicts.items():
+            c = counts.setdefault((label, G, key), {"supported": 0, "not supported": 0, "inconclusive": 0,
+                                                     "not testable": 0, "not tested": 0})
+            c[rec["verdict"]] += 1
+    truth = {c[0]: c[4] for c in CASES}
+    rows = [table_row(label, truth.get(label, "negative"), key, G, c) for (label, G, key), c in sorted(counts.items())]
+    for r in rows:
+        print(json.dumps(r), flush=True)
+    print_table(rows)
+    if out:
+        Path(out).write_text(json.dumps(rows, indent=1))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--draws", "--k", dest="draws", type=int, default=None, help="simulated runs per case and G "
@@ -259,8 +310,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--full-stats", action="store_true", help="table nulls: verdicts from compute_stats (slower) "
                     "instead of the hypothesis_verdicts call it makes")
     ap.add_argument("--out", default=None, help="write the table as JSON here")
+    ap.add_argument("--log", default=None, help="fresh mode: append every draw to this JSONL file as it finishes; "
+                    "draws already in it are reused (resume an interrupted calibration)")
     ap.add_argument("--cases", nargs="+", default=None, help="only cases whose label starts with one of these")
+    ap.add_argument("--summarise", action="store_true", help="with --log: the table from the draws the log holds "
+                    "(K = those draws), running none (a calibration stopped early still reports what it measured)")
     args = ap.parse_args(argv)
+    if args.summarise:
+        if not args.log:
+            ap.error("--summarise reads the draws of --log FILE")
+        return summarise_log(Path(args.log), args.out)
     K = args.draws if args.draws is not None else (20 if args.quick else 200)
     Gs = args.traces if args.traces is not None else ([8] if args.quick else [8, 30])
     prefixes = args.cases or (list(QUICK) if args.quick else None)
@@ -271,7 +330,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if args.mode == "fresh":
-            counts, errors = fresh_counts(cases, Gs, K, args.workers, Path(tmp), full_stats=args.full_stats)
+            counts, errors = fresh_counts(cases, Gs, K, args.workers, Path(tmp), full_stats=args.full_stats,
+                                          log=Path(args.log) if args.log else None)
             for label, h, _model, _changes, truth in cases:
                 for G in Gs:
                     for (lab, g, key), c in sorted(counts.items()):

@@ -21,8 +21,16 @@ comparison units, so a verdict of "supported" is a false positive.
   ``per_trace`` sinks of its own and 3 sinks in the shared prompt, whose clean and edited cosines are one
   draw for all traces (the same tokens give the same activations), in both arms. Counting the template
   once per trace made its one chance offset look like G agreeing traces.
+* ``h2_placebo``: H2 (scale the l_start MLP output, lifetime_slope) vs its noise placebo. Near-threshold
+  non-sinks (factors 2, 5, 10) and clean sinks (0.5, 2): at every dose, in both arms, a token is a sink when its
+  latent cosine plus fresh noise clears 0.95, and a sink's lifetime is its clean one give or take a layer, so
+  the lifetime moves at random with the edit and not with the norm.
 * ``h4_controls``: H4 (attention mask; primary_beyond_renormalisation and kl) vs matched controls, both
   arms' per-trace outcomes from one distribution.
+* ``h4_mass_driven``: H4 where both outcomes follow only the attention mass a mask removes (the same law for
+  sinks and ordinary tokens), and the control sets fall short the way the matcher's do when a trace lacks
+  ordinary mass: in half the traces they reach the targets' mass, in the other half 0.5-0.7x of it (inside
+  the symmetric 0.5-2x caliper). The targets then remove more mass, and "win", in half the traces.
 """
 
 from __future__ import annotations
@@ -46,7 +54,8 @@ BASE = {  # every column a run's effects table has; values for what the verdicts
     "masked_attention_mass": np.nan, "coefficient": np.nan, "direction": None, "heads": None, "head_mode": None,
     "source_trace": np.nan, "source_position": np.nan, "keep_first": np.nan, "window": np.nan, "non_finite": False,
 }
-NULLS = ("h1_controls", "h1_placebo", "h3_placebo", "h4_controls", "h1_nonsink_controls", "h1_partly_templated")
+NULLS = ("h1_controls", "h1_placebo", "h3_placebo", "h4_controls", "h1_nonsink_controls", "h1_partly_templated",
+         "h4_mass_driven", "h2_placebo")
 
 
 def _cosines(rng, n: int, shift: float, *, spread: float = 0.01, noise: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
@@ -148,6 +157,60 @@ def null_tables(name: str, G: int, seed: int, *, per_trace: int = 3, trace_sd: f
             rows += _sink_rows(placebo, g, 1, *_cosines(rng, per_trace, shift), is_control=False, layer=2)
         for r in rows:
             r["site"] = "block_output"
+    elif name == "h2_placebo":
+        conditions, matched = [], {}
+        for target_set, factors in (("weak", (2, 5, 10)), ("sinks", (0.5, 2))):
+            for f in factors:
+                scale = _cond(f"scale.mlp_output.l_start.x{f}.{target_set}", "scale", "mlp_output", "l_start", None)
+                scale.update(factor=f, targets=[target_set])
+                placebo = _cond(f"noise.mlp_output.l_start.x{f}.{target_set}.placebo", "noise", "mlp_output",
+                                "l_start", None)
+                placebo.update(targets=[target_set], params={"placebo_of": scale["id"]})
+                matched[placebo["id"]] = f
+                conditions += [scale, placebo]
+        for g in range(G):
+            shift = rng.normal(0, trace_sd)
+            for target_set, first, below in (("weak", 1, True), ("sinks", 100, False)):
+                latent = COS_MIN + shift + (-1 if below else 1) * np.abs(rng.normal(0.005, 0.005, size=per_trace))
+                for c in conditions:
+                    if c["targets"] != [target_set]:
+                        continue
+                    dose = {"factor": c["factor"]} if c["kind"] == "scale" else {"matched_factor": matched[c["id"]]}
+                    for i, cos in enumerate(latent):
+                        edited = cos + rng.normal(0, 0.01)
+                        alive = bool(edited > COS_MIN)
+                        lifetime = (LIFETIME + int(rng.integers(-1, 2))) if alive else 0
+                        rows.append({**BASE, "condition": c["id"], "kind": c["kind"], "target_set": target_set,
+                                     "trace": g, "position": first + i, "layer": L_START, "factor": np.nan,
+                                     "matched_factor": np.nan, **dose, "lifetime": lifetime,
+                                     "l_start": L_START if alive else np.nan, "is_sink": alive,
+                                     "suppressed": (not alive) and not below, "hidden_cos": float(edited),
+                                     "clean_hidden_cos": float(cos), "clean_is_sink": not below,
+                                     "clean_kind": None if below else "secondary",
+                                     "clean_lifetime": 0 if below else LIFETIME,
+                                     "clean_l_start": np.nan if below else L_START})
+    elif name == "h4_mass_driven":  # outcomes follow the removed mass only; controls short in half the traces
+        main = _cond("attention_mask.sink_lifetime", "attention_mask", None, "sink_lifetime", "ctrl")
+        conditions = [main]
+        for g in range(G):
+            target_mass = rng.lognormal(np.log(0.05), 0.8)
+            ratio = 1.0 + rng.uniform(0, 0.02) if rng.random() < 0.5 else rng.uniform(0.5, 0.7)
+            for is_control in (False, True):
+                mass = target_mass * (ratio if is_control else 1.0)
+                beyond, kl = 2.0 * mass, 20.0 * mass ** 1.5   # the same law in both arms: a bigger mask moves more
+                for layer in range(N_LAYERS):
+                    masked = 5 <= layer <= 8
+                    clean = 0.8 + 0.01 * layer
+                    predicted = clean + 0.02 if masked else np.nan
+                    observed = (predicted + beyond if masked else clean) + rng.normal(0, 0.002)
+                    rows.append({**BASE, "condition": main["id"], "kind": "attention_mask", "site": None,
+                                 "intervened_layer": 5, "intervened_layers": "5,6,7,8", "is_control": is_control,
+                                 "target_set": "ctrl" if is_control else "sinks", "trace": g,
+                                 "position": 100 if is_control else 1, "layer": layer, "masked": masked,
+                                 "primary_sink_score": observed, "clean_primary_sink_score": clean,
+                                 "renorm_primary_sink_score": predicted,
+                                 "masked_attention_mass": mass if masked else np.nan,
+                                 "kl": kl * rng.lognormal(0, 0.2)})
     else:  # h4_controls: per-trace primary score beyond renormalisation and KL, one law for both arms
         main = _cond("attention_mask.sink_lifetime", "attention_mask", None, "sink_lifetime", "ctrl")
         conditions = [main]
@@ -170,5 +233,6 @@ def null_tables(name: str, G: int, seed: int, *, per_trace: int = 3, trace_sd: f
 
 
 NULL_HYPOTHESIS = {"h1_nonsink_controls": "H1", "h1_controls": "H1", "h1_placebo": "H1", "h3_placebo": "H3",
-                   "h4_controls": "H4", "h1_partly_templated": "H1"}
+                   "h4_controls": "H4", "h1_partly_templated": "H1", "h4_mass_driven": "H4",
+                   "h2_placebo": "H2"}
 """Which verdict key each table null is read at."""

@@ -44,11 +44,14 @@ def truth(positive):
 MASKED = {"positive-h4": [" @"], "planted": [" @"], "planted-small": [" ^"]}
 """The secondary sinks each run masks. Its controls are sets of ordinary tokens matched on the attention mass
 their masking removes (matched_controls by: attention_mass, size: auto), and H4's verdict keeps only traces whose
-control sets remove 0.5-2x the sinks' mass. Masking every secondary sink of a 57-token trace (five) removes more
-attention than the trace's ordinary tokens can match when each serves one sink (control sets reach 0.28-0.45x on
-positive-h4: not testable); one " @" per trace is matched in 7 of 8 traces on positive-h4 (median 0.76x). On the
-planted model ordinary tokens draw less attention (its BOS is not weakened by X): " @" is matched in 1 of 8 traces
-(0.2x, not testable), its small " ^" sinks in 8 of 8 (1.0x)."""
+control sets remove 1-2x the sinks' mass (H4 claims an increase: a control set that removes less would tilt the
+test toward the claim). Masking every secondary sink of a 57-token trace (five) removes more attention than the
+trace's ordinary tokens can match when each serves one sink (control sets reach 0.28-0.45x on positive-h4: not
+testable). One " @" per trace: on positive-h4 the sets reach the sink's mass in 6 of 16 traces, 0.47-0.98x in the
+rest (measured), so positive-h4 runs 16 traces (8 give 3 matched: not testable). On the planted model ordinary
+tokens draw less attention (its BOS is not weakened by X): " @" is matched in 1 of 8 traces (0.2x, not testable),
+its small " ^" sinks in 11 of 16 (1.0x; 5 of 8 with 8 traces: not testable)."""
+LIMIT = {"positive-h4": 16, "planted": 8, "planted-small": 16}
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +61,7 @@ def runs(cache_dir, tmp_path_factory):
     out = {}
     for name, tokens in MASKED.items():
         data = yaml.safe_load((REPO / "specs" / "attn_mask.yaml").read_text())
-        data.update(model=f"testbed:{name.split('-small')[0]}", limit=8, report=False)
+        data.update(model=f"testbed:{name.split('-small')[0]}", limit=LIMIT[name], report=False)
         data["targets"]["sinks"]["tokens"] = tokens
         if name == "planted-small":
             data["interventions"] = data["interventions"][:1]       # redirect: none only
@@ -168,10 +171,11 @@ def test_h4_verdict_supported_on_positive_not_on_planted(runs):
 
     h4, comps, mass = components("positive-h4")
     print("positive-h4", mass, {k: (c["verdict"], c["effect"]) for k, c in comps.items()})
-    assert mass["traces_matched"] >= 6 and 0.5 < mass["controls_over_targets"] < 2, mass   # measured 7 / 8, 0.76
+    assert mass["traces_matched"] >= 6 and mass["caliper"][0] == pytest.approx(1.0, abs=1e-5), mass   # measured 6 / 16
+    assert mass["traces_dropped"] == 16 - mass["traces_matched"]
     beyond, kl = comps["primary_beyond_renormalisation"], comps["kl"]
-    assert beyond["verdict"] == "supported" and beyond["effect"] > 0.02, beyond          # measured 0.029
-    assert kl["verdict"] == "supported" and kl["effect"] > 0.03, kl                      # measured 0.043
+    assert beyond["verdict"] == "supported" and beyond["effect"] > 0.01, beyond          # measured 0.015
+    assert kl["verdict"] == "supported" and kl["effect"] > 0.015, kl                     # measured 0.026
     assert kl["n_independent"] == mass["traces_matched"]
     assert set(comps) == {"primary_beyond_renormalisation", "kl"}
     assert h4["verdict"] == "supported"
@@ -184,7 +188,7 @@ def test_h4_verdict_supported_on_positive_not_on_planted(runs):
     # its " ^" sinks are matched: there the masks change nothing beyond arithmetic (H4 false)
     s_h4, s_comps, s_mass = components("planted-small", "H4")
     print("planted-small", s_mass, {k: (c["verdict"], c["effect"]) for k, c in s_comps.items()})
-    assert s_mass["traces_matched"] == 8 and s_mass["traces_dropped"] == 0, s_mass
+    assert s_mass["traces_matched"] >= 6, s_mass                                        # measured 11 / 16
     assert s_h4["verdict"] == "not supported"
     assert all(c["verdict"] == "not supported" and c["exact_null"] for c in s_comps.values()), s_comps
 

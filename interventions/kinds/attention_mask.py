@@ -36,7 +36,7 @@ class AttentionMask(InterventionBase):
             "attention_mask: clean attention on the keys this forward masks in this layer, per query (mean over "
             "heads and queries); NaN in layers it does not mask. Targets and controls side by side show how well "
             "the controls are matched (H4's verdict keeps only traces where controls / targets is within "
-            "MASS_CALIPER, 0.5-2x)", float("nan")),
+            "mass_caliper: 1-2x for a claim that the targets move the outcome more)", float("nan")),
         "control_of": EffectColumn(
             "attention_mask: for a control row, the position of the target it is matched to (a mass-matched set "
             "of controls shares it and is one unit); -1 for a target row", -1),

@@ -109,9 +109,31 @@ class Positions(TargetBase):
 
 MASS_CALIPER = (0.5, 2.0)
 """Range of (controls' clean attention mass) / (targets' clean attention mass) strictly inside which controls count
-as matched on the mass their masking removes (a set removing exactly half the mass is outside). ``matched_controls`` (``by: attention_mass``, ``size: auto``) builds
-each target's control set to land inside it; H4's verdict keeps only the traces whose controls' masks remove a
-mass inside it (:func:`interventions.stats.hypotheses._mass_balance`)."""
+as matched on the mass their masking removes (a set removing exactly half the mass is outside). ``matched_controls``
+(``by: attention_mass``, ``size: auto``) builds each target's control set to land inside it; H4's verdict keeps only
+the traces whose controls' masks remove a mass inside it, narrowed by the claim's direction
+(:func:`mass_caliper`, applied in :func:`interventions.stats.hypotheses._mass_balance`)."""
+
+MASS_TOLERANCE = 1e-6
+"""Relative float slack at ratio 1 of a directional caliper (a set that reaches its target's mass to rounding)."""
+
+
+def mass_caliper(direction: str) -> tuple[float, float]:
+    """The (low, high) bounds, exclusive, on controls' / targets' masked mass for a claim in ``direction``.
+
+    Inside the two-sided caliper a mass gap still biases the comparison: a mask that removes more attention moves
+    the forward more whatever the masked tokens are, so targets that remove 1/0.55x the controls' mass "win" on a
+    KL that only follows the mass (23 of 40 draws "supported" in the mass-driven table null with the symmetric
+    caliper). For a one-sided claim the caliper is cut at 1 so that any mass gap works *against* the claim: for
+    ``increase`` (targets move the outcome more) the controls must remove at least the targets' mass (1-2x),
+    for ``decrease`` at most (0.5-1x); ``nonzero`` keeps 0.5-2x.
+    """
+    lo, hi = MASS_CALIPER
+    if direction == "increase":
+        return 1.0 - MASS_TOLERANCE, hi
+    if direction == "decrease":
+        return lo, 1.0 + MASS_TOLERANCE
+    return lo, hi
 
 
 @register_target

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from interventions.spec.target_sets import MASS_CALIPER
+from interventions.spec.target_sets import mass_caliper
 
 from ._common import adjust
 from .verdicts import (ALPHA, VERDICT_RULE, exact_tol_for, family_component, family_report, min_traces_for,
@@ -185,7 +185,7 @@ def _family_verdict(h, key: str, fconds: list[dict], conditions: list[dict], d: 
             continue
         if arm == "controls" and _masks_mass(arms_rows["target"]):
             target, comparison, balance = _mass_balance(arms_rows["target"], arms_rows["controls"], target,
-                                                        comparison, notes, measure=name)
+                                                        comparison, notes, measure=name, direction=direction)
             details["masked_attention_mass"] = balance
             too_few = _too_few_matched(balance, min_traces_for(h.alpha))
             if too_few:
@@ -259,15 +259,23 @@ def _masks_mass(rows: pd.DataFrame) -> bool:
     return "masked_attention_mass" in rows.columns and bool(rows["masked_attention_mass"].notna().any())
 
 
-def _mass_balance(target_rows, control_rows, target, comparison, notes, *, measure: str = "kl"):
-    """Units of one (condition, trace) kept only where the controls' masks remove a clean attention mass strictly
-    inside :data:`MASS_CALIPER` (0.5-2x) of the targets' (``masked_attention_mass``, mean over the masked layers).
+def _caliper_text(caliper: tuple[float, float]) -> str:
+    return f"{round(caliper[0], 3):g}-{round(caliper[1], 3):g}x"
+
+
+def _mass_balance(target_rows, control_rows, target, comparison, notes, *, measure: str = "kl",
+                  direction: str = "nonzero"):
+    """Units of one (condition, trace) kept only where the controls' masks remove a clean attention mass inside
+    the caliper of the claim's direction (:func:`~interventions.spec.target_sets.mass_caliper`: 1-2x the targets'
+    for ``increase``, 0.5-1x for ``decrease``, 0.5-2x for ``nonzero``; ``masked_attention_mass``, mean over the
+    masked layers).
 
     A mask that removes less attention moves the forward less, whatever the masked tokens are: against controls
-    that remove half the mass, a KL that only follows the mass reads as an effect of the sinks. Units are traces
-    (one forward masks all of a trace's targets, another all of its controls), so a trace whose controls are
-    outside the caliper (or missing) leaves both arms. Returns (target, comparison, balance): the kept units and
-    ``{targets, controls, controls_over_targets (median), caliper, traces_matched, traces_dropped}``.
+    that remove half the mass, a KL that only follows the mass reads as an effect of the sinks, and inside a
+    symmetric caliper the gap still tilts the test toward the claim; cut at 1, any gap tilts it against. Units are
+    traces (one forward masks all of a trace's targets, another all of its controls), so a trace whose controls
+    are outside the caliper (or missing) leaves both arms. Returns (target, comparison, balance): the kept units
+    and ``{targets, controls, controls_over_targets (median), caliper, traces_matched, traces_dropped}``.
     """
     if comparison is None:
         return target, comparison, {}
@@ -276,12 +284,13 @@ def _mass_balance(target_rows, control_rows, target, comparison, notes, *, measu
         r = rows.dropna(subset=["masked_attention_mass"]).drop_duplicates(["condition", "trace", "layer"])
         return r.groupby(["condition", "trace"])["masked_attention_mass"].mean()
 
+    caliper = mass_caliper(direction)
     t, c = per_trace(target_rows), per_trace(control_rows)
     ratio = (c.reindex(t.index) / t.replace(0, np.nan)).dropna()
-    keep = ratio[(ratio > MASS_CALIPER[0]) & (ratio < MASS_CALIPER[1])].index
+    keep = ratio[(ratio > caliper[0]) & (ratio < caliper[1])].index
     balance = {"targets": float(t.mean()) if len(t) else None, "controls": float(c.mean()) if len(c) else None,
                "controls_over_targets": float(ratio.median()) if len(ratio) else None,
-               "caliper": list(MASS_CALIPER),
+               "caliper": [round(caliper[0], 6), caliper[1]], "direction": direction,
                # traces, not (condition, trace) pairs: the units of a family's measures are traces
                "traces_matched": int(keep.get_level_values("trace").nunique()),
                "traces_dropped": int(t.index.get_level_values("trace").nunique()
@@ -290,8 +299,8 @@ def _mass_balance(target_rows, control_rows, target, comparison, notes, *, measu
         ratio_text = f"{balance['controls_over_targets']:.2g}" if balance["controls_over_targets"] is not None else "?"
         n_traces = t.index.get_level_values("trace").nunique()
         notes.append(f"{measure}: {balance['traces_dropped']} of {n_traces} traces dropped: their controls' masks "
-                     f"remove a clean attention mass outside {MASS_CALIPER[0]}-{MASS_CALIPER[1]}x the targets' "
-                     f"(median ratio {ratio_text}; no control at all counts as outside)")
+                     f"remove a clean attention mass outside {_caliper_text(caliper)} the targets' (the caliper "
+                     f"of a claim of {direction}; median ratio {ratio_text}; no control at all counts as outside)")
 
     def kept(units):
         if units is None or units.empty:
@@ -310,7 +319,8 @@ def _too_few_matched(balance: dict, min_units: int) -> str:
     return (f"not testable: only {balance['traces_matched']} trace(s) matched on attention mass (fewer than "
             f"{min_units}, the fewest independent units for a decisive verdict): the controls' masks remove "
             f"{'?' if ratio is None else f'{ratio:.2g}'}x the targets' clean attention mass (median), outside "
-            f"{MASS_CALIPER[0]}-{MASS_CALIPER[1]}x in {balance['traces_dropped']} trace(s); {MASS_CONTROL_FIX}")
+            f"{_caliper_text(balance['caliper'])} (the caliper of a claim of {balance['direction']}) in "
+            f"{balance['traces_dropped']} trace(s); {MASS_CONTROL_FIX}")
 
 
 def _holm(verdicts: dict) -> None:
