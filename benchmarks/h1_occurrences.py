@@ -11,7 +11,9 @@ Where the l_start MLP pushes near-threshold tokens along the sink direction with
 selected sinks' push is positive on average, and zeroing it loses sinks beyond the placebo. The population claim
 ("the MLP maps these tokens onto the sink direction") is false there: zeroing the same MLP at the tokens' non-sink
 occurrences creates sinks. Counting both arms of that reading separates the two worlds (README, Calibration).
-A diagnostic, not a verdict: it has no outcome, test or calibration of its own yet.
+A diagnostic, not a verdict: under a push of mean zero the net change follows the side of the threshold where most
+un-pushed cosines lie (above it in noisy-h1, so zeroing creates sinks; a null with most below it would make zeroing
+remove sinks), so it is no valid test on its own.
 """
 
 from __future__ import annotations

@@ -15,7 +15,10 @@ edit moves some of them across it, and still the claimed mechanism is absent:
   sign (mean 0 over occurrences). Trigger cosines lie around 0.95; zeroing the MLP moves some of them
   across (both ways), but the MLP does not write the sinks: over occurrences it pushes as many over the
   threshold as under, and a random direction of the same norm added at the same site loses more sinks
-  than zeroing does.
+  than zeroing does. The verdict's placebo is matched to the change's part orthogonal to the sink
+  direction, which is small here: the clean sinks (selected on the outcome, so pushed up on average)
+  lose more under zeroing than under it, and H1 is "supported" in 20 of 40 draws at G = 30 (README,
+  calibration; ``benchmarks/h1_occurrences.py`` reads the same edit over every occurrence).
 * **noisy-h4** (H4 false): the planted model plus an o_proj in every head from layer 1 on that writes
   ordinary content (``HEAD_OUT`` x a random map of the head's value, whose read-out is the planted random
   content read-out), so attention writes something everywhere and masking any key changes the forward.
