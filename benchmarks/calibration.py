@@ -155,6 +155,12 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
+def _tally(counts: dict, key: tuple, verdict: str) -> None:
+    """One verdict more for (case label, G, verdict key)."""
+    counts.setdefault(key, dict.fromkeys(("supported", "not supported", "inconclusive", "not testable", "not tested"),
+                                         0))[verdict] += 1
+
+
 def read_log(log: Path | None) -> dict[tuple, tuple]:
     """The draws a ``--log`` file already holds, by (case label, G, draw): a long calibration is resumable, and
     an interrupted one keeps what it measured."""
@@ -192,9 +198,7 @@ def fresh_counts(cases: list[tuple], Gs: list[int], K: int, workers: int, root: 
             print(errors[-1], file=sys.stderr, flush=True)
             return
         for key, rec in verdicts.items():
-            c = counts.setdefault((label, G, key), {"supported": 0, "not supported": 0, "inconclusive": 0,
-                                                     "not testable": 0, "not tested": 0})
-            c[rec["verdict"]] += 1
+            _tally(counts, (label, G, key), rec["verdict"])
 
     wanted = {(label, G) for label, *_ in cases for G in Gs}
     for key, res in done.items():
@@ -284,9 +288,7 @@ def summarise_log(log: Path, out: str | None = None) -> list[dict]:
     counts: dict[tuple, dict] = {}
     for (label, G, _draw), (*_, verdicts, _err) in read_log(log).items():
         for key, rec in verdicts.items():
-            c = counts.setdefault((label, G, key), {"supported": 0, "not supported": 0, "inconclusive": 0,
-                                                     "not testable": 0, "not tested": 0})
-            c[rec["verdict"]] += 1
+            _tally(counts, (label, G, key), rec["verdict"])
     truth = {c[0]: c[4] for c in CASES}
     rows = [table_row(label, truth.get(label, "negative"), key, G, c) for (label, G, key), c in sorted(counts.items())]
     for r in rows:

@@ -99,6 +99,27 @@ def _cond(cid: str, kind: str, site: str, layer, controls) -> dict:
             "controls": controls, "redirect": None, "params": {}, "intervention": 0}
 
 
+def _h4_rows(cond: dict, trace: int, is_control: bool, rng, *, mass: float, kl: float, noise: float,
+             kl_spread: float, beyond: float = 0.0, shift: float = 0.0) -> list[dict]:
+    """One arm's rows of an H4 trace: layers 5-8 masked, removing ``mass``; the primary sink score there is its
+    renormalisation prediction plus ``beyond``, every layer's plus ``shift`` and fresh noise; KL is ``kl`` times a
+    lognormal of sd ``kl_spread``."""
+    rows = []
+    for layer in range(N_LAYERS):
+        masked = 5 <= layer <= 8
+        clean = 0.8 + 0.01 * layer
+        predicted = clean + 0.02 if masked else np.nan
+        observed = (predicted + beyond if masked else clean) + shift + rng.normal(0, noise)
+        rows.append({**BASE, "condition": cond["id"], "kind": "attention_mask", "site": None,
+                     "intervened_layer": 5, "intervened_layers": "5,6,7,8", "is_control": is_control,
+                     "target_set": "ctrl" if is_control else "sinks", "trace": trace,
+                     "position": 100 if is_control else 1, "layer": layer, "masked": masked,
+                     "primary_sink_score": observed, "clean_primary_sink_score": clean,
+                     "renorm_primary_sink_score": predicted, "masked_attention_mass": mass if masked else np.nan,
+                     "kl": kl * rng.lognormal(0, kl_spread)})
+    return rows
+
+
 def null_tables(name: str, G: int, seed: int, *, per_trace: int = 3, trace_sd: float = 0.01) -> dict:
     """Synthetic run tables of table-level null ``name`` (one of :data:`NULLS`) with ``G`` traces."""
     if name not in NULLS:
@@ -197,38 +218,17 @@ def null_tables(name: str, G: int, seed: int, *, per_trace: int = 3, trace_sd: f
             ratio = 1.0 + rng.uniform(0, 0.02) if rng.random() < 0.5 else rng.uniform(0.5, 0.7)
             for is_control in (False, True):
                 mass = target_mass * (ratio if is_control else 1.0)
-                beyond, kl = 2.0 * mass, 20.0 * mass ** 1.5   # the same law in both arms: a bigger mask moves more
-                for layer in range(N_LAYERS):
-                    masked = 5 <= layer <= 8
-                    clean = 0.8 + 0.01 * layer
-                    predicted = clean + 0.02 if masked else np.nan
-                    observed = (predicted + beyond if masked else clean) + rng.normal(0, 0.002)
-                    rows.append({**BASE, "condition": main["id"], "kind": "attention_mask", "site": None,
-                                 "intervened_layer": 5, "intervened_layers": "5,6,7,8", "is_control": is_control,
-                                 "target_set": "ctrl" if is_control else "sinks", "trace": g,
-                                 "position": 100 if is_control else 1, "layer": layer, "masked": masked,
-                                 "primary_sink_score": observed, "clean_primary_sink_score": clean,
-                                 "renorm_primary_sink_score": predicted,
-                                 "masked_attention_mass": mass if masked else np.nan,
-                                 "kl": kl * rng.lognormal(0, 0.2)})
+                # the same law in both arms: a bigger mask moves more
+                rows += _h4_rows(main, g, is_control, rng, mass=mass, beyond=2.0 * mass, kl=20.0 * mass ** 1.5,
+                                 noise=0.002, kl_spread=0.2)
     else:  # h4_controls: per-trace primary score beyond renormalisation and KL, one law for both arms
         main = _cond("attention_mask.sink_lifetime", "attention_mask", None, "sink_lifetime", "ctrl")
         conditions = [main]
         for g in range(G):
             shift, kl_scale = rng.normal(0, 0.01), rng.lognormal(-4, 0.5)
             for is_control in (False, True):
-                for layer in range(N_LAYERS):
-                    masked = 5 <= layer <= 8
-                    clean = 0.8 + 0.01 * layer
-                    predicted = clean + 0.02 if masked else np.nan
-                    observed = (predicted if masked else clean) + shift + rng.normal(0, 0.01)
-                    rows.append({**BASE, "condition": main["id"], "kind": "attention_mask", "site": None,
-                                 "intervened_layer": 5, "intervened_layers": "5,6,7,8", "is_control": is_control,
-                                 "target_set": "ctrl" if is_control else "sinks", "trace": g,
-                                 "position": 100 if is_control else 1, "layer": layer, "masked": masked,
-                                 "primary_sink_score": observed, "clean_primary_sink_score": clean,
-                                 "renorm_primary_sink_score": predicted, "masked_attention_mass": 0.1,
-                                 "kl": kl_scale * rng.lognormal(0, 0.3)})
+                rows += _h4_rows(main, g, is_control, rng, mass=0.1, shift=shift, kl=kl_scale, noise=0.01,
+                                 kl_spread=0.3)
     return _tables(pd.DataFrame(rows), conditions, name)
 
 
